@@ -1,0 +1,192 @@
+"""`fastresnet` console script: train, lr-find, evaluate, predict.
+
+Every flag that changes the recipe maps onto a `Recipe` field; flags override `--settings`, which
+overrides nothing but the packaged defaults. Errors the user can fix print one paragraph and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+# CLI flag → Recipe field (only flags whose name differs from the field, or that are common enough to list)
+RECIPE_FLAGS = {
+    "--bs": ("bs", int, "batch size"),
+    "--epochs": ("epochs", int, "total epochs"),
+    "--peak-epoch": ("peak_epoch", int, "epoch at whose end the LR peaks"),
+    "--seed": ("seed", int, "random seed"),
+    "--wd": ("wd", float, "weight decay"),
+    "--lr-max": ("lr_max", float, "LRMAX; skips the LR range test when given"),
+    "--lr-min": ("lr_min", float, "LRMIN (default: LRMAX / lr_min_div)"),
+    "--lr-rule": ("lr_rule", str, "lr_find suggestion LRMAX derives from: minimum, valley, steep, slide"),
+    "--lr-find-iters": ("lr_find_iters", int, "batches of the LR range test"),
+    "--shape": ("shape", str, "schedule shape: linear or cos"),
+    "--cutout": ("cutout", int, "Cutout square side (0 disables)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing (opt-in extra)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own exit code is 2 as well; keep its usage line
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fastresnet: error: {message}\n")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 folder in fastai's layout (train/ and test/ of class "
+                   "folders) or the python archive `cifar-10-batches-py`; default: download with fastai's untar_data")
+    p.add_argument("--subset", type=int, metavar="N", help="train on N images (N/10 per class; for smoke runs)")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (override --settings)")
+    g.add_argument("--settings", metavar="FILE", help="settings file (default: the packaged settings.ini)")
+    for flag, (name, typ, help) in RECIPE_FLAGS.items():
+        g.add_argument(flag, dest=name, type=typ, metavar=typ.__name__.upper(), help=help)
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of settings.ini, e.g. --set decouple_wd=false (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="fastresnet", description="Train and use the fastresnet CIFAR-10 recipe.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="LR range test → one cycle → evaluation → export, into a run folder")
+    _add_data(t)
+    _add_recipe(t)
+    t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date-time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+
+    f = sub.add_parser("lr-find", help="run the LR range test alone and print the bounds it gives")
+    _add_data(f)
+    _add_recipe(f)
+    f.add_argument("--out", metavar="DIR", help="folder for lr_find.json (default: runs/lr-find-<date-time>)")
+
+    e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
+    e.add_argument("--model", required=True, metavar="PKL", help="model.pkl written by `fastresnet train`")
+    e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
+    e.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    pr = sub.add_parser("predict", help="class and probability for image files")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--model", required=True, metavar="PKL", help="model.pkl written by `fastresnet train`")
+    return ap
+
+
+def recipe_from_args(a: argparse.Namespace):
+    from .config import Recipe, SettingsError, _parse, load_settings
+    r = load_settings(a.settings)
+    byname = {f.name: f for f in fields(Recipe)}
+    extra = {}
+    for kv in a.set:
+        if "=" not in kv: raise SettingsError(f"--set {kv!r}: expected KEY=VALUE.")
+        k, v = kv.split("=", 1)
+        if k.strip() not in byname: raise SettingsError(f"--set: unknown setting {k.strip()!r}; see settings.ini.")
+        extra[k.strip()] = _parse(byname[k.strip()], v, "--set")
+    flags = {name: getattr(a, name) for name, _, _ in RECIPE_FLAGS.values()}
+    return r.replace(**extra).replace(**flags)
+
+
+def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _raise_interrupt(signum, frame): raise KeyboardInterrupt
+
+
+def cmd_train(a) -> int:
+    from .train import resume_run, train_run
+    if a.resume:
+        return _run_interruptible(lambda: resume_run(Path(a.resume), a.data), Path(a.resume))
+    r = recipe_from_args(a)
+    out = Path(a.out or f"runs/{_stamp()}")
+    return _run_interruptible(lambda: train_run(r, out, a.data, a.subset, a.overwrite), out)
+
+
+def _run_interruptible(fn, run_dir: Path) -> int:
+    "SIGTERM behaves like Ctrl-C; either leaves the last epoch's checkpoint and a resume hint."
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        fn()
+        return 0
+    except KeyboardInterrupt:
+        has_ck = (run_dir / "checkpoint.pth").exists()
+        print(f"\nInterrupted. " + (f"The last completed epoch is saved: continue with\n  fastresnet train --resume {run_dir}"
+              if has_ck else "No epoch had completed, so there is nothing to resume; start the run again."),
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def cmd_lr_find(a) -> int:
+    from .train import find_bounds, load_data, setup, _write_json
+    r = recipe_from_args(a)
+    out = Path(a.out or f"runs/lr-find-{_stamp()}")
+    out.mkdir(parents=True, exist_ok=True)
+    learn = setup(r, load_data(a.data, a.subset), out)
+    b = find_bounds(learn, r, out)
+    print(f"LR bounds: {b.describe()}\nlr_find curve: {out/'lr_find.json'}")
+    print(f"Reuse them with: fastresnet train --lr-max {b.lr_max:.4g} --lr-min {b.lr_min:.4g} ...")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .data import load_cifar
+    from .inference import evaluate_learner, labelled_dl, load_trusted_learner
+    learn = load_trusted_learner(a.model)
+    data = load_cifar(a.data)
+    if list(data.vocab) != list(learn.dls.vocab):
+        from .data import DataError
+        raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
+    res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"Test accuracy: {res['accuracy']:.4f}   with flip-TTA: {res['accuracy_tta']:.4f}   ({res['n_images']} images)")
+    print("Per class: " + ", ".join(f"{c} {v:.3f}" for c, v in res["per_class"].items()))
+    w = max(len(c) for c in res["vocab"])
+    print("Confusion matrix (rows: actual, columns: predicted):")
+    print(" " * (w + 1) + " ".join(f"{c[:5]:>5}" for c in res["vocab"]))
+    for c, row in zip(res["vocab"], res["confusion"]): print(f"{c:>{w}} " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .inference import load_trusted_learner, predict_files
+    learn = load_trusted_learner(a.model)
+    results, errors = predict_files(learn, a.images)
+    for res in results:
+        print(f"{res['file']}\t{res['class']}\t{res['probability']:.4f}")
+        for n in res["notes"]: print(f"  note: {n}", file=sys.stderr)
+    for e in errors: print(f"skipped: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from .config import SettingsError
+    from .data import DataError
+    from .inference import ModelFileError
+    from .learner import DivergedError
+    from .train import RunError
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate,
+                    "predict": cmd_predict}[a.command](a)
+    except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
+        print(f"fastresnet: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

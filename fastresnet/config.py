@@ -1,0 +1,156 @@
+"""The recipe's settings: one dataclass of defaults, read from and checked against `settings.ini`.
+
+The dataclass is the single place defaults live in code; the packaged `settings.ini` states the
+same values for people to read and edit, and a test fails if the two ever disagree.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini"]
+
+PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
+
+
+class SettingsError(ValueError):
+    "A settings file or flag value that cannot be used; the message says which and why."
+
+
+def _f(section: str, default: Any, help: str, **check: Any) -> Any:
+    return field(default=default, metadata=dict(section=section, help=help, **check))
+
+
+@dataclass
+class Recipe:
+    "Every number the recipe uses; `settings.ini` mirrors it section by section."
+    # [train]
+    bs: int = _f("train", 512, "batch size", min=1)
+    epochs: int = _f("train", 24, "total epochs", min=1)
+    peak_epoch: int = _f("train", 5, "epoch at whose end the LR peaks", min=1)
+    seed: int = _f("train", 42, "random seed for init, shuffling and augmentation", min=0)
+    # [optimizer]
+    wd: float = _f("optimizer", 5e-4, "weight decay", min=0.0)
+    decouple_wd: bool = _f("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
+    beta1_max: float = _f("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
+    beta1_min: float = _f("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
+    beta2: float = _f("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
+    eps: float = _f("optimizer", 1e-5, "Adam epsilon", min=0.0)
+    # [schedule]
+    shape: str = _f("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
+    lr_max: float = _f("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
+    lr_min: float = _f("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
+    lr_rule: str = _f("schedule", "minimum", "which lr_find suggestion LRMAX is derived from",
+                      choices=("minimum", "valley", "steep", "slide"))
+    lr_max_div: float = _f("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
+    lr_min_div: float = _f("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
+    lr_find_iters: int = _f("schedule", 100, "batches the LR range test runs", min=6)
+    lr_find_start: float = _f("schedule", 1e-6, "LR range test start", min=0.0)
+    lr_find_end: float = _f("schedule", 10.0, "LR range test end", min=0.0)
+    # [augment]
+    pad: int = _f("augment", 4, "padding before the random 32x32 crop", min=0)
+    pad_mode: str = _f("augment", "zeros", "how the padding is filled", choices=("zeros", "reflect"))
+    flip: bool = _f("augment", True, "random horizontal flip")
+    cutout: int = _f("augment", 8, "side of the Cutout square; 0 disables it", min=0)
+    # [model]
+    logit_scale: float = _f("model", 1.0, "multiplier on the logits", min=1e-9)
+    label_smoothing: float = _f("model", 0.0, "label smoothing of the cross-entropy (opt-in extra)", min=0.0, max=0.5)
+    channels_last: bool = _f("model", True, "channels_last memory format (faster convolutions)")
+    # [eval]
+    tta: bool = _f("eval", False, "also report accuracy with flip test-time augmentation (opt-in extra)")
+
+    def validate(self) -> "Recipe":
+        "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."
+        for f in fields(self):
+            v, md = getattr(self, f.name), f.metadata
+            if "min" in md and v < md["min"]:
+                raise SettingsError(f"`{f.name}` is {v}, but it must be at least {md['min']} ({md['help']}).")
+            if "max" in md and v > md["max"]:
+                raise SettingsError(f"`{f.name}` is {v}, but it must be at most {md['max']} ({md['help']}).")
+            if "choices" in md and v not in md["choices"]:
+                raise SettingsError(f"`{f.name}` is {v!r}; choose one of {', '.join(md['choices'])}.")
+        if self.peak_epoch >= self.epochs:
+            raise SettingsError(f"`peak_epoch` ({self.peak_epoch}) must be smaller than `epochs` ({self.epochs}): "
+                                "the LR has to come back down after its peak.")
+        if self.lr_max and self.lr_min and self.lr_min >= self.lr_max:
+            raise SettingsError(f"LRMIN ({self.lr_min}) must be smaller than LRMAX ({self.lr_max}).")
+        if self.lr_min and not self.lr_max:
+            raise SettingsError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
+        if self.beta1_min > self.beta1_max:
+            raise SettingsError(f"`beta1_min` ({self.beta1_min}) must not exceed `beta1_max` ({self.beta1_max}).")
+        if self.lr_find_start >= self.lr_find_end:
+            raise SettingsError("`lr_find_start` must be smaller than `lr_find_end`.")
+        return self
+
+    def replace(self, **changes: Any) -> "Recipe":
+        "A copy with `changes` applied (None values ignored), validated."
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown: raise SettingsError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+        return cls(**d).validate()
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SECTIONS: dict[str, list[str]] = {}
+for _f_ in fields(Recipe): SECTIONS.setdefault(_f_.metadata["section"], []).append(_f_.name)
+
+
+def _parse(f: dataclasses.Field, raw: str, where: str) -> Any:
+    raw = raw.strip()
+    try:
+        if f.type in ("bool", bool):
+            low = raw.lower()
+            if low in ("true", "yes", "1", "on"): return True
+            if low in ("false", "no", "0", "off"): return False
+            raise ValueError
+        if f.type in ("int", int): return int(raw)
+        if f.type in ("float", float): return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
+
+
+def load_settings(path: str | Path | None = None) -> Recipe:
+    """Read a settings file into a `Recipe`. Missing keys keep their defaults; unknown sections or
+    keys and malformed values are errors, because a typo silently ignored changes the recipe."""
+    path = Path(path) if path is not None else PACKAGED_SETTINGS
+    if not path.is_file(): raise SettingsError(f"Settings file {path} does not exist.")
+    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+    try: cp.read(path)
+    except configparser.Error as e:
+        raise SettingsError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
+    byname = {f.name: f for f in fields(Recipe)}
+    values = {}
+    for sec in cp.sections():
+        if sec not in SECTIONS:
+            raise SettingsError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
+        for key, raw in cp.items(sec):
+            if key not in SECTIONS[sec]:
+                raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
+            values[key] = _parse(byname[key], raw, str(path))
+    try: return Recipe(**values).validate()
+    except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
+
+
+def recipe_to_ini(r: Recipe) -> str:
+    "Render a Recipe as settings-file text (used to write the run folder's `settings.ini`)."
+    out = []
+    for sec, names in SECTIONS.items():
+        out.append(f"[{sec}]")
+        for n in names:
+            v = getattr(r, n)
+            out.append(f"{n} = {str(v).lower() if isinstance(v, bool) else v}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,260 @@
+"""CIFAR-10 as one in-memory uint8 tensor, served through a fastai DataBlock.
+
+Images are decoded once (from fastai's folder layout or the official python archive) and cached
+as a `.npz`; after that a batch is a gather from memory plus a few tensor operations on the
+training device (see `augment.py`), with no per-image PIL work in the training loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.vision.all import (CategoryBlock, DataBlock, DataLoaders, IndexSplitter, IntToFloatTensor, ItemGetter,
+                               Normalize, TensorImage, Transform, TransformBlock, cifar_stats, image_extensions)
+from fastprogress.fastprogress import progress_bar
+from PIL import Image, UnidentifiedImageError
+
+from .augment import Cutout, RandomFlip, RandomPadCrop
+from .config import Recipe
+
+__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
+           "CifarImageBlock", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
+
+
+class DataError(ValueError):
+    "Data that cannot be used as it is; the message says what is wrong and what to do."
+
+
+@dataclass
+class CifarArrays:
+    "All images as one (N, 3, 32, 32) uint8 tensor, labels as class indices; the first `n_train` are training."
+    images: torch.Tensor
+    labels: torch.Tensor
+    vocab: list[str]
+    n_train: int
+
+    @property
+    def n_valid(self) -> int: return len(self.labels) - self.n_train
+
+    def __repr__(self) -> str:  # fastai formats the source into a log line: keep it short
+        return f"CifarArrays({self.n_train} train + {self.n_valid} valid, {len(self.vocab)} classes)"
+
+    def items(self) -> list[tuple[torch.Tensor, str]]:
+        "(image view, class name) pairs: what the DataBlock reads; views share the one big tensor."
+        return [(img, self.vocab[y]) for img, y in zip(self.images, self.labels.tolist())]
+
+
+# ---------------------------------------------------------------- decoding images
+def load_image(path: str | Path, resize: bool = False) -> torch.Tensor:
+    """Read one image file as a (3, 32, 32) uint8 tensor. Grayscale, palette and RGBA images are
+    converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`."""
+    path = Path(path)
+    if not path.is_file(): raise DataError(f"Image {path} does not exist.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB": im = im.convert("RGB")
+            if im.size != (SIZE, SIZE):
+                if not resize:
+                    raise DataError(f"Image {path} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
+                                    f"training data must be {SIZE}x{SIZE}; resize the folder or remove the file.")
+                warnings.warn(f"{path} is {im.size[0]}x{im.size[1]}; resized to {SIZE}x{SIZE}.")
+                im = im.resize((SIZE, SIZE), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
+    out = {}
+    for c in classes:
+        files = sorted(f for f in (split_dir / c).iterdir() if f.is_file())
+        imgs = [f for f in files if f.suffix.lower() in image_extensions]
+        skipped = len(files) - len(imgs)
+        if skipped: warnings.warn(f"{split_dir/c}: skipping {skipped} file(s) that are not images by their extension.")
+        if not imgs: raise DataError(f"Class folder {split_dir/c} holds no images: every class needs examples.")
+        out[c] = imgs
+    return out
+
+
+def _fingerprint(root: Path, files: list[Path]) -> str:
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_path(key: str) -> Path:
+    "In the user's cache folder ($FASTRESNET_CACHE), never beside the data, which may be shared or read-only."
+    cache = Path(os.environ.get("FASTRESNET_CACHE", Path.home() / ".cache" / "fastresnet"))
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / f"cifar-{key}.npz"
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
+
+def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
+    """Read fastai's layout `root/{train,test}/<class>/<image>`. Decoding 60,000 files takes a
+    minute, so the result is cached as one `.npz` keyed by the files' names, sizes and times."""
+    root = Path(root)
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no `{split}/` folder. Expected fastai's CIFAR layout: "
+                            f"{root}/train/<class>/*.png and {root}/test/<class>/*.png, or the python archive "
+                            "folder `cifar-10-batches-py`.")
+    train, test = _class_files(root / "train"), _class_files(root / "test")
+    if list(train) != list(test):
+        only_tr, only_te = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise DataError(f"The class folders of {root}/train and {root}/test differ "
+                        f"(only in train: {only_tr or 'none'}; only in test: {only_te or 'none'}).")
+    vocab = list(train)
+    files = [(f, i) for split in (train, test) for i, c in enumerate(vocab) for f in split[c]]
+    key = _fingerprint(root, [f for f, _ in files])
+    cpath = _cache_path(key)
+    if cache and cpath.exists():
+        try:
+            with np.load(cpath) as z:
+                return CifarArrays(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long(),
+                                   list(z["vocab"]), int(z["n_train"]))
+        except Exception:
+            warnings.warn(f"Ignoring unreadable cache {cpath}; decoding the images again.")
+    images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
+    bad, converted = [], 0
+    for k, (f, _) in enumerate(progress_bar(files, leave=False)):
+        try:
+            images[k] = load_image(f).numpy()
+        except DataError as e:
+            bad.append(str(e))
+    if bad:
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +
+                        "\nRemove or replace them and run again.")
+    labels = np.array([i for _, i in files], dtype=np.int64)
+    n_train = sum(len(v) for v in train.values())
+    if cache:
+        try: _atomic_savez(cpath, images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train))
+        except OSError as e: warnings.warn(f"Could not write the cache {cpath} ({e}); the next run decodes again.")
+    return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), vocab, n_train)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f: return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"The python archive is missing {path.name} (looked in {path.parent}).") from None
+    except Exception as e:
+        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
+                        "download and extract cifar-10-python.tar.gz again.") from None
+
+
+def read_python_archive(folder: str | Path) -> CifarArrays:
+    "Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch)."
+    folder = Path(folder)
+    meta = _unpickle(folder / "batches.meta")
+    vocab = [n.decode() for n in meta[b"label_names"]]
+    parts = [_unpickle(folder / n) for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
+    for n, p in zip(range(1, 7), parts):
+        if b"data" not in p or p[b"data"].shape[1:] != (3 * SIZE * SIZE,) or len(p[b"data"]) != len(p[b"labels"]):
+            raise DataError(f"Batch {n} of {folder} does not hold 3072-byte images with one label each: "
+                            "the archive is damaged; extract it again.")
+    images = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, SIZE, SIZE)
+    labels = np.concatenate([np.asarray(p[b"labels"]) for p in parts]).astype(np.int64)
+    n_train = sum(len(p[b"labels"]) for p in parts[:5])
+    return CifarArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train)
+
+
+def load_cifar(path: str | Path | None = None) -> CifarArrays:
+    """CIFAR-10 from `path` (fastai folder layout, or the python archive folder, or a folder holding
+    it); with no path, fastai downloads `URLs.CIFAR` (needs internet once)."""
+    if path is None:
+        from fastai.data.external import URLs, untar_data
+        try: path = untar_data(URLs.CIFAR)
+        except Exception as e:
+            raise DataError(f"Could not download CIFAR-10 ({type(e).__name__}: {e}). Without internet, pass "
+                            "--data PATH to a folder in fastai's layout or to `cifar-10-batches-py`.") from None
+    path = Path(path).expanduser()
+    if not path.exists(): raise DataError(f"Data path {path} does not exist.")
+    if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/.")
+    if (path / "batches.meta").exists(): return read_python_archive(path)
+    if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py")
+    return read_folder(path)
+
+
+def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
+    """The first `n // n_classes` training images of every class (plus all validation images): a
+    smoke-run subset that keeps the class balance, whatever order the files came in."""
+    if n > data.n_train:
+        raise DataError(f"--subset {n} is larger than the {data.n_train} training images available.")
+    k = len(data.vocab)
+    if n < k: raise DataError(f"--subset {n} is smaller than the number of classes ({k}).")
+    tr = data.labels[:data.n_train]
+    per = [torch.nonzero(tr == c).flatten() for c in range(k)]
+    take = n // k
+    if min(len(p) for p in per) < take:
+        raise DataError(f"--subset {n} needs {take} images per class, but a class has only {min(len(p) for p in per)}.")
+    idx = torch.cat([p[:take] for p in per]).sort().values
+    idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
+    return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k)
+
+
+# ---------------------------------------------------------------- fastai pipeline
+class ToTensorImage(Transform):
+    "A (3, 32, 32) uint8 image as fastai's `TensorImage`; files and PIL images are read with `load_image`."
+    def encodes(self, o: torch.Tensor) -> TensorImage: return TensorImage(o)
+    def encodes(self, o: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(o))
+    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True))
+    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True))
+
+
+def CifarImageBlock() -> TransformBlock:
+    "Like fastai's `ImageBlock`, but for uint8 tensors already in memory: no PIL on the way."
+    return TransformBlock(type_tfms=ToTensorImage(), batch_tfms=IntToFloatTensor)
+
+
+def batch_augment(r: Recipe) -> list:
+    "The recipe's augmentation, as fastai batch transforms (training split only) plus normalisation."
+    tfms = [RandomPadCrop(r.pad, r.pad_mode)]
+    if r.flip: tfms.append(RandomFlip(0.5))
+    tfms += [Normalize.from_stats(*cifar_stats), Cutout(r.cutout)]
+    return tfms
+
+
+def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
+    "Items are (image, class) pairs; the validation split is the official 10,000 test images."
+    return DataBlock(blocks=(CifarImageBlock(), CategoryBlock(vocab=data.vocab)),
+                     get_items=CifarArrays.items, get_x=ItemGetter(0), get_y=ItemGetter(1),
+                     splitter=IndexSplitter(range(data.n_train, len(data.labels))),
+                     batch_tfms=batch_augment(r))
+
+
+def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None,
+              num_workers: int = 0) -> DataLoaders:
+    """fastai DataLoaders over the in-memory data. No worker processes by default: a batch is
+    ~20 ms of gathering against seconds of arithmetic, and workers would compete for the cores."""
+    if data.n_train < r.bs:
+        warnings.warn(f"Only {data.n_train} training images for batch size {r.bs}: each epoch is one short batch.")
+    return cifar_datablock(data, r).dataloaders(data, bs=r.bs, device=device, num_workers=num_workers,
+                                                drop_last=False)

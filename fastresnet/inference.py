@@ -1,0 +1,98 @@
+"""Using a trained learner: accuracy (with optional flip-TTA), per-class accuracy, the confusion
+matrix, and predictions for image files, from an exported `.pkl` or a live Learner."""
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback
+from fastai.learner import Learner, load_learner
+
+from .data import CifarArrays, DataError, load_image
+
+__all__ = ["FlipInputs", "evaluate_learner", "load_trusted_learner", "ModelFileError", "predict_files",
+           "labelled_dl"]
+
+
+class ModelFileError(ValueError):
+    "A model file that cannot be loaded; the message says why."
+
+
+class FlipInputs(Callback):
+    "Mirror every input batch left-right: the second view of flip test-time augmentation."
+    order = 1
+
+    def before_batch(self): self.learn.xb = (self.xb[0].flip(-1),) + tuple(self.xb[1:])
+
+
+def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
+    "A non-shuffled, unaugmented DataLoader over the chosen split, built from the learner's own pipeline."
+    sl = slice(data.n_train, None) if split == "valid" else slice(0, data.n_train)
+    items = list(zip(data.images[sl], [data.vocab[i] for i in data.labels[sl].tolist()]))
+    return learn.dls.test_dl(items, with_labels=True)
+
+
+@torch.no_grad()
+def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> dict:
+    """Accuracy on `dl` (default: the validation set), with flip-TTA if asked (the mean of the
+    softmax over the image and its mirror), per-class accuracy and the confusion matrix."""
+    dl = dl if dl is not None else learn.dls.valid
+    probs, targs = learn.get_preds(dl=dl)
+    vocab = list(learn.dls.vocab)
+    out = {"n_images": len(targs)}
+    if tta:
+        probs_flip, _ = learn.get_preds(dl=dl, cbs=[FlipInputs()])
+        out["accuracy_tta"] = float(((probs + probs_flip) / 2).argmax(1).eq(targs).float().mean())
+    pred = probs.argmax(1)
+    out["accuracy"] = float(pred.eq(targs).float().mean())
+    k = len(vocab)
+    cm = torch.bincount(targs * k + pred, minlength=k * k).view(k, k)  # rows: actual, columns: predicted
+    out["per_class"] = {c: float(cm[i, i] / cm[i].sum().clamp(min=1)) for i, c in enumerate(vocab)}
+    out["confusion"] = cm.tolist()
+    out["vocab"] = vocab
+    return out
+
+
+def load_trusted_learner(path: str | Path) -> Learner:
+    """`load_learner` with clear errors. A `.pkl` learner is a Python pickle: loading it runs code,
+    so only load files you trust (or use the weights-only `.safetensors` path)."""
+    path = Path(path)
+    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            learn = load_learner(path)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError, ImportError,
+            ValueError, OSError) as e:
+        raise ModelFileError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}). Is it truncated, or not a "
+                             "`model.pkl` written by `fastresnet train`?") from None
+    if not isinstance(learn, Learner):
+        raise ModelFileError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
+    return learn
+
+
+def predict_files(learn: Learner, files: list[str | Path]) -> tuple[list[dict], list[str]]:
+    """Class and probability for each image file. Files that cannot be read are reported and skipped;
+    images that are not 32x32 are resized (with a warning), since a prediction needs the CIFAR size."""
+    imgs, ok, errors = [], [], []
+    for f in files:
+        try:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                imgs.append(load_image(f, resize=True))
+            ok.append((f, [str(x.message) for x in w]))
+        except DataError as e:
+            errors.append(str(e))
+    results = []
+    if imgs:
+        dl = learn.dls.test_dl(imgs)
+        probs, _ = learn.get_preds(dl=dl)
+        vocab = list(learn.dls.vocab)
+        for (f, notes), p in zip(ok, probs):
+            i = int(p.argmax())
+            results.append({"file": str(f), "class": vocab[i], "probability": float(p[i]), "notes": notes})
+    return results, errors

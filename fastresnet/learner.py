@@ -1,0 +1,141 @@
+"""The Learner of the recipe and the callbacks that make a long CPU run safe: an atomic per-epoch
+checkpoint that resumes exactly, and a stop on a diverging loss."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.channelslast import ChannelsLast
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import Adam
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+
+from .config import Recipe
+from .model import CustomResNet
+
+__all__ = ["build_learner", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
+           "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pth"
+
+
+def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learner:
+    "CustomResNet + cross-entropy + Adam, configured from the recipe. `path` is where fastai saves files."
+    loss = (LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing
+            else CrossEntropyLossFlat())
+    opt = partial(Adam, mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
+    model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale)
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=accuracy, wd=r.wd,
+                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
+    if r.channels_last: learn.add_cb(ChannelsLast())
+    return learn
+
+
+# ---------------------------------------------------------------- atomic files
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash or a full disk
+    leaves the previous file intact, never a half-written one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
+
+def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ---------------------------------------------------------------- RNG state
+def rng_state(learn: Learner) -> dict:
+    "Every random stream a training epoch draws from, in a form `torch.load(weights_only=True)` accepts."
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "dls": [dl.rng.getstate() for dl in learn.dls.loaders]}
+
+
+def set_rng_state(learn: Learner, s: dict) -> None:
+    random.setstate(s["python"])
+    torch.set_rng_state(s["torch"])
+    np.random.set_state((s["numpy"][0], s["numpy"][1].numpy(), *s["numpy"][2:]))
+    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    for dl, st in zip(learn.dls.loaders, s["dls"]): dl.rng.setstate(st)
+
+
+def _to_tuples(o):
+    "JSON-free round trip: torch.load(weights_only) returns lists where we saved tuples."
+    return tuple(_to_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
+
+
+def load_checkpoint(path: Path) -> dict:
+    "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    rng = ck["rng"]
+    rng["python"] = _to_tuples(rng["python"])
+    rng["dls"] = [_to_tuples(s) for s in rng["dls"]]
+    return ck
+
+
+# ---------------------------------------------------------------- callbacks
+class RunCheckpoint(Callback):
+    """After every epoch: append the epoch's row to the metrics history, write `metrics.csv` /
+    `metrics.json`, and save model + optimizer + RNG + history atomically to `checkpoint.pth`."""
+    order = 60  # after the Recorder (50) has the epoch's losses and metrics
+
+    def __init__(self, run_dir: Path, history: list[dict] | None = None):
+        self.run_dir, self.history = Path(run_dir), list(history or [])
+
+    def after_epoch(self):
+        names = self.recorder.metric_names[:-1]  # 'epoch', losses, metrics; 'time' is formatted apart
+        row = dict(zip(names, self.recorder.log[:len(names)]))
+        row = {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+        row["time"] = str(self.recorder.log[-1])  # fastai's mm:ss
+        row["lr_end"] = float(self.opt.hypers[-1]["lr"])
+        self.history.append(row)
+        ck = {"epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+              "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch}
+        atomic_torch_save(ck, self.run_dir / CHECKPOINT)
+        write_metrics(self.run_dir, self.history)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    "The per-epoch table as CSV (for spreadsheets) and JSON (for code), both atomically."
+    if not history: return
+    keys = list(history[0])
+    csv = ",".join(keys) + "\n" + "".join(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n"
+                                          for r in history)
+    atomic_write(run_dir / "metrics.csv", lambda f: f.write(csv.encode()))
+    atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+
+class DivergedError(RuntimeError):
+    "Training produced a non-finite loss."
+
+
+class StopOnNaN(Callback):
+    "Stop at the first non-finite training loss, naming the LR and epoch (fastai's TerminateOnNaN is silent)."
+    order = -5
+
+    def after_batch(self):
+        if self.training and not math.isfinite(float(self.loss)):
+            lr = self.opt.hypers[-1]["lr"]
+            raise DivergedError(
+                f"Training diverged: the loss became {float(self.loss)} in epoch {self.epoch + 1} "
+                f"(batch {self.iter + 1}) at LR {lr:.4g}. The last good checkpoint is kept. "
+                f"Try a smaller LRMAX (for example --lr-max {lr / 3:.3g}).")

@@ -1,0 +1,157 @@
+"""One training run, start to finish: LR range test → one cycle → evaluation → export, with
+everything a run produces written into its own folder, and `resume_run` to continue one."""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from fastai.learner import Learner
+from fastai.torch_core import set_seed
+
+from . import __version__
+from .config import Recipe, SettingsError, recipe_to_ini, load_settings
+from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
+from .inference import evaluate_learner
+from .learner import CHECKPOINT, RunCheckpoint, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
+    set_rng_state, write_metrics
+from .schedule import LRBounds, run_lr_find
+
+__all__ = ["RunError", "prepare_run_dir", "setup", "find_bounds", "train_run", "resume_run", "finish_run"]
+
+
+class RunError(RuntimeError):
+    "A run that cannot start or continue as asked; the message says what to do."
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _read_json(path: Path) -> dict:
+    try: return json.loads(Path(path).read_text())
+    except FileNotFoundError: raise RunError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
+    except json.JSONDecodeError as e: raise RunError(f"{path} is damaged ({e}).") from None
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
+    "Create the run folder; an existing non-empty one is refused unless `overwrite`, so no result is lost silently."
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
+                           "--overwrite to replace it, or --out to choose another folder.")
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}). Choose another with --out.") from None
+    return run_dir
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
+    "Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one."
+    set_seed(r.seed, reproducible=True)
+    dls = cifar_dls(data, r, device=device())
+    return build_learner(dls, r, path=run_dir)
+
+
+def load_data(data_path: str | None, subset: int | None) -> CifarArrays:
+    data = load_cifar(data_path)
+    return balanced_subset(data, subset) if subset else data
+
+
+def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBounds:
+    "LR range test on the training pipeline → LRMIN/LRMAX by the recipe's rule; curve saved in the run folder."
+    bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
+                                r.lr_find_start, r.lr_find_end)
+    if run_dir is not None:
+        rec = learn.recorder
+        _write_json(run_dir / "lr_find.json", {"lrs": [float(x) for x in rec.lrs],
+                                               "losses": [float(x) for x in rec.losses],
+                                               "suggestions": found, "bounds": bounds._asdict()})
+    return bounds
+
+
+def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int, history: list, extra_cbs) -> None:
+    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history)] + list(extra_cbs or [])
+    learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
+                             (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
+
+
+def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: int | None = None,
+              overwrite: bool = False, extra_cbs=None, log=print) -> dict:
+    "A new run: folder, data, LR bounds (found or given), fit, final evaluation and export."
+    run_dir = prepare_run_dir(run_dir, overwrite)
+    t0 = time.time()
+    data = load_data(data_path, subset)
+    learn = setup(r, data, run_dir)
+    info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(device()),
+            "machine": platform.platform(), "data": str(data_path) if data_path else "untar_data(URLs.CIFAR)",
+            "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "status": "started"}
+    (run_dir / "settings.ini").write_text(recipe_to_ini(r))
+    _write_json(run_dir / "run.json", info)
+    if r.lr_max:
+        b = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, r.lr_max, "given")
+    else:
+        log(f"LR range test: {r.lr_find_iters} batches from {r.lr_find_start:g} to {r.lr_find_end:g} ...")
+        b = find_bounds(learn, r, run_dir)
+    log(f"LR bounds: {b.describe()}")
+    _write_json(run_dir / "lr_bounds.json", b._asdict())
+    info.update(status="training", lr_min=b.lr_min, lr_max=b.lr_max)
+    _write_json(run_dir / "run.json", info)
+    _fit(learn, r, b, run_dir, 0, [], extra_cbs)
+    return finish_run(learn, r, run_dir, info, time.time() - t0, log)
+
+
+def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=print) -> dict:
+    """Continue a run from its last completed epoch with model, optimizer, schedule position, RNG
+    streams and metrics history restored: the result equals an uninterrupted run's."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir(): raise RunError(f"--resume {run_dir}: no such run folder.")
+    info = _read_json(run_dir / "run.json")
+    try: r = load_settings(run_dir / "settings.ini")
+    except SettingsError as e: raise RunError(str(e)) from None
+    b = LRBounds(**_read_json(run_dir / "lr_bounds.json"))
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunError(f"{run_dir} has no {CHECKPOINT}: it stopped before its first epoch ended. Start it again.")
+    try: ck = load_checkpoint(run_dir / CHECKPOINT)
+    except Exception as e: raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}).") from None
+    start = ck["epoch"] + 1
+    if start >= r.epochs: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
+    data_path = data_path or (None if info["data"].startswith("untar_data") else info["data"])
+    t0 = time.time()
+    data = load_data(data_path, info.get("subset"))
+    learn = setup(r, data, run_dir)
+    learn.create_opt()
+    learn.model.load_state_dict(ck["model"])
+    learn.opt.load_state_dict(ck["opt"])
+    set_rng_state(learn, ck["rng"])
+    history = ck["history"][:start]
+    write_metrics(run_dir, history)
+    log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
+    if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs)
+    return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+
+
+def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log=print) -> dict:
+    "Final evaluation on the validation (official test) set, export of the learner, run record."
+    res = evaluate_learner(learn, tta=True)
+    _write_json(run_dir / "final.json", res)
+    learn.export(run_dir / "model.pkl")
+    info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
+                accuracy_tta=res["accuracy_tta"])
+    _write_json(run_dir / "run.json", info)
+    log(f"Test accuracy {res['accuracy']:.4f} (flip-TTA {res['accuracy_tta']:.4f}) on {res['n_images']} images. "
+        f"Learner exported to {run_dir / 'model.pkl'}")
+    return res
