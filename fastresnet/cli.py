@@ -146,7 +146,9 @@ def cmd_evaluate(a) -> int:
     if list(data.vocab) != list(learn.dls.vocab):
         from .data import DataError
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
-    res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+    if a.json:  # machine-readable stdout: no progress bar in it
+        with learn.no_bar(): res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+    else: res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -162,7 +164,7 @@ def cmd_evaluate(a) -> int:
 def cmd_predict(a) -> int:
     from .inference import load_trusted_learner, predict_files
     learn = load_trusted_learner(a.model)
-    results, errors = predict_files(learn, a.images)
+    with learn.no_bar(): results, errors = predict_files(learn, a.images)
     for res in results:
         print(f"{res['file']}\t{res['class']}\t{res['probability']:.4f}")
         for n in res["notes"]: print(f"  note: {n}", file=sys.stderr)

@@ -19,6 +19,7 @@ from fastai.metrics import accuracy
 from fastai.optimizer import Adam
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
+from fastcore.foundation import L
 
 from .config import Recipe
 from .model import CustomResNet
@@ -78,6 +79,16 @@ def set_rng_state(learn: Learner, s: dict) -> None:
     for dl, st in zip(learn.dls.loaders, s["dls"]): dl.rng.setstate(st)
 
 
+def plain(o):
+    "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
+    if isinstance(o, dict): return {k: plain(v) for k, v in o.items()}
+    if isinstance(o, (list, L)): return [plain(v) for v in o]
+    if isinstance(o, tuple): return tuple(plain(v) for v in o)
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
+    return o
+
+
 def _to_tuples(o):
     "JSON-free round trip: torch.load(weights_only) returns lists where we saved tuples."
     return tuple(_to_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
@@ -98,10 +109,15 @@ class RunCheckpoint(Callback):
     `metrics.json`, and save model + optimizer + RNG + history atomically to `checkpoint.pth`."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None):
-        self.run_dir, self.history = Path(run_dir), list(history or [])
+    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None):
+        self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
+
+    def before_fit(self):
+        "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
+        if self.smooth: self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
     def after_epoch(self):
+        if self.epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)
         names = self.recorder.metric_names[:-1]  # 'epoch', losses, metrics; 'time' is formatted apart
         row = dict(zip(names, self.recorder.log[:len(names)]))
         row = {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
@@ -109,8 +125,9 @@ class RunCheckpoint(Callback):
         row["lr_end"] = float(self.opt.hypers[-1]["lr"])
         self.history.append(row)
         ck = {"epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-              "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch}
-        atomic_torch_save(ck, self.run_dir / CHECKPOINT)
+              "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
+              "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val}}
+        atomic_torch_save(plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history)
 
 

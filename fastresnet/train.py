@@ -83,8 +83,9 @@ def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBou
     return bounds
 
 
-def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int, history: list, extra_cbs) -> None:
-    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history)] + list(extra_cbs or [])
+def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int, history: list, extra_cbs,
+         smooth_loss: dict | None = None) -> None:
+    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history, smooth_loss)] + list(extra_cbs or [])
     learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
                              (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 
@@ -140,7 +141,7 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     history = ck["history"][:start]
     write_metrics(run_dir, history)
     log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
-    if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs)
+    if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck.get("smooth_loss"))
     return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
 
 

@@ -1,0 +1,73 @@
+"""Tiny synthetic CIFAR-shaped data, made fresh in each test session: no network, no shared data."""
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastresnet.data import CIFAR_CLASSES, CifarArrays
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    "n (32, 32, 3) uint8 images whose mean colour depends on the class, so a model can learn them."
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    base = rng.integers(0, 80, size=(n, 32, 32, 3))
+    colour = np.stack([labels * 17, (9 - labels) * 17, (labels % 3) * 60], 1)[:, None, None, :]
+    return (base + colour).clip(0, 255).astype(np.uint8), labels
+
+
+def make_folder(root: Path, n_train: int = 40, n_test: int = 20, ext: str = ".png") -> Path:
+    "fastai's CIFAR layout: root/{train,test}/<class>/<n>.png."
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        imgs, labels = synthetic_images(n, seed)
+        for i, (im, y) in enumerate(zip(imgs, labels)):
+            d = root / split / CIFAR_CLASSES[y]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im).save(d / f"{i:04d}{ext}")
+    return root
+
+
+def make_python_archive(root: Path, per_batch: int = 10, n_test: int = 10) -> Path:
+    "The official `cifar-10-batches-py` format: pickled dicts of flat CHW bytes."
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    def dump(name, obj):
+        with open(folder / name, "wb") as f: pickle.dump(obj, f)
+    dump("batches.meta", {b"label_names": [c.encode() for c in CIFAR_CLASSES]})
+    for i, n in enumerate([per_batch] * 5 + [n_test]):
+        imgs, labels = synthetic_images(n, seed=i)
+        flat = imgs.transpose(0, 3, 1, 2).reshape(n, -1)
+        dump(f"data_batch_{i + 1}" if i < 5 else "test_batch", {b"data": flat, b"labels": labels.tolist()})
+    return folder
+
+
+def make_arrays(n_train: int = 40, n_valid: int = 20) -> CifarArrays:
+    tr, ytr = synthetic_images(n_train, 0)
+    va, yva = synthetic_images(n_valid, 1)
+    imgs = torch.from_numpy(np.concatenate([tr, va])).permute(0, 3, 1, 2).contiguous()
+    return CifarArrays(imgs, torch.from_numpy(np.concatenate([ytr, yva])).long(), list(CIFAR_CLASSES), n_train)
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    "Decoded-data caches go to the test's temporary folder, never to the user's."
+    monkeypatch.setenv("FASTRESNET_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture
+def arrays() -> CifarArrays:
+    return make_arrays()

@@ -1,0 +1,145 @@
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_folder, make_python_archive, synthetic_images
+from fastresnet.config import Recipe
+from fastresnet.data import CIFAR_CLASSES, DataError, balanced_subset, cifar_dls, load_cifar, load_image
+
+
+def test_folder_layout_reads_exact_pixels(tmp_path):
+    root = make_folder(tmp_path / "c", n_train=20, n_test=10)
+    d = load_cifar(root)
+    assert d.images.shape == (30, 3, 32, 32) and d.images.dtype == torch.uint8
+    assert d.n_train == 20 and d.vocab == CIFAR_CLASSES
+    imgs, labels = synthetic_images(20, 0)
+    i = int(np.nonzero(labels == 3)[0][0])                    # first cat
+    cat = int((d.labels[:20] == 3).nonzero()[0])
+    assert torch.equal(d.images[cat], torch.from_numpy(imgs[i]).permute(2, 0, 1))
+
+
+def test_folder_is_cached_and_cache_invalidated(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "c", n_train=20, n_test=10)
+    load_cifar(root)
+    caches = list((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 1
+    import fastresnet.data as D
+    monkeypatch.setattr(D, "load_image", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    assert load_cifar(root).n_train == 20
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTRESNET_CACHE", str(tmp_path / "cache"))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "train" / "cat" / "extra.png")
+    assert load_cifar(root).n_train == 21                     # new file → new fingerprint
+
+
+def test_python_archive(tmp_path):
+    folder = make_python_archive(tmp_path)
+    for p in (folder, tmp_path):                               # the archive folder or its parent
+        d = load_cifar(p)
+        assert d.n_train == 50 and d.n_valid == 10 and d.vocab == CIFAR_CLASSES
+    imgs, labels = synthetic_images(10, seed=5)
+    assert torch.equal(d.images[50], torch.from_numpy(imgs[0]).permute(2, 0, 1))
+    assert d.labels[50] == labels[0]
+
+
+def test_truncated_python_archive(tmp_path):
+    folder = make_python_archive(tmp_path)
+    raw = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="data_batch_3 is truncated or corrupt"):
+        load_cifar(folder)
+
+
+def test_python_archive_missing_batch(tmp_path):
+    folder = make_python_archive(tmp_path)
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataError, match="missing test_batch"):
+        load_cifar(folder)
+
+
+def test_balanced_subset(arrays):
+    s = balanced_subset(arrays, 20)
+    assert s.n_train == 20 and s.n_valid == arrays.n_valid
+    assert torch.bincount(s.labels[:20], minlength=10).tolist() == [2] * 10
+    with pytest.raises(DataError, match="larger than the 40"):
+        balanced_subset(arrays, 41)
+
+
+def test_dls_batches(arrays):
+    dls = cifar_dls(arrays, Recipe(bs=16))
+    xb, yb = dls.train.one_batch()
+    assert xb.shape == (16, 3, 32, 32) and xb.dtype == torch.float32 and yb.shape == (16,)
+    assert len(dls.valid_ds) == 20 and list(dls.vocab) == CIFAR_CLASSES
+
+
+# ---------------------------------------------------------------- bad input: each refused or converted, clearly
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_cifar(tmp_path / "nowhere")
+
+
+def test_wrong_layout(tmp_path):
+    (tmp_path / "x" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no `test/` folder"):
+        load_cifar(tmp_path / "x")
+
+
+def test_no_class_folders(tmp_path):
+    root = tmp_path / "x"
+    for s in ("train", "test"): (root / s).mkdir(parents=True)
+    with pytest.raises(DataError, match="no class folders"):
+        load_cifar(root)
+
+
+def test_classes_differ(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    shutil.rmtree(root / "test" / "ship")
+    with pytest.raises(DataError, match=r"only in train: \['ship'\]"):
+        load_cifar(root)
+
+
+def test_empty_class(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    for f in (root / "train" / "frog").iterdir(): f.unlink()
+    with pytest.raises(DataError, match="frog holds no images"):
+        load_cifar(root)
+
+
+def test_corrupt_and_truncated_images_are_listed(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    (root / "train" / "cat" / "0003.png").write_bytes(b"not a png at all")
+    good = (root / "train" / "dog" / "0005.png").read_bytes()
+    (root / "train" / "dog" / "0005.png").write_bytes(good[:40])
+    with pytest.raises(DataError) as e:
+        load_cifar(root)
+    assert "2 image file(s)" in str(e.value) and "0003.png" in str(e.value) and "0005.png" in str(e.value)
+
+
+def test_non_image_files_are_skipped_with_a_warning(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    (root / "train" / "cat" / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="skipping 1 file"):
+        assert load_cifar(root).n_train == 20
+
+
+def test_grayscale_and_rgba_are_converted(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    Image.fromarray(np.full((32, 32), 100, np.uint8), "L").save(root / "train" / "cat" / "0003.png")
+    Image.fromarray(np.full((32, 32, 4), 50, np.uint8), "RGBA").save(root / "train" / "dog" / "0005.png")
+    d = load_cifar(root)
+    assert d.images.shape[1] == 3
+    assert torch.equal(load_image(root / "train" / "cat" / "0003.png"), torch.full((3, 32, 32), 100, dtype=torch.uint8))
+
+
+def test_wrong_size_is_refused_for_training_and_resized_for_prediction(tmp_path):
+    root = make_folder(tmp_path / "c", 20, 10)
+    big = root / "train" / "cat" / "0003.png"
+    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(big)
+    with pytest.raises(DataError, match="48x64, not 32x32"):
+        load_cifar(root)
+    with pytest.warns(UserWarning, match="resized"):
+        assert load_image(big, resize=True).shape == (3, 32, 32)

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from fastresnet.config import Recipe
+from fastresnet.data import cifar_dls
+from fastresnet.learner import build_learner
+from fastresnet.schedule import lr_bounds_from_finder, run_lr_find, suggestions
+
+
+class RecordHypers(Callback):
+    "Per-batch LR and beta1 as the optimizer used them."
+    order = 99
+    def __init__(self): self.seen_lr, self.seen_beta1 = [], []
+    def after_batch(self):
+        if self.training:
+            self.seen_lr.append(self.opt.hypers[-1]["lr"])
+            self.seen_beta1.append(self.opt.hypers[-1]["mom"])
+
+
+def tiny_learner(arrays, tmp_path, bs=10, **kw):
+    torch.manual_seed(0)
+    r = Recipe(bs=bs, **kw)
+    return build_learner(cifar_dls(arrays, r), r, tmp_path)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cos"])
+def test_lr_peaks_at_end_of_peak_epoch_and_returns_to_lr_min(arrays, tmp_path, shape):
+    learn = tiny_learner(arrays, tmp_path, bs=20)               # 40 images → 2 batches an epoch
+    rec = RecordHypers()
+    learn.fit_one_cycle_peak(6, lr_min=1e-4, lr_max=1e-2, peak_epoch=2, shape=shape, cbs=[rec])
+    lrs, n_iter = np.array(rec.seen_lr), 2
+    assert len(lrs) == 12
+    peak = int(lrs.argmax())
+    assert peak == 2 * n_iter                                   # first step after epoch 2: the top of the ramp
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4)
+    assert lrs[peak] == pytest.approx(1e-2)
+    assert (np.diff(lrs[:peak + 1]) > 0).all() and (np.diff(lrs[peak:]) < 0).all()
+    assert lrs.min() >= 1e-4 * (1 - 1e-6)                       # no annihilation below LRMIN
+    moms = np.array(rec.seen_beta1)                                   # beta1 moves against the LR
+    assert moms[0] == pytest.approx(0.95) and moms[peak] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    assert learn.recorder.hps["lr"] == pytest.approx(lrs.tolist())
+
+
+def test_default_24_epoch_schedule_peaks_after_five_epochs():
+    from fastresnet.schedule import peak_scheds
+    n_iter = 98                                                  # 50,000 / 512, last batch kept
+    n = 24 * n_iter
+    f = peak_scheds(0.001, 0.1, 5 * n_iter / (n - 1))["lr"]
+    lrs = np.array([f(i / (n - 1)) for i in range(n)])
+    assert lrs.argmax() == 5 * n_iter and lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.001)
+
+
+def test_bad_schedule_arguments(arrays, tmp_path):
+    learn = tiny_learner(arrays, tmp_path)
+    with pytest.raises(ValueError, match="peak_epoch"):
+        learn.fit_one_cycle_peak(3, 1e-4, 1e-2, peak_epoch=3)
+    with pytest.raises(ValueError, match="lr_min < lr_max"):
+        learn.fit_one_cycle_peak(3, 1e-2, 1e-4, peak_epoch=1)
+
+
+def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
+    learn = tiny_learner(arrays, tmp_path)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    b, found = run_lr_find(learn, "minimum", 10, 100, num_it=8)
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(learn.recorder.lrs) == 8 and learn.recorder.lrs[0] < learn.recorder.lrs[-1]
+    assert set(found) == {"minimum", "steep", "valley", "slide"}
+    assert b.lr_max == pytest.approx(found["minimum"] / 10) and b.lr_min == pytest.approx(b.lr_max / 100)
+    assert not any("grad_avg" in st or "sqr_avg" in st for st in learn.opt.state_dict()["state"])  # Adam reset
+
+
+def test_bounds_rule():
+    b = lr_bounds_from_finder(0.2, "minimum", 10, 100)
+    assert (b.lr_max, b.lr_min) == pytest.approx((0.02, 0.0002))
+    with pytest.raises(ValueError, match="--lr-max"):
+        lr_bounds_from_finder(float("nan"), "valley", 10, 100)
+
+
+def test_suggestions_on_a_known_curve():
+    lrs = list(np.logspace(-6, 1, 100))
+    losses = [2.0 - 0.1 * np.log10(l / 1e-6) if l < 0.1 else 1.5 + 5 * (l - 0.1) for l in lrs]
+    s = suggestions(lrs, losses, 100)
+    i_min = int(np.argmin(losses))
+    assert s["minimum"] == pytest.approx(lrs[i_min] / 10)        # fastai's Minimum: the lowest loss's LR / 10

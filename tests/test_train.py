@@ -1,0 +1,86 @@
+"""End-to-end runs on tiny synthetic data: the CLI, the run folder, export → load_learner → predict,
+and an interrupted-and-resumed run that must equal an uninterrupted one exactly."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+from fastai.learner import load_learner
+
+from fastresnet.cli import main
+from fastresnet.config import Recipe
+from fastresnet.learner import load_checkpoint
+from fastresnet.train import RunError, resume_run, train_run
+
+TINY = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1"]
+
+
+def test_cli_train_export_load_predict(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--epochs", "2",
+           "--peak-epoch", "1", "--out", str(out), *TINY]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "LR bounds: LRMAX" in p.stdout and "Test accuracy" in p.stdout
+    for f in ("settings.ini", "lr_bounds.json", "lr_find.json", "metrics.csv", "metrics.json", "final.json",
+              "model.pkl", "run.json", "checkpoint.pth"):
+        assert (out / f).is_file(), f
+    hist = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in hist] == [0, 1] and all(k in hist[0] for k in ("train_loss", "valid_loss", "accuracy"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["lr_max"] > run["lr_min"] > 0
+    learn = load_learner(out / "model.pkl")
+    img = tiny_folder / "test" / "cat" / "0003.png"
+    cls, idx, probs = learn.predict(__import__("fastresnet.data", fromlist=["load_image"]).load_image(img))
+    assert cls in learn.dls.vocab and probs.sum() == pytest.approx(1, abs=1e-5)
+    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "predict", str(img), "--model", str(out / "model.pkl")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.split("\t")[1] == cls
+    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "evaluate", "--model", str(out / "model.pkl"),
+                        "--data", str(tiny_folder), "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ev = json.loads(p.stdout)
+    final = json.loads((out / "final.json").read_text())
+    assert ev["accuracy"] == pytest.approx(final["accuracy"]) and ev["n_images"] == 20
+    assert sum(map(sum, ev["confusion"])) == 20
+
+
+def test_existing_run_folder_is_refused(tmp_path, arrays):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("keep me")
+    with pytest.raises(RunError, match="already exists"):
+        train_run(Recipe(), tmp_path / "run")
+
+
+class Interrupt(Callback):
+    "Ctrl-C at the start of epoch `at`."
+    def __init__(self, at): self.at = at
+    def before_epoch(self):
+        if self.epoch == self.at: raise KeyboardInterrupt
+
+
+class LRLog(Callback):
+    order = 99
+    def __init__(self): self.seen = []
+    def after_batch(self):
+        if self.training: self.seen.append(self.opt.hypers[-1]["lr"])
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
+    r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
+    full_log = LRLog()
+    train_run(r, tmp_path / "full", str(tiny_folder), extra_cbs=[full_log], log=lambda *a: None)
+    part1, part2 = LRLog(), LRLog()
+    with pytest.raises(KeyboardInterrupt):
+        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[part1, Interrupt(2)], log=lambda *a: None)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
+    resume_run(tmp_path / "cut", extra_cbs=[part2], log=lambda *a: None)
+    assert part1.seen + part2.seen == full_log.seen            # same per-batch LR sequence
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pth")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]: assert torch.equal(a["model"][k], b["model"][k]), k   # bit-identical weights
+    strip = lambda h: [{k: v for k, v in row.items() if k != "time"} for row in h]
+    assert strip(a["history"]) == strip(b["history"])            # and identical metrics history
