@@ -34,6 +34,9 @@ RECIPE_FLAGS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **k):  # no silent prefix-matching: `--epoch` is an error, not `--epochs`
+        super().__init__(*a, **{"allow_abbrev": False, **k})
+
     def error(self, message):  # argparse's own exit code is 2 as well; keep its usage line
         self.print_usage(sys.stderr)
         self.exit(2, f"fastresnet: error: {message}\n")
@@ -71,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", help="folder for lr_find.json (default: runs/lr-find-<date-time>)")
 
     e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
-    e.add_argument("--model", required=True, metavar="PKL", help="model.pkl written by `fastresnet train`")
+    e.add_argument("--model", required=True, metavar="FILE", help="model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run")
     e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     pr = sub.add_parser("predict", help="class and probability for image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--model", required=True, metavar="PKL", help="model.pkl written by `fastresnet train`")
+    pr.add_argument("--model", required=True, metavar="FILE", help="model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run")
     return ap
 
 
@@ -140,8 +143,8 @@ def cmd_lr_find(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from .data import load_cifar
-    from .inference import evaluate_learner, labelled_dl, load_trusted_learner
-    learn = load_trusted_learner(a.model)
+    from .inference import evaluate_learner, labelled_dl, load_any
+    learn = load_any(a.model)
     data = load_cifar(a.data)
     if list(data.vocab) != list(learn.dls.vocab):
         from .data import DataError
@@ -162,8 +165,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .inference import load_trusted_learner, predict_files
-    learn = load_trusted_learner(a.model)
+    from .inference import load_any, predict_files
+    learn = load_any(a.model)
     with learn.no_bar(): results, errors = predict_files(learn, a.images)
     for res in results:
         print(f"{res['file']}\t{res['class']}\t{res['probability']:.4f}")

@@ -2,6 +2,7 @@
 matrix, and predictions for image files, from an exported `.pkl` or a live Learner."""
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 import zipfile
@@ -11,10 +12,12 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, load_learner
 
-from .data import CifarArrays, DataError, load_image
+from .config import Recipe
+from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
+from .learner import atomic_write, build_learner
 
 __all__ = ["FlipInputs", "evaluate_learner", "load_trusted_learner", "ModelFileError", "predict_files",
-           "labelled_dl"]
+           "labelled_dl", "save_weights", "load_weights_learner", "load_any"]
 
 
 class ModelFileError(ValueError):
@@ -73,6 +76,46 @@ def load_trusted_learner(path: str | Path) -> Learner:
     if not isinstance(learn, Learner):
         raise ModelFileError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
     return learn
+
+
+def save_weights(learn: Learner, path: str | Path) -> None:
+    "The weights alone as safetensors (no code inside), with the class names and logit scale as metadata."
+    from safetensors.torch import save
+    sd = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    meta = {"vocab": json.dumps(list(learn.dls.vocab)), "logit_scale": str(getattr(learn.model, "logit_scale", 1.0)),
+            "format": "fastresnet-weights-1"}
+    atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
+
+
+def load_weights_learner(path: str | Path) -> Learner:
+    """A Learner for inference from a `.safetensors` file: safe to load from anyone, since no code is
+    unpickled. The preprocessing (normalisation) is rebuilt from the code, not read from the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    path = Path(path)
+    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
+    try:
+        raw = path.read_bytes()
+        sd = load(raw)
+        n = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + n]).get("__metadata__", {})
+        vocab = json.loads(meta["vocab"])
+    except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
+                             "is it truncated?") from None
+    r = Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0)))
+    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, SIZE, SIZE, dtype=torch.uint8),
+                       torch.arange(len(vocab)).repeat(2), vocab, len(vocab))  # one image per class: builds the pipeline
+    learn = build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
+    try: learn.model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
+    return learn
+
+
+def load_any(path: str | Path) -> Learner:
+    "`.safetensors` → weights-only loading; anything else → `load_learner` (a pickle: trusted files only)."
+    return load_weights_learner(path) if str(path).endswith(".safetensors") else load_trusted_learner(path)
 
 
 def predict_files(learn: Learner, files: list[str | Path]) -> tuple[list[dict], list[str]]:

@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from . import __version__
 from .config import Recipe, SettingsError, recipe_to_ini, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
-from .inference import evaluate_learner
+from .inference import evaluate_learner, save_weights
 from .learner import CHECKPOINT, RunCheckpoint, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
     set_rng_state, write_metrics
 from .schedule import LRBounds, run_lr_find
@@ -150,6 +150,7 @@ def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: fl
     res = evaluate_learner(learn, tta=True)
     _write_json(run_dir / "final.json", res)
     learn.export(run_dir / "model.pkl")
+    save_weights(learn, run_dir / "model.safetensors")
     info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
                 accuracy_tta=res["accuracy_tta"])
     _write_json(run_dir / "run.json", info)
