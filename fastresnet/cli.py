@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="class and probability for image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--model", required=True, metavar="FILE", help="model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run")
+    rp = sub.add_parser("report", help="regenerate a run folder's plots and report.md without retraining")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--data", metavar="PATH", help="data for the top-loss and augmentation plots "
+                    "(default: the run's own; without data those two plots are skipped)")
+
+    sub.add_parser("summary", help="layers, output shapes and parameter counts of the model (batch of 10)")
     return ap
 
 
@@ -150,8 +156,8 @@ def cmd_evaluate(a) -> int:
         from .data import DataError
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
     if a.json:  # machine-readable stdout: no progress bar in it
-        with learn.no_bar(): res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
-    else: res = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+        with learn.no_bar(): res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+    else: res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -175,22 +181,53 @@ def cmd_predict(a) -> int:
     return 1 if errors else 0
 
 
+def cmd_report(a) -> int:
+    from .report import make_report
+    from .train import learner_for_run
+    run_dir = Path(a.run_dir)
+    if not (run_dir / "run.json").is_file():
+        from .train import RunError
+        raise RunError(f"{run_dir} is not a fastresnet run folder (no run.json).")
+    try:
+        learn = learner_for_run(run_dir, a.data)
+    except Exception as e:  # no data here, no weights yet: the file-based plots still come out
+        print(f"note: top-loss and augmentation plots skipped ({e})", file=sys.stderr)
+        learn = None
+    losses = None
+    if learn is not None:
+        from .inference import evaluate_learner
+        _, losses = evaluate_learner(learn, tta=False)
+    print(f"Report: {make_report(run_dir, learn, losses)}")
+    return 0
+
+
+def cmd_summary(a) -> int:
+    from .config import Recipe
+    from .data import CIFAR_CLASSES
+    from .inference import stub_learner
+    r = Recipe(channels_last=False)
+    learn = stub_learner(CIFAR_CLASSES, r)
+    with learn.no_bar(): print(learn.summary())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from .config import SettingsError
-    from .data import DataError
-    from .inference import ModelFileError
-    from .learner import DivergedError
-    from .train import RunError
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            return {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate,
-                    "predict": cmd_predict}[a.command](a)
-    except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
-        print(f"fastresnet: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # fastai/torch deprecation chatter is not for our users
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        from .config import SettingsError
+        from .data import DataError
+        from .inference import ModelFileError
+        from .learner import DivergedError
+        from .train import RunError
+        commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                    "report": cmd_report, "summary": cmd_summary}
+        try:
+            return commands[a.command](a)
+        except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
+            print(f"fastresnet: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
 from .learner import atomic_write, build_learner
 
 __all__ = ["FlipInputs", "evaluate_learner", "load_trusted_learner", "ModelFileError", "predict_files",
-           "labelled_dl", "save_weights", "load_weights_learner", "load_any"]
+           "labelled_dl", "save_weights", "load_weights_learner", "load_any", "stub_learner"]
 
 
 class ModelFileError(ValueError):
@@ -39,11 +39,12 @@ def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
 
 
 @torch.no_grad()
-def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> dict:
+def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> tuple[dict, torch.Tensor]:
     """Accuracy on `dl` (default: the validation set), with flip-TTA if asked (the mean of the
-    softmax over the image and its mirror), per-class accuracy and the confusion matrix."""
+    softmax over the image and its mirror), per-class accuracy and the confusion matrix; and the
+    per-image losses, which `ClassificationInterpretation` needs for the top-loss plot."""
     dl = dl if dl is not None else learn.dls.valid
-    probs, targs = learn.get_preds(dl=dl)
+    probs, targs, losses = learn.get_preds(dl=dl, with_loss=True)
     vocab = list(learn.dls.vocab)
     out = {"n_images": len(targs)}
     if tta:
@@ -56,7 +57,7 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> dict:
     out["per_class"] = {c: float(cm[i, i] / cm[i].sum().clamp(min=1)) for i, c in enumerate(vocab)}
     out["confusion"] = cm.tolist()
     out["vocab"] = vocab
-    return out
+    return out, losses
 
 
 def load_trusted_learner(path: str | Path) -> Learner:
@@ -103,14 +104,18 @@ def load_weights_learner(path: str | Path) -> Learner:
     except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
-    r = Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0)))
-    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, SIZE, SIZE, dtype=torch.uint8),
-                       torch.arange(len(vocab)).repeat(2), vocab, len(vocab))  # one image per class: builds the pipeline
-    learn = build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
+    learn = stub_learner(vocab, Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0))))
     try: learn.model.load_state_dict(sd)
     except RuntimeError as e:
         raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
     return learn
+
+
+def stub_learner(vocab: list[str], r: Recipe) -> Learner:
+    "A Learner with the recipe's pipeline but a blank image per class as data: for inference and summaries."
+    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, SIZE, SIZE, dtype=torch.uint8),
+                       torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab))
+    return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
 
 
 def load_any(path: str | Path) -> Learner:

@@ -38,6 +38,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale)
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=accuracy, wd=r.wd,
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
+    learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
     return learn
 
@@ -109,8 +110,14 @@ class RunCheckpoint(Callback):
     `metrics.json`, and save model + optimizer + RNG + history atomically to `checkpoint.pth`."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None):
+    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
+                 hps: dict | None = None):
         self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
+        self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}  # per-batch, as applied
+
+    def after_batch(self):
+        if self.training:
+            for k in self.hps: self.hps[k].append(float(self.opt.hypers[-1][k]))
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
@@ -126,13 +133,15 @@ class RunCheckpoint(Callback):
         self.history.append(row)
         ck = {"epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
-              "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val}}
+              "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
+              "hps": self.hps}
         atomic_torch_save(plain(ck), self.run_dir / CHECKPOINT)
-        write_metrics(self.run_dir, self.history)
+        write_metrics(self.run_dir, self.history, self.hps)
 
 
-def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    "The per-epoch table as CSV (for spreadsheets) and JSON (for code), both atomically."
+def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -> None:
+    "The per-epoch table as CSV (for spreadsheets) and JSON (for code), both atomically; per-batch LR/beta1."
+    if hps is not None: atomic_write(run_dir / "schedule.json", lambda f: f.write(json.dumps(hps).encode()))
     if not history: return
     keys = list(history[0])
     csv = ",".join(keys) + "\n" + "".join(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n"

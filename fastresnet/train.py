@@ -16,11 +16,13 @@ from . import __version__
 from .config import Recipe, SettingsError, recipe_to_ini, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
+from .report import make_report
 from .learner import CHECKPOINT, RunCheckpoint, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
     set_rng_state, write_metrics
 from .schedule import LRBounds, run_lr_find
 
-__all__ = ["RunError", "prepare_run_dir", "setup", "find_bounds", "train_run", "resume_run", "finish_run"]
+__all__ = ["RunError", "prepare_run_dir", "setup", "find_bounds", "train_run", "resume_run", "finish_run",
+           "learner_for_run"]
 
 
 class RunError(RuntimeError):
@@ -84,8 +86,9 @@ def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBou
 
 
 def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int, history: list, extra_cbs,
-         smooth_loss: dict | None = None) -> None:
-    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history, smooth_loss)] + list(extra_cbs or [])
+         ck: dict | None = None) -> None:
+    ck = ck or {}
+    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"))] + list(extra_cbs or [])
     learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
                              (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 
@@ -139,21 +142,33 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     learn.opt.load_state_dict(ck["opt"])
     set_rng_state(learn, ck["rng"])
     history = ck["history"][:start]
-    write_metrics(run_dir, history)
+    write_metrics(run_dir, history, ck["hps"])
     log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
-    if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck.get("smooth_loss"))
+    if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck)
     return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+
+
+def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
+    "The run's finished model on the run's data (or `data_path`), rebuilt from safe files: settings + safetensors."
+    from safetensors.torch import load_file
+    info = _read_json(run_dir / "run.json")
+    r = load_settings(run_dir / "settings.ini")
+    data_path = data_path or (None if info["data"].startswith("untar_data") else info["data"])
+    learn = setup(r, load_data(data_path, info.get("subset")), run_dir)
+    learn.model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    return learn
 
 
 def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log=print) -> dict:
     "Final evaluation on the validation (official test) set, export of the learner, run record."
-    res = evaluate_learner(learn, tta=True)
+    res, losses = evaluate_learner(learn, tta=True)
     _write_json(run_dir / "final.json", res)
     learn.export(run_dir / "model.pkl")
     save_weights(learn, run_dir / "model.safetensors")
     info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
                 accuracy_tta=res["accuracy_tta"])
     _write_json(run_dir / "run.json", info)
+    make_report(run_dir, learn, losses)
     log(f"Test accuracy {res['accuracy']:.4f} (flip-TTA {res['accuracy_tta']:.4f}) on {res['n_images']} images. "
         f"Learner exported to {run_dir / 'model.pkl'}")
     return res

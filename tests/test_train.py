@@ -28,7 +28,7 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
               "model.pkl", "run.json", "checkpoint.pth"):
         assert (out / f).is_file(), f
     hist = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in hist] == [0, 1] and all(k in hist[0] for k in ("train_loss", "valid_loss", "accuracy"))
+    assert [h["epoch"] for h in hist] == [0, 1] and all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["lr_max"] > run["lr_min"] > 0
     learn = load_learner(out / "model.pkl")
@@ -45,6 +45,33 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert ev["accuracy"] == pytest.approx(final["accuracy"]) and ev["n_images"] == 20
     assert sum(map(sum, ev["confusion"])) == 20
+    check_report(out)
+    for png in out.glob("*.png"): png.unlink()
+    (out / "report.md").unlink()
+    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "report", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    check_report(out)                                            # regenerated without retraining
+
+
+def check_report(out):
+    from PIL import Image
+    from fastresnet.report import PLOTS
+    report = (out / "report.md").read_text()
+    for name in PLOTS:
+        with Image.open(out / name) as im:
+            im.verify()                                          # a valid PNG ...
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 150
+            assert len(set(im.convert("L").getdata())) > 10      # ... with something drawn in it
+        assert f"]({name})" in report
+    assert "Test accuracy" in report and "LRMAX" in report and "| cat |" in report and "[train]" in report
+
+
+def test_summary(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "6,573,130" in out and "10 x 512 x 4 x 4" in out
 
 
 def test_existing_run_folder_is_refused(tmp_path, arrays):

@@ -1,0 +1,139 @@
+"""Pictures of a run, for people who would rather look than read: the LR finder curve with the
+chosen bounds, the schedule as applied, loss/accuracy curves, the confusion matrix, the top-loss
+test images and a batch of augmented training images, gathered in `report.md`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")  # files only; works without a display
+import matplotlib.pyplot as plt
+import numpy as np
+from fastai.interpret import ClassificationInterpretation
+from fastai.learner import Learner
+
+__all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
+           "write_report", "make_report", "PLOTS"]
+
+PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",
+         "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
+         "top_losses.png": "Test images with the highest loss", "augmented.png": "Augmented training images"}
+
+
+def _load(run_dir: Path, name: str):
+    p = run_dir / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_lr_find(run_dir: Path) -> Path | None:
+    "Loss against LR (log scale) with fastai's suggestions and the chosen LRMIN/LRMAX marked."
+    d, b = _load(run_dir, "lr_find.json"), _load(run_dir, "lr_bounds.json")
+    if d is None: return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(d["lrs"], d["losses"], lw=1.5)
+    ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("smoothed training loss")
+    for (name, lr), c in zip(d["suggestions"].items(), ["tab:green", "tab:red", "tab:purple", "tab:brown"]):
+        if lr == lr: ax.axvline(lr, color=c, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
+    if b:
+        ax.axvline(b["lr_max"], color="k", lw=2, label=f"LRMAX {b['lr_max']:.3g}")
+        ax.axvline(b["lr_min"], color="gray", lw=2, label=f"LRMIN {b['lr_min']:.3g}")
+    ax.legend(fontsize=8); ax.set_title("LR range test")
+    return _save(fig, run_dir / "lr_find.png")
+
+
+def plot_schedule(run_dir: Path) -> Path | None:
+    "LR and Adam beta1 per training batch, exactly as the optimizer used them."
+    h = _load(run_dir, "schedule.json")
+    if not h or not h.get("lr"): return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(h["lr"], color="tab:blue"); ax.set_xlabel("batch"); ax.set_ylabel("LR", color="tab:blue")
+    if h.get("mom"):
+        ax2 = ax.twinx(); ax2.plot(h["mom"], color="tab:orange"); ax2.set_ylabel("Adam beta1", color="tab:orange")
+    ax.set_title("One cycle: LRMIN → LRMAX at the peak epoch → LRMIN")
+    return _save(fig, run_dir / "schedule.png")
+
+
+def plot_metrics(run_dir: Path) -> Path | None:
+    "Train vs test loss and accuracy per epoch: the gap between them is the overfitting signal."
+    hist = _load(run_dir, "metrics.json")
+    if not hist: return None
+    ep = [r["epoch"] + 1 for r in hist]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.plot(ep, [r["train_loss"] for r in hist], "o-", label="train (augmented, smoothed)")
+    a1.plot(ep, [r["valid_loss"] for r in hist], "o-", label="test")
+    a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(); a1.set_title("loss")
+    if "train_accuracy" in hist[0]: a2.plot(ep, [r["train_accuracy"] for r in hist], "o-", label="train (augmented)")
+    a2.plot(ep, [r.get("valid_accuracy", r.get("accuracy")) for r in hist], "o-", label="test")
+    a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.legend(); a2.set_title("accuracy")
+    return _save(fig, run_dir / "metrics.png")
+
+
+def plot_confusion(run_dir: Path) -> Path | None:
+    f = _load(run_dir, "final.json")
+    if not f: return None
+    cm, vocab = np.array(f["confusion"]), f["vocab"]
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(vocab)), vocab, rotation=90); ax.set_yticks(range(len(vocab)), vocab)
+    ax.set_xlabel("predicted"); ax.set_ylabel("actual")
+    for i in range(len(vocab)):
+        for j in range(len(vocab)):
+            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(f"Confusion matrix, accuracy {f['accuracy']:.4f}")
+    return _save(fig, run_dir / "confusion.png")
+
+
+def plot_top_losses(learn: Learner, losses, run_dir: Path, k: int = 9) -> Path:
+    "fastai's own top-loss grid (prediction / actual / loss / probability) from already computed losses."
+    interp = ClassificationInterpretation(learn, learn.dls.valid, losses)
+    with learn.no_bar(): interp.plot_top_losses(min(k, len(losses)), figsize=(8, 8))
+    return _save(plt.gcf(), run_dir / "top_losses.png")
+
+
+def plot_augmented(learn: Learner, run_dir: Path, n: int = 16) -> Path:
+    "A training batch as the model sees it: crops, flips and Cutout holes (mean colour) visible."
+    learn.dls.train.show_batch(max_n=n, figsize=(8, 8))
+    return _save(plt.gcf(), run_dir / "augmented.png")
+
+
+def write_report(run_dir: Path) -> Path:
+    "report.md: the final numbers, the settings and every picture the run folder has."
+    info, f, b = _load(run_dir, "run.json") or {}, _load(run_dir, "final.json"), _load(run_dir, "lr_bounds.json")
+    hist = _load(run_dir, "metrics.json") or []
+    lines = [f"# Run report: {run_dir.name}", ""]
+    if f:
+        lines += [f"**Test accuracy {f['accuracy']:.4f}** (flip-TTA {f.get('accuracy_tta', float('nan')):.4f}) on "
+                  f"{f['n_images']} test images, after {len(hist)} epochs.", ""]
+    lines += [f"- data: `{info.get('data')}`" + (f", subset {info['subset']}" if info.get("subset") else "") +
+              f" ({info.get('n_train')} train / {info.get('n_valid')} test images)",
+              f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
+    if b: lines.append(f"- LR bounds: LRMIN {b['lr_min']:.4g}, LRMAX {b['lr_max']:.4g} (rule: {b['rule']}, "
+                       f"suggestion {b['suggestion']:.4g})")
+    lines.append("")
+    if f:
+        lines += ["| class | accuracy |", "|---|---|"] + [f"| {c} | {v:.3f} |" for c, v in f["per_class"].items()] + [""]
+    for name, title in PLOTS.items():
+        if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    if (run_dir / "settings.ini").exists():
+        lines += ["## Settings", "", "```ini", (run_dir / "settings.ini").read_text().strip(), "```", ""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    return run_dir / "report.md"
+
+
+def make_report(run_dir: str | Path, learn: Learner | None = None, losses=None) -> Path:
+    """All plots and report.md. Plots that need the model and data (top losses, augmented batch)
+    are made when `learn` (with data) is given; the rest come from the run folder's files alone."""
+    run_dir = Path(run_dir)
+    for f in (plot_lr_find, plot_schedule, plot_metrics, plot_confusion): f(run_dir)
+    if learn is not None:
+        if losses is not None: plot_top_losses(learn, losses, run_dir)
+        plot_augmented(learn, run_dir)
+    return write_report(run_dir)
