@@ -25,11 +25,12 @@ RECIPE_FLAGS = {
     "--wd": ("wd", float, "weight decay"),
     "--lr-max": ("lr_max", float, "LRMAX; skips the LR range test when given"),
     "--lr-min": ("lr_min", float, "LRMIN (default: LRMAX / lr_min_div)"),
-    "--lr-rule": ("lr_rule", str, "lr_find suggestion LRMAX derives from: minimum, valley, steep, slide"),
+    "--lr-rule": ("lr_rule", str, "lr_find point LRMAX derives from: min_loss, minimum, valley, steep, slide"),
     "--lr-find-iters": ("lr_find_iters", int, "batches of the LR range test"),
     "--shape": ("shape", str, "schedule shape: linear or cos"),
     "--cutout": ("cutout", int, "Cutout square side (0 disables)"),
     "--label-smoothing": ("label_smoothing", float, "label smoothing (opt-in extra)"),
+    "--precision": ("precision", str, "fp32 (default), or bf16/fp16 mixed precision on a CUDA GPU"),
 }
 
 
@@ -53,6 +54,8 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--settings", metavar="FILE", help="settings file (default: the packaged settings.ini)")
     for flag, (name, typ, help) in RECIPE_FLAGS.items():
         g.add_argument(flag, dest=name, type=typ, metavar=typ.__name__.upper(), help=help)
+    g.add_argument("--compile", dest="compile", action="store_const", const=True,
+                   help="train through torch.compile (GPU; on CPU compilation costs more than it saves)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting of settings.ini, e.g. --set decouple_wd=false (repeatable)")
 
@@ -101,6 +104,7 @@ def recipe_from_args(a: argparse.Namespace):
         if k.strip() not in byname: raise SettingsError(f"--set: unknown setting {k.strip()!r}; see settings.ini.")
         extra[k.strip()] = _parse(byname[k.strip()], v, "--set")
     flags = {name: getattr(a, name) for name, _, _ in RECIPE_FLAGS.values()}
+    flags["compile"] = a.compile
     return r.replace(**extra).replace(**flags)
 
 

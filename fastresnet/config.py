@@ -45,7 +45,7 @@ class Recipe:
     lr_max: float = _f("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
     lr_min: float = _f("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
     lr_rule: str = _f("schedule", "minimum", "which lr_find suggestion LRMAX is derived from",
-                      choices=("minimum", "valley", "steep", "slide"))
+                      choices=("min_loss", "minimum", "valley", "steep", "slide"))
     lr_max_div: float = _f("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
     lr_min_div: float = _f("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = _f("schedule", 100, "batches the LR range test runs", min=6)
@@ -62,6 +62,10 @@ class Recipe:
     channels_last: bool = _f("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
     tta: bool = _f("eval", False, "also report accuracy with flip test-time augmentation (opt-in extra)")
+    # [runtime]
+    precision: str = _f("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
+                        choices=("fp32", "bf16", "fp16"))
+    compile: bool = _f("runtime", False, "torch.compile the model for training (pays off on GPUs, not on CPUs)")
 
     def validate(self) -> "Recipe":
         "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."

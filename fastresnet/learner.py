@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches to_fp16/to_bf16 onto Learner)
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy
@@ -21,10 +22,10 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastcore.foundation import L
 
-from .config import Recipe
+from .config import Recipe, SettingsError
 from .model import CustomResNet
 
-__all__ = ["build_learner", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
+__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
            "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pth"
@@ -40,7 +41,32 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
+    check_runtime(r)
+    if r.precision != "fp32": learn.to_fp16() if r.precision == "fp16" else learn.to_bf16()
+    if r.compile: learn.add_cb(CompileModel())
     return learn
+
+
+def check_runtime(r: Recipe) -> None:
+    "Refuse settings this machine cannot honour, before any data is loaded."
+    if r.precision != "fp32" and not torch.cuda.is_available():
+        raise SettingsError(f"precision = {r.precision} needs a CUDA GPU: fastai's mixed precision autocasts "
+                            "for CUDA only, so on this CPU it would silently train in fp32. Use fp32 here.")
+
+
+class CompileModel(Callback):
+    "Train through `torch.compile(model)`; the plain module is put back after fit, so saving and export are unchanged."
+    order = 0
+    def __init__(self, backend: str = "inductor"): self.backend = backend
+    def before_fit(self): self.plain, self.learn.model = self.model, torch.compile(self.model, backend=self.backend)
+    def after_fit(self): self.learn.model = self.plain
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    "The module behind a compiled (or DDP-wrapped) one, whose state_dict keys carry no prefix."
+    while hasattr(model, "_orig_mod") or hasattr(model, "module"):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
 
 
 # ---------------------------------------------------------------- atomic files
@@ -131,7 +157,7 @@ class RunCheckpoint(Callback):
         row["time"] = str(self.recorder.log[-1])  # fastai's mm:ss
         row["lr_end"] = float(self.opt.hypers[-1]["lr"])
         self.history.append(row)
-        ck = {"epoch": self.epoch, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+        ck = {"epoch": self.epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
               "hps": self.hps}

@@ -91,12 +91,13 @@ def run_lr_find(learn: Learner, rule: str = "minimum", max_div: float = 10.0, mi
 
 
 def suggestions(lrs, losses, num_it: int) -> dict[str, float]:
-    """fastai's four suggestion functions on a recorded range test (as `lr_find` computes them:
-    first 10% and last 5 points dropped, cut at the first NaN); NaN where one cannot be computed."""
+    """The LR of the lowest smoothed loss (`min_loss`) and fastai's four suggestions, computed as
+    `lr_find` does (first 10% and last 5 points dropped, cut at the first NaN); NaN where one
+    cannot be computed. fastai's `minimum` is `min_loss / 10`."""
     lrs, losses = torch.tensor(lrs[num_it // 10:-5]), torch.tensor([float(x) for x in losses[num_it // 10:-5]])
     bad = torch.nonzero(~torch.isfinite(losses)).flatten()
     if len(bad): lrs, losses = lrs[:bad[0]], losses[:bad[0]]
-    out = {}
+    out = {"min_loss": float(lrs[losses.argmin()]) if len(losses) else float("nan")}  # the bottom of the curve
     for name, func in SUGGESTIONS.items():
         try: out[name] = float(func(lrs, losses, num_it)[0])
         except Exception: out[name] = float("nan")  # too few points for this method

@@ -17,7 +17,7 @@ from .config import Recipe, SettingsError, recipe_to_ini, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
 from .report import make_report
-from .learner import CHECKPOINT, RunCheckpoint, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
+from .learner import CHECKPOINT, RunCheckpoint, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
     set_rng_state, write_metrics
 from .schedule import LRBounds, run_lr_find
 
@@ -96,6 +96,7 @@ def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int
 def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: int | None = None,
               overwrite: bool = False, extra_cbs=None, log=print) -> dict:
     "A new run: folder, data, LR bounds (found or given), fit, final evaluation and export."
+    check_runtime(r)
     run_dir = prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)

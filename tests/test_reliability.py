@@ -36,8 +36,11 @@ def run_cli(args, capsys):
     (["--lr-min", "0.001"], "without `lr_max`"),
     (["--subset", "1000"], "larger than the 40 training images"),
     (["--set", "nonsense=1"], "unknown setting"),
+    (["--precision", "bf16"], "needs a CUDA GPU"),
+    (["--precision", "fp8"], "choose one of"),
 ])
-def test_bad_flags_exit_2_with_a_message(tiny_folder, tmp_path, capsys, args, match):
+def test_bad_flags_exit_2_with_a_message(tiny_folder, tmp_path, capsys, monkeypatch, args, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the bf16 case is about CPU-only machines
     code, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *args], capsys)
     assert code == 2 and match in err and "Traceback" not in err
 

@@ -67,7 +67,7 @@ def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(learn.recorder.lrs) == 8 and learn.recorder.lrs[0] < learn.recorder.lrs[-1]
-    assert set(found) == {"minimum", "steep", "valley", "slide"}
+    assert set(found) == {"min_loss", "minimum", "steep", "valley", "slide"}
     assert b.lr_max == pytest.approx(found["minimum"] / 10) and b.lr_min == pytest.approx(b.lr_max / 100)
     assert not any("grad_avg" in st or "sqr_avg" in st for st in learn.opt.state_dict()["state"])  # Adam reset
 
@@ -85,3 +85,17 @@ def test_suggestions_on_a_known_curve():
     s = suggestions(lrs, losses, 100)
     i_min = int(np.argmin(losses))
     assert s["minimum"] == pytest.approx(lrs[i_min] / 10)        # fastai's Minimum: the lowest loss's LR / 10
+    assert s["min_loss"] == pytest.approx(lrs[i_min])
+
+
+def test_compiled_training_saves_plain_weights(arrays, tmp_path):
+    from fastresnet.learner import CompileModel, RunCheckpoint, load_checkpoint
+    learn = tiny_learner(arrays, tmp_path, bs=20)
+    plain = learn.model
+    learn.add_cb(CompileModel(backend="eager"))                 # the wrapper, without minutes of code generation
+    seen = []
+    class Peek(Callback):
+        def after_batch(self): seen.append(type(self.model).__name__)
+    learn.fit_one_cycle_peak(2, 1e-4, 1e-3, peak_epoch=1, cbs=[Peek(), RunCheckpoint(tmp_path)])
+    assert "OptimizedModule" in seen and learn.model is plain
+    assert set(load_checkpoint(tmp_path / "checkpoint.pth")["model"]) == set(plain.state_dict())
