@@ -18,14 +18,14 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import Adam
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 from fastai.data.core import DataLoaders
 from fastcore.foundation import L
 
 from .config import Recipe, SettingsError
 from .model import CustomResNet
 
-__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
+__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "ValidEvery", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
            "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pth"
@@ -151,9 +151,10 @@ class RunCheckpoint(Callback):
 
     def after_epoch(self):
         if self.epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)
-        names = self.recorder.metric_names[:-1]  # 'epoch', losses, metrics; 'time' is formatted apart
-        row = dict(zip(names, self.recorder.log[:len(names)]))
-        row = {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+        values = list(self.recorder.log[1:-1])  # between the epoch number and the time
+        row = {"epoch": self.epoch}
+        for n in self.recorder.metric_names[1:-1]:  # train_*, then valid_* unless that pass was skipped
+            row[n] = None if self.recorder.cancel_valid and n.startswith("valid_") else float(values.pop(0))
         row["time"] = str(self.recorder.log[-1])  # fastai's mm:ss
         row["lr_end"] = float(self.opt.hypers[-1]["lr"])
         self.history.append(row)
@@ -174,6 +175,16 @@ def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -
                                           for r in history)
     atomic_write(run_dir / "metrics.csv", lambda f: f.write(csv.encode()))
     atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+
+class ValidEvery(Callback):
+    "Skip the test-set pass except every `n` epochs and after the last (n=0: the last only): for CPU proxies."
+    order = 0
+    def __init__(self, n: int): self.n = n
+
+    def before_validate(self):
+        last = self.epoch == self.n_epoch - 1
+        if not last and (self.n == 0 or (self.epoch + 1) % self.n): raise CancelValidException()
 
 
 class DivergedError(RuntimeError):

@@ -17,7 +17,7 @@ from .config import Recipe, SettingsError, recipe_to_ini, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
 from .report import make_report
-from .learner import CHECKPOINT, RunCheckpoint, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
+from .learner import CHECKPOINT, RunCheckpoint, ValidEvery, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
     set_rng_state, write_metrics
 from .schedule import LRBounds, run_lr_find
 
@@ -89,6 +89,7 @@ def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int
          ck: dict | None = None) -> None:
     ck = ck or {}
     cbs = [StopOnNaN(), RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"))] + list(extra_cbs or [])
+    if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
     learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
                              (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 

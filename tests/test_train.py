@@ -111,3 +111,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path)
     for k in a["model"]: assert torch.equal(a["model"][k], b["model"][k]), k   # bit-identical weights
     strip = lambda h: [{k: v for k, v in row.items() if k != "time"} for row in h]
     assert strip(a["history"]) == strip(b["history"])            # and identical metrics history
+
+
+def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, valid_every=0)
+    train_run(r, tmp_path / "r", str(tiny_folder), log=lambda *a: None)
+    hist = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert [h["valid_accuracy"] is None for h in hist] == [True, True, False]
+    assert all(h["train_loss"] > 0 for h in hist)
