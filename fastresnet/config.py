@@ -66,6 +66,7 @@ class Recipe:
     precision: str = _f("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
                         choices=("fp32", "bf16", "fp16"))
     valid_every: int = _f("runtime", 1, "evaluate on the test set every N epochs (0: only after the last)", min=0)
+    sync_bn: bool = _f("runtime", False, "distributed runs: synchronise BatchNorm statistics across processes")
     compile: bool = _f("runtime", False, "torch.compile the model for training (pays off on GPUs, not on CPUs)")
 
     def validate(self) -> "Recipe":

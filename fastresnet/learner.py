@@ -16,7 +16,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches to_fp16/to_bf16 onto Learner)
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
-from fastai.metrics import accuracy
+from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
 from fastai.callback.core import Callback, CancelValidException
 from fastai.data.core import DataLoaders
@@ -37,7 +37,10 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
             else CrossEntropyLossFlat())
     opt = partial(Adam, mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale)
-    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=accuracy, wd=r.wd,
+    # AccumMetric keeps every prediction and computes accuracy once over all of them; under a distributed
+    # launch fastai gathers them from every process (padding removed), so each test image counts once.
+    metric = AccumMetric(accuracy, flatten=False)
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=metric, wd=r.wd,
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
@@ -95,7 +98,7 @@ def rng_state(learn: Learner) -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "dls": [dl.rng.getstate() for dl in learn.dls.loaders]}
+            "dls": [getattr(dl, "dl", dl).rng.getstate() for dl in learn.dls.loaders]}  # .dl: under DistributedDL
 
 
 def set_rng_state(learn: Learner, s: dict) -> None:
@@ -103,7 +106,7 @@ def set_rng_state(learn: Learner, s: dict) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state((s["numpy"][0], s["numpy"][1].numpy(), *s["numpy"][2:]))
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-    for dl, st in zip(learn.dls.loaders, s["dls"]): dl.rng.setstate(st)
+    for dl, st in zip(learn.dls.loaders, s["dls"]): getattr(dl, "dl", dl).rng.setstate(st)
 
 
 def plain(o):

@@ -65,12 +65,13 @@ def plot_metrics(run_dir: Path) -> Path | None:
     hist = _load(run_dir, "metrics.json")
     if not hist: return None
     ep = [r["epoch"] + 1 for r in hist]
+    col = lambda k: [np.nan if r.get(k) is None else r[k] for r in hist]  # None: a skipped test pass
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.plot(ep, [r["train_loss"] for r in hist], "o-", label="train (augmented, smoothed)")
-    a1.plot(ep, [r["valid_loss"] for r in hist], "o-", label="test")
+    a1.plot(ep, col("train_loss"), "o-", label="train (augmented, smoothed)")
+    a1.plot(ep, col("valid_loss"), "o-", label="test")
     a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(); a1.set_title("loss")
-    if "train_accuracy" in hist[0]: a2.plot(ep, [r["train_accuracy"] for r in hist], "o-", label="train (augmented)")
-    a2.plot(ep, [r.get("valid_accuracy", r.get("accuracy")) for r in hist], "o-", label="test")
+    a2.plot(ep, col("train_accuracy"), "o-", label="train (augmented)")
+    a2.plot(ep, col("valid_accuracy"), "o-", label="test")
     a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.legend(); a2.set_title("accuracy")
     return _save(fig, run_dir / "metrics.png")
 

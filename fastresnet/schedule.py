@@ -23,14 +23,20 @@ SUGGESTIONS = {"minimum": SuggestionMethod.Minimum, "valley": SuggestionMethod.V
 
 
 class PeakScheduler(ParamScheduler):
-    """fastai's `ParamScheduler`, but positioned by step so that step `peak_step` is the peak and the
-    last step sits exactly at the end of the schedule (fastai's `pct_train` stops one step short)."""
-    def __init__(self, scheds: dict, peak_epoch: int):
-        super().__init__(scheds)
-        self.peak_epoch = peak_epoch
+    """fastai's `ParamScheduler`, positioned by optimizer step: step `peak_epoch * n_iter` is the peak
+    and the last step sits exactly at the end (fastai's `pct_train` stops one step short). Steps
+    per epoch are read from the running loader, which under a distributed launch is the wrapped one."""
+    def __init__(self, lr_min: float, lr_max: float, peak_epoch: int, shape: str = "linear",
+                 moms: tuple[float, float, float] | None = None):
+        self.spec, self.n_steps = (lr_min, lr_max, peak_epoch, shape, moms), None
+        super().__init__(peak_scheds(lr_min, lr_max, 0.5, shape, moms))  # keys now, the peak once steps are known
 
     def before_batch(self):
         n_steps = self.n_epoch * self.n_iter
+        if n_steps != self.n_steps:
+            lr_min, lr_max, peak_epoch, shape, moms = self.spec
+            self.n_steps = n_steps
+            self.scheds = peak_scheds(lr_min, lr_max, peak_epoch * self.n_iter / max(n_steps - 1, 1), shape, moms)
         step = round(self.pct_train * n_steps)  # pct_train is exact after a resume; train_iter is not
         self._update_val(step / max(n_steps - 1, 1))
 
@@ -55,9 +61,7 @@ def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float
     if not 0 < peak_epoch < n_epoch: raise ValueError(f"peak_epoch must be in 1..{n_epoch - 1}, got {peak_epoch}")
     if not 0 < lr_min < lr_max: raise ValueError(f"need 0 < lr_min < lr_max, got {lr_min}, {lr_max}")
     if self.opt is None: self.create_opt()
-    n_iter = len(self.dls.train)
-    peak_frac = peak_epoch * n_iter / max(n_epoch * n_iter - 1, 1)  # step peak_epoch*n_iter is the peak
-    sched = PeakScheduler(peak_scheds(lr_min, lr_max, peak_frac, shape, moms), peak_epoch)
+    sched = PeakScheduler(lr_min, lr_max, peak_epoch, shape, moms)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
 
 

@@ -2,6 +2,7 @@
 everything a run produces written into its own folder, and `resume_run` to continue one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -13,6 +14,7 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from . import __version__
+from . import distributed as dist
 from .config import Recipe, SettingsError, recipe_to_ini, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
@@ -62,10 +64,13 @@ def device() -> torch.device:
 
 
 def setup(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
-    "Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one."
+    """Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one. Under a
+    distributed launch each process takes bs / world_size images a step and draws its own augmentations."""
     set_seed(r.seed, reproducible=True)
-    dls = cifar_dls(data, r, device=device())
-    return build_learner(dls, r, path=run_dir)
+    dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=device())
+    learn = build_learner(dls, r, path=run_dir)
+    if dist.world_size() > 1: torch.manual_seed(r.seed + dist.rank())  # same init everywhere, own augmentation
+    return learn
 
 
 def load_data(data_path: str | None, subset: int | None) -> CifarArrays:
@@ -88,36 +93,48 @@ def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBou
 def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int, history: list, extra_cbs,
          ck: dict | None = None) -> None:
     ck = ck or {}
-    cbs = [StopOnNaN(), RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"))] + list(extra_cbs or [])
+    cbs = [StopOnNaN()] + list(extra_cbs or [])
+    if dist.is_main(): cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps")))
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-    learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
-                             (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
+    with (learn.distrib_ctx(sync_bn=r.sync_bn, cpu=not torch.cuda.is_available()) if dist.world_size() > 1
+          else contextlib.nullcontext()):  # cpu=True: Accelerate then joins the processes with gloo
+        learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
+                                 (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 
 
 def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: int | None = None,
               overwrite: bool = False, extra_cbs=None, log=print) -> dict:
     "A new run: folder, data, LR bounds (found or given), fit, final evaluation and export."
     check_runtime(r)
-    run_dir = prepare_run_dir(run_dir, overwrite)
+    if dist.world_size() > 1 and not r.lr_max:
+        raise RunError("A distributed run needs --lr-max (and optionally --lr-min): run `fastresnet lr-find` "
+                       "in one process first; the range test is not split over processes.")
+    if dist.is_main(): run_dir = prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)
     learn = setup(r, data, run_dir)
     info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(device()),
             "machine": platform.platform(), "data": str(data_path) if data_path else "untar_data(URLs.CIFAR)",
             "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "status": "started"}
-    (run_dir / "settings.ini").write_text(recipe_to_ini(r))
-    _write_json(run_dir / "run.json", info)
+    if dist.is_main():
+        (run_dir / "settings.ini").write_text(recipe_to_ini(r))
+        _write_json(run_dir / "run.json", info)
     if r.lr_max:
         b = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, r.lr_max, "given")
     else:
         log(f"LR range test: {r.lr_find_iters} batches from {r.lr_find_start:g} to {r.lr_find_end:g} ...")
         b = find_bounds(learn, r, run_dir)
-    log(f"LR bounds: {b.describe()}")
-    _write_json(run_dir / "lr_bounds.json", b._asdict())
-    info.update(status="training", lr_min=b.lr_min, lr_max=b.lr_max)
-    _write_json(run_dir / "run.json", info)
+    info.update(status="training", lr_min=b.lr_min, lr_max=b.lr_max, world_size=dist.world_size())
+    if dist.is_main():
+        log(f"LR bounds: {b.describe()}")
+        _write_json(run_dir / "lr_bounds.json", b._asdict())
+        _write_json(run_dir / "run.json", info)
+    if dist.world_size() > 1:
+        print(f"process {dist.rank()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
+              f"(global batch {r.bs})", flush=True)
     _fit(learn, r, b, run_dir, 0, [], extra_cbs)
-    return finish_run(learn, r, run_dir, info, time.time() - t0, log)
+    if not dist.is_main(): return {}  # rank 0 evaluates all 10,000 test images, exports and reports
+    with dist.alone(): return finish_run(learn, r, run_dir, info, time.time() - t0, log)
 
 
 def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=print) -> dict:

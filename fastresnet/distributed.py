@@ -1,0 +1,59 @@
+"""The same recipe on several processes (GPUs, or CPU workers with gloo), through fastai's
+`distrib_ctx` (Hugging Face Accelerate underneath). Launch with `torchrun` or `accelerate launch`.
+
+What stays the same: the global batch (each of N processes takes bs/N), the number of optimizer
+steps per epoch and so the LR at every global step. What changes: throughput.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from fastai.distributed import DistributedDL, num_distrib, rank_distrib
+
+from .config import Recipe, SettingsError
+
+__all__ = ["world_size", "rank", "is_main", "local_batch_size", "barrier", "alone"]
+
+
+def world_size() -> int: return max(num_distrib(), 1)
+def rank() -> int: return rank_distrib()
+def is_main() -> bool: return rank_distrib() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized(): dist.barrier()
+
+
+@contextlib.contextmanager
+def alone():
+    """Rank 0 working by itself after training (final evaluation over all test images, export):
+    fastai decides whether to gather predictions from WORLD_SIZE, so hide it meanwhile."""
+    old = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try: yield
+    finally:
+        if old is None: del os.environ["WORLD_SIZE"]
+        else: os.environ["WORLD_SIZE"] = old
+
+
+def local_batch_size(r: Recipe) -> int:
+    "Each process's share of the global batch; the global batch must split evenly."
+    n = world_size()
+    if r.bs % n:
+        raise SettingsError(f"The batch size {r.bs} does not split evenly over {n} processes; "
+                            f"choose a multiple of {n} so the global batch stays {r.bs}.")
+    return r.bs // n
+
+
+def _broadcast(self, t, src):
+    "DistributedDL's index broadcast, on CPU tensors for gloo (fastai's own moves them to CUDA for nccl only)."
+    t = torch.tensor(t, dtype=torch.long)
+    if dist.get_backend() == "nccl": t = t.cuda()
+    dist.broadcast(t, src)
+    return t.cpu().tolist()
+
+
+DistributedDL._broadcast = _broadcast
