@@ -63,7 +63,9 @@ def load_image(path: str | Path, resize: bool = False) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB": im = im.convert("RGB")
+            if im.mode != "RGB":
+                warnings.warn(f"{path} is {im.mode}, not RGB; converted to RGB.")
+                im = im.convert("RGB")
             if im.size != (SIZE, SIZE):
                 if not resize:
                     raise DataError(f"Image {path} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
@@ -142,12 +144,18 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
         except Exception:
             warnings.warn(f"Ignoring unreadable cache {cpath}; decoding the images again.")
     images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
-    bad, converted = [], 0
-    for k, (f, _) in enumerate(progress_bar(files, leave=False)):
-        try:
-            images[k] = load_image(f).numpy()
-        except DataError as e:
-            bad.append(str(e))
+    bad = []
+    with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
+        warnings.simplefilter("always")
+        for k, (f, _) in enumerate(progress_bar(files, leave=False)):
+            try:
+                images[k] = load_image(f).numpy()
+            except DataError as e:
+                bad.append(str(e))
+    converted = [str(n.message) for n in notes if "converted to RGB" in str(n.message)]
+    if converted:
+        warnings.warn(f"{len(converted)} image(s) under {root} were not RGB (grayscale, palette or RGBA) and were "
+                      f"converted to RGB, e.g. {converted[0]}")
     if bad:
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +

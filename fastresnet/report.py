@@ -39,6 +39,8 @@ def plot_lr_find(run_dir: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(d["lrs"], d["losses"], lw=1.5)
     ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("smoothed training loss")
+    finite = [x for x in d["losses"] if x == x]
+    if finite: ax.set_ylim(min(finite) * 0.95, finite[0] * 1.5)  # the divergence spike would flatten the curve
     for (name, lr), c in zip(d["suggestions"].items(), ["tab:green", "tab:red", "tab:purple", "tab:brown"]):
         if lr == lr: ax.axvline(lr, color=c, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
     if b:

@@ -130,7 +130,8 @@ def test_grayscale_and_rgba_are_converted(tmp_path):
     root = make_folder(tmp_path / "c", 20, 10)
     Image.fromarray(np.full((32, 32), 100, np.uint8), "L").save(root / "train" / "cat" / "0003.png")
     Image.fromarray(np.full((32, 32, 4), 50, np.uint8), "RGBA").save(root / "train" / "dog" / "0005.png")
-    d = load_cifar(root)
+    with pytest.warns(UserWarning, match="2 image\\(s\\) .* converted to RGB"):
+        d = load_cifar(root)
     assert d.images.shape[1] == 3
     assert torch.equal(load_image(root / "train" / "cat" / "0003.png"), torch.full((3, 32, 32), 100, dtype=torch.uint8))
 
