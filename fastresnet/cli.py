@@ -131,7 +131,7 @@ def _run_interruptible(fn, run_dir: Path) -> int:
         return 0
     except KeyboardInterrupt:
         has_ck = (run_dir / "checkpoint.pth").exists()
-        print(f"\nInterrupted. " + (f"The last completed epoch is saved: continue with\n  fastresnet train --resume {run_dir}"
+        print("\nInterrupted. " + (f"The last completed epoch is saved: continue with\n  fastresnet train --resume {run_dir}"
               if has_ck else "No epoch had completed, so there is nothing to resume; start the run again."),
               file=sys.stderr)
         return 130
@@ -140,7 +140,7 @@ def _run_interruptible(fn, run_dir: Path) -> int:
 
 
 def cmd_lr_find(a) -> int:
-    from .train import find_bounds, load_data, setup, _write_json
+    from .train import find_bounds, load_data, setup
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/lr-find-{_stamp()}")
     out.mkdir(parents=True, exist_ok=True)

@@ -230,11 +230,10 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
 
 # ---------------------------------------------------------------- fastai pipeline
 class ToTensorImage(Transform):
-    "A (3, 32, 32) uint8 image as fastai's `TensorImage`; files and PIL images are read with `load_image`."
+    """A (3, 32, 32) uint8 image as fastai's `TensorImage`. For `learn.predict`, read a file with
+    `load_image(path, resize=True)` first (or use `fastresnet.inference.predict_files`)."""
     def encodes(self, o: torch.Tensor) -> TensorImage: return TensorImage(o)
-    def encodes(self, o: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(o))
-    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True))
-    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True))
+    def encodes(self, o: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(np.ascontiguousarray(o)))
 
 
 def CifarImageBlock() -> TransformBlock:

@@ -114,7 +114,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
     data = load_data(data_path, subset)
     learn = setup(r, data, run_dir)
     info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(device()),
-            "machine": platform.platform(), "data": str(data_path) if data_path else "untar_data(URLs.CIFAR)",
+            "machine": platform.platform(), "data": str(Path(data_path).resolve()) if data_path else "untar_data(URLs.CIFAR)",
             "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "status": "started"}
     if dist.is_main():
         (run_dir / "settings.ini").write_text(recipe_to_ini(r))

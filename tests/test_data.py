@@ -1,4 +1,3 @@
-import pickle
 import shutil
 
 import numpy as np

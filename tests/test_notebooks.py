@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"

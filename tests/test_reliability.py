@@ -1,6 +1,5 @@
 """Bad input gets one clear paragraph and a non-zero exit; interruption and failure lose nothing."""
 import errno
-import os
 import pickle
 import signal
 import subprocess
