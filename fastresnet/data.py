@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, DataLoaders, IndexSplitter, IntToFloatTensor, ItemGetter,
-                               Normalize, TensorImage, Transform, TransformBlock, cifar_stats, image_extensions)
+                               Normalize, TensorCategory, TensorImage, Transform, TransformBlock, cifar_stats,
+                               image_extensions)
+from fastai.data.core import Datasets, TfmdDL
 from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
@@ -25,7 +27,7 @@ from .augment import Cutout, RandomFlip, RandomPadCrop
 from .config import Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
-           "CifarImageBlock", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
+           "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
@@ -236,9 +238,29 @@ class ToTensorImage(Transform):
     def encodes(self, o: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(np.ascontiguousarray(o)))
 
 
+class CifarDL(TfmdDL):
+    """fastai's `TfmdDL`, except that a batch of in-memory (image, class) items is built in one go:
+    a stack of the image views and a lookup of the class indices, instead of calling the item
+    pipeline once per image. Any other items (a `test_dl` of user images) take fastai's own path."""
+    def _gatherable(self) -> bool:
+        ds = self.dataset
+        return (isinstance(ds, Datasets) and len(ds.tls) == 2 and len(ds.items) > 0
+                and isinstance(ds.items[0], tuple) and isinstance(ds.items[0][0], torch.Tensor))
+
+    def create_batches(self, samps):
+        if not self._gatherable():
+            yield from super().create_batches(samps)
+            return
+        items, o2i = self.dataset.items, self.dataset.tls[1].vocab.o2i
+        for chunk in self.chunkify(samps):
+            x = TensorImage(torch.stack([items[i][0] for i in chunk]))
+            y = TensorCategory(torch.tensor([o2i[items[i][1]] for i in chunk]))
+            yield x, y
+
+
 def CifarImageBlock() -> TransformBlock:
     "Like fastai's `ImageBlock`, but for uint8 tensors already in memory: no PIL on the way."
-    return TransformBlock(type_tfms=ToTensorImage(), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=ToTensorImage(), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
 
 
 def batch_augment(r: Recipe) -> list:

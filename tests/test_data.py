@@ -143,3 +143,16 @@ def test_wrong_size_is_refused_for_training_and_resized_for_prediction(tmp_path)
         load_cifar(root)
     with pytest.warns(UserWarning, match="resized"):
         assert load_image(big, resize=True).shape == (3, 32, 32)
+
+
+def test_gathered_batches_equal_fastais_per_item_batches(arrays):
+    from fastai.data.load import DataLoader
+    from fastresnet.data import CifarDL
+    dls = cifar_dls(arrays, Recipe(bs=16))
+    for dl in (dls.train, dls.valid):
+        assert type(dl) is CifarDL and dl._gatherable()
+        idxs = list(range(len(dl.dataset)))[:16][::-1]
+        fast = next(dl.create_batches(idxs))
+        slow = next(DataLoader.create_batches(dl, idxs))             # fastai's item-by-item path
+        assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+        assert type(fast[0]).__name__ == "TensorImage" and type(fast[1]).__name__ == "TensorCategory"
