@@ -105,7 +105,13 @@ def recipe_from_args(a: argparse.Namespace):
         extra[k.strip()] = _parse(byname[k.strip()], v, "--set")
     flags = {name: getattr(a, name) for name, _, _ in RECIPE_FLAGS.values()}
     flags["compile"] = a.compile
-    return r.replace(**extra).replace(**flags)
+    base = r.replace(**extra)
+    if a.epochs and a.peak_epoch is None and "peak_epoch" not in extra and base.peak_epoch >= a.epochs:
+        # a short run keeps the recipe's shape: the peak at the same fraction of training (5/24), at least epoch 1
+        flags["peak_epoch"] = max(1, min(a.epochs - 1, round(a.epochs * base.peak_epoch / base.epochs)))
+        print(f"note: --epochs {a.epochs} with the peak at epoch {base.peak_epoch} is impossible; the LR peaks "
+              f"at the end of epoch {flags['peak_epoch']} instead (set --peak-epoch to choose).", file=sys.stderr)
+    return base.replace(**flags)
 
 
 def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")

@@ -66,3 +66,12 @@ def test_bad_set_flag():
     a = build_parser().parse_args(["train", "--set", "colour=red"])
     with pytest.raises(SettingsError, match="unknown setting"):
         recipe_from_args(a)
+
+
+def test_short_runs_scale_the_peak_unless_it_is_given(capsys):
+    r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "2"]))
+    assert (r.epochs, r.peak_epoch) == (2, 1) and "peaks at the end of epoch 1" in capsys.readouterr().err
+    r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "12"]))
+    assert r.peak_epoch == 5                                      # still possible: unchanged
+    with pytest.raises(SettingsError, match="peak_epoch"):
+        recipe_from_args(build_parser().parse_args(["train", "--epochs", "4", "--peak-epoch", "4"]))
