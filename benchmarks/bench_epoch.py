@@ -80,6 +80,24 @@ def data_rate(dl, warmup: int) -> float:
     return rate(stamps, warmup, dl.bs)
 
 
+class StopAfter(Callback):
+    def __init__(self, n): self.n = n
+    def after_batch(self):
+        if self.training and self.iter + 1 >= self.n:
+            raise __import__("fastai.callback.core", fromlist=["x"]).CancelFitException()
+
+
+def memory(data_path: str, steps: int) -> None:
+    "The real configuration (all 60,000 images in memory, batch 512): peak RSS after `steps` steps."
+    t = time.time()
+    r = Recipe()
+    learn = build_learner(cifar_dls(load_cifar(data_path), r), r)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=StopAfter(steps))
+    gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"full data (60,000 images), batch {r.bs}, first {steps} training steps: "
+          f"peak resident memory {gib:.2f} GiB ({time.time() - t:.0f} s)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="CIFAR-10 in fastai's folder layout (image files)")
@@ -87,7 +105,10 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="timed batches per measurement")
     ap.add_argument("--warmup", type=int, default=1, help="untimed batches before them")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--memory-steps", type=int, default=0, metavar="N",
+                    help="instead: peak resident memory of the first N training steps on the full data at batch 512")
     a = ap.parse_args()
+    if a.memory_steps: return memory(a.data, a.memory_steps)
     n_img = a.bs * (a.steps + a.warmup)
     print(f"# fastresnet epoch benchmark — {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
