@@ -199,9 +199,9 @@ class StopOnNaN(Callback):
     order = -5
 
     def after_batch(self):
-        if self.training and not math.isfinite(float(self.loss)):
+        if self.training and not math.isfinite(float(self.loss.detach())):
             lr = self.opt.hypers[-1]["lr"]
             raise DivergedError(
-                f"Training diverged: the loss became {float(self.loss)} in epoch {self.epoch + 1} "
+                f"Training diverged: the loss became {float(self.loss.detach())} in epoch {self.epoch + 1} "
                 f"(batch {self.iter + 1}) at LR {lr:.4g}. The last good checkpoint is kept. "
                 f"Try a smaller LRMAX (for example --lr-max {lr / 3:.3g}).")
