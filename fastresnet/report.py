@@ -58,7 +58,7 @@ def plot_schedule(run_dir: Path) -> Path | None:
     ax.plot(h["lr"], color="tab:blue"); ax.set_xlabel("batch"); ax.set_ylabel("LR", color="tab:blue")
     if h.get("mom"):
         ax2 = ax.twinx(); ax2.plot(h["mom"], color="tab:orange"); ax2.set_ylabel("Adam beta1", color="tab:orange")
-    ax.set_title("One cycle: LRMIN → LRMAX at the peak epoch → LRMIN")
+    ax.set_title("One cycle: LRMIN → LRMAX at the peak epoch → LRMIN", pad=14)  # clear of the axis offset
     return _save(fig, run_dir / "schedule.png")
 
 
