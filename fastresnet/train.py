@@ -164,7 +164,8 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     write_metrics(run_dir, history, ck["hps"])
     log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
     if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck)
-    return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+    if not dist.is_main(): return {}
+    with dist.alone(): return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
 
 
 def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
