@@ -25,7 +25,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException, CancelValidException
 from fastai.vision.all import (CrossEntropyLossFlat, FlipItem, ImageDataLoaders, Learner, Normalize, RandomCrop,
                                accuracy, cifar_stats)
 from fastai.optimizer import Adam
@@ -44,7 +44,7 @@ class BatchClock(Callback):
     def __init__(self): self.stamps = []
     def after_batch(self):
         if self.training: self.stamps.append(time.perf_counter())
-    def before_validate(self): raise __import__("fastai.callback.core", fromlist=["x"]).CancelValidException()
+    def before_validate(self): raise CancelValidException()
 
 
 def rate(stamps: list[float], warmup: int, bs: int) -> float:
@@ -84,7 +84,7 @@ class StopAfter(Callback):
     def __init__(self, n): self.n = n
     def after_batch(self):
         if self.training and self.iter + 1 >= self.n:
-            raise __import__("fastai.callback.core", fromlist=["x"]).CancelFitException()
+            raise CancelFitException()
 
 
 def memory(data_path: str, steps: int) -> None:

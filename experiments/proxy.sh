@@ -10,7 +10,7 @@ data=${DATA:-../shared/data/cifar10-jpeg}
 subset=${SUBSET:-2500}
 out=${OUT:-runs/proxy}/$name
 start=$(date +%s)
-fastresnet train --data "$data" --subset "$subset" --out "$out" --overwrite "$@"
+fastresnet train --data "$data" --subset "$subset" --out "$out" --overwrite --set tta=true "$@"
 secs=$(( $(date +%s) - start ))
 python - "$out" "$secs" "$subset" "$*" <<'PY'
 import json, sys
@@ -18,5 +18,5 @@ out, secs, subset, flags = sys.argv[1:]
 f = json.load(open(f"{out}/final.json")); b = json.load(open(f"{out}/lr_bounds.json"))
 h = json.load(open(f"{out}/metrics.json"))
 print(f"| {out.split('/')[-1]} | `--subset {subset} {flags}` | {len(h)} | {b['lr_min']:.3g} / {b['lr_max']:.3g} | "
-      f"{h[-1]['train_loss']:.3f} | {f['accuracy']:.4f} | {f['accuracy_tta']:.4f} | {int(secs) // 60} min |")
+      f"{h[-1]['train_loss']:.3f} | {f['accuracy']:.4f} | {f.get('accuracy_tta', float('nan')):.4f} | {int(secs) // 60} min |")
 PY

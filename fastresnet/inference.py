@@ -91,17 +91,15 @@ def save_weights(learn: Learner, path: str | Path) -> None:
 def load_weights_learner(path: str | Path) -> Learner:
     """A Learner for inference from a `.safetensors` file: safe to load from anyone, since no code is
     unpickled. The preprocessing (normalisation) is rebuilt from the code, not read from the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors import SafetensorError, safe_open
     path = Path(path)
     if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
     try:
-        raw = path.read_bytes()
-        sd = load(raw)
-        n = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8:8 + n]).get("__metadata__", {})
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
         vocab = json.loads(meta["vocab"])
-    except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
     learn = stub_learner(vocab, Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0))))

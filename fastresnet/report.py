@@ -113,7 +113,8 @@ def write_report(run_dir: Path) -> Path:
     hist = _load(run_dir, "metrics.json") or []
     lines = [f"# Run report: {run_dir.name}", ""]
     if f:
-        lines += [f"**Test accuracy {f['accuracy']:.4f}** (flip-TTA {f.get('accuracy_tta', float('nan')):.4f}) on "
+        tta = f" (flip-TTA {f['accuracy_tta']:.4f})" if "accuracy_tta" in f else ""
+        lines += [f"**Test accuracy {f['accuracy']:.4f}**{tta} on "
                   f"{f['n_images']} test images, after {len(hist)} epochs.", ""]
     lines += [f"- data: `{info.get('data')}`" + (f", subset {info['subset']}" if info.get("subset") else "") +
               f" ({info.get('n_train')} train / {info.get('n_valid')} test images)",

@@ -181,14 +181,15 @@ def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
 
 def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log=print) -> dict:
     "Final evaluation on the validation (official test) set, export of the learner, run record."
-    res, losses = evaluate_learner(learn, tta=True)
+    res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA is an opt-in extra: a second full test pass
     _write_json(run_dir / "final.json", res)
     learn.export(run_dir / "model.pkl")
     save_weights(learn, run_dir / "model.safetensors")
     info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
-                accuracy_tta=res["accuracy_tta"])
+                accuracy_tta=res.get("accuracy_tta"))
     _write_json(run_dir / "run.json", info)
     make_report(run_dir, learn, losses)
-    log(f"Test accuracy {res['accuracy']:.4f} (flip-TTA {res['accuracy_tta']:.4f}) on {res['n_images']} images. "
+    tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
+    log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. "
         f"Learner exported to {run_dir / 'model.pkl'}")
     return res

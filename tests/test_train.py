@@ -11,6 +11,7 @@ from fastai.learner import load_learner
 
 from fastresnet.cli import main
 from fastresnet.config import Recipe
+from fastresnet.data import load_image
 from fastresnet.learner import load_checkpoint
 from fastresnet.train import RunError, resume_run, train_run
 
@@ -20,7 +21,7 @@ TINY = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1"]
 def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--epochs", "2",
-           "--peak-epoch", "1", "--out", str(out), *TINY]
+           "--peak-epoch", "1", "--out", str(out), "--set", "tta=true", *TINY]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "LR bounds: LRMAX" in p.stdout and "Test accuracy" in p.stdout
@@ -31,9 +32,10 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     assert [h["epoch"] for h in hist] == [0, 1] and all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["lr_max"] > run["lr_min"] > 0
+    assert 0 <= run["accuracy_tta"] <= 1                         # asked for with tta=true
     learn = load_learner(out / "model.pkl")
     img = tiny_folder / "test" / "cat" / "0003.png"
-    cls, idx, probs = learn.predict(__import__("fastresnet.data", fromlist=["load_image"]).load_image(img))
+    cls, idx, probs = learn.predict(load_image(img))
     assert cls in learn.dls.vocab and probs.sum() == pytest.approx(1, abs=1e-5)
     p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "predict", str(img), "--model", str(out / "model.pkl")],
                        capture_output=True, text=True, timeout=300)
@@ -119,3 +121,4 @@ def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
     hist = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [h["valid_accuracy"] is None for h in hist] == [True, True, False]
     assert all(h["train_loss"] > 0 for h in hist)
+    assert "accuracy_tta" not in json.loads((tmp_path / "r" / "final.json").read_text())  # TTA is opt-in
