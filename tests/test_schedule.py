@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import CancelFitException, Callback
 
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
@@ -99,3 +99,28 @@ def test_compiled_training_saves_plain_weights(arrays, tmp_path):
     learn.fit_one_cycle_peak(2, 1e-4, 1e-3, peak_epoch=1, cbs=[Peek(), RunCheckpoint(tmp_path)])
     assert "OptimizedModule" in seen and learn.model is plain
     assert set(load_checkpoint(tmp_path / "checkpoint.pth")["model"]) == set(plain.state_dict())
+
+
+class ZeroGradStep(Callback):
+    "Zero every gradient before the first optimizer step, keep the weights around it, then stop."
+    def before_step(self):
+        self.before = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        for p in self.model.parameters(): p.grad.zero_()
+    def after_step(self):
+        self.after = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        raise CancelFitException()
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_weight_decay_reaches_conv_and_linear_weights_but_not_batchnorm(arrays, tmp_path, decouple):
+    "With zero gradients Adam's own step is zero, so only decay moves the weights: by exactly lr·wd."
+    learn = tiny_learner(arrays, tmp_path, wd=0.2, decouple_wd=decouple)
+    cb = ZeroGradStep()
+    learn.fit(1, lr=0.01, cbs=cb)                  # the path a run takes: fit sets wd from the recipe
+    conv, bn, fc = "0.0.weight", "0.1.weight", f"{len(learn.model) - 1}.weight"
+    if decouple:   # AdamW: w ← w·(1 − lr·wd); BatchNorm and biases untouched (fastai's wd_bn_bias=False)
+        for n in (conv, fc): torch.testing.assert_close(cb.after[n], cb.before[n] * (1 - 0.01 * 0.2))
+    else:          # L2: the gradient becomes wd·w, which Adam normalises to a step of about lr per weight
+        step = (cb.after[conv] - cb.before[conv]).abs()
+        assert step.max() > 0.001 and step.max() <= 0.01 * 1.01
+    torch.testing.assert_close(cb.after[bn], cb.before[bn], rtol=0, atol=0)
