@@ -34,7 +34,7 @@ class Recipe:
     peak_epoch: int = _f("train", 5, "epoch at whose end the LR peaks", min=1)
     seed: int = _f("train", 42, "random seed for init, shuffling and augmentation", min=0)
     # [optimizer]
-    wd: float = _f("optimizer", 5e-4, "weight decay", min=0.0)
+    wd: float = _f("optimizer", 0.2, "weight decay", min=0.0)
     decouple_wd: bool = _f("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
     beta1_max: float = _f("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
     beta1_min: float = _f("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
