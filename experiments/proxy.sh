@@ -6,7 +6,7 @@
 #   DATA=../shared/data/cifar10-jpeg SUBSET=2500 experiments/proxy.sh rule-minimum --seed 1
 #
 # Weight decay: the proxy takes 120 steps against the full run's 2,352, so to test a full-run decay
-# WD pass --set wd=$(WD × 19.6) (x 9.8 for SUBSET=5000); docs/experiments.md §2 explains why.
+# pass --set wd=<that decay × 19.6> (× 9.8 with SUBSET=5000); docs/experiments.md §2 explains why.
 set -euo pipefail
 name=$1; shift
 data=${DATA:-../shared/data/cifar10-jpeg}
