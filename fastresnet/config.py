@@ -58,6 +58,7 @@ class Recipe:
     cutout: int = _f("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
     logit_scale: float = _f("model", 1.0, "multiplier on the logits", min=1e-9)
+    zero_init_residual: bool = _f("model", False, "start each residual branch's last BatchNorm weight at 0 (identity blocks)")
     label_smoothing: float = _f("model", 0.0, "label smoothing of the cross-entropy (opt-in extra)", min=0.0, max=0.5)
     channels_last: bool = _f("model", True, "channels_last memory format (faster convolutions)")
     # [eval]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fastresnet.model import CustomResNet
+from fastresnet.model import CustomResNet, Residual
 
 
 def test_parameter_count():
@@ -52,3 +52,28 @@ def test_logit_scale_multiplies():
 def test_wrong_input_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         CustomResNet()(torch.randn(3, 32, 32))
+
+
+def test_zero_init_residual_makes_blocks_identities():
+    torch.manual_seed(0)
+    m = CustomResNet(zero_init_residual=True).train()
+    blocks = [mod for mod in m.modules() if isinstance(mod, Residual)]
+    assert len(blocks) == 2
+    for block in blocks:
+        x = torch.randn(4, block.res[0][0].in_channels, 8, 8)
+        assert torch.equal(block(x), x)  # branch output is exactly 0 in train mode too
+    zeroed = [n for n, p in m.named_parameters() if n.endswith("weight") and p.ndim == 1 and not p.any()]
+    assert zeroed == ["1.1.res.1.1.weight", "3.1.res.1.1.weight"]
+    plain = CustomResNet().train()[1][1]  # the default (spec) init: the branch adds something
+    x = torch.randn(4, 128, 8, 8)
+    assert not torch.equal(plain(x), x)
+
+
+def test_learner_takes_zero_init_residual_from_the_recipe(arrays, tmp_path):
+    from fastresnet.config import Recipe
+    from fastresnet.data import cifar_dls
+    from fastresnet.learner import build_learner
+    for flag in (False, True):
+        r = Recipe(bs=10, zero_init_residual=flag)
+        bn = build_learner(cifar_dls(arrays, r), r, tmp_path).model[3][1].res[-1][1]
+        assert bool((bn.weight == 0).all()) is flag
