@@ -36,6 +36,7 @@ class Recipe:
     # [optimizer]
     wd: float = _f("optimizer", 0.2, "weight decay", min=0.0)
     decouple_wd: bool = _f("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
+    wd_bn_bias: bool = _f("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
     beta1_max: float = _f("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
     beta1_min: float = _f("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
     beta2: float = _f("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
@@ -44,7 +45,7 @@ class Recipe:
     shape: str = _f("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
     lr_max: float = _f("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
     lr_min: float = _f("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
-    lr_rule: str = _f("schedule", "minimum", "which lr_find suggestion LRMAX is derived from",
+    lr_rule: str = _f("schedule", "min_loss", "which lr_find point LRMAX is derived from (min_loss: the lowest smoothed loss)",
                       choices=("min_loss", "minimum", "valley", "steep", "slide"))
     lr_max_div: float = _f("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
     lr_min_div: float = _f("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)

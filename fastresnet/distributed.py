@@ -11,11 +11,11 @@ import os
 
 import torch
 import torch.distributed as dist
-from fastai.distributed import DistributedDL, num_distrib, rank_distrib
+from fastai.torch_core import num_distrib, rank_distrib
 
 from .config import Recipe, SettingsError
 
-__all__ = ["world_size", "rank", "is_main", "local_batch_size", "barrier", "alone"]
+__all__ = ["world_size", "rank", "is_main", "local_batch_size", "barrier", "alone", "distrib_ctx"]
 
 
 def world_size() -> int: return max(num_distrib(), 1)
@@ -56,4 +56,16 @@ def _broadcast(self, t, src):
     return t.cpu().tolist()
 
 
-DistributedDL._broadcast = _broadcast
+def distrib_ctx(learn, r: Recipe):
+    """fastai's `learn.distrib_ctx` under a distributed launch, a no-op context otherwise. fastai's
+    distributed module needs Hugging Face Accelerate, so it is imported here and only here: a
+    one-process run never needs it."""
+    if world_size() == 1: return contextlib.nullcontext()
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise SettingsError("A distributed launch needs Hugging Face Accelerate, which is not installed: "
+                            'pip install -e ".[distributed]"') from None
+    from fastai.distributed import DistributedDL  # also patches `distrib_ctx` onto Learner
+    DistributedDL._broadcast = _broadcast
+    return learn.distrib_ctx(sync_bn=r.sync_bn, cpu=not torch.cuda.is_available())  # cpu: gloo joins the processes

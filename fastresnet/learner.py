@@ -40,7 +40,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     # AccumMetric keeps every prediction and computes accuracy once over all of them; under a distributed
     # launch fastai gathers them from every process (padding removed), so each test image counts once.
     metric = AccumMetric(accuracy, flatten=False)
-    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=metric, wd=r.wd,
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=metric, wd=r.wd, wd_bn_bias=r.wd_bn_bias,
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())

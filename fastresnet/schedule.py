@@ -84,7 +84,7 @@ def lr_bounds_from_finder(suggestion: float, rule: str, max_div: float, min_div:
     return LRBounds(lr_max / min_div, lr_max, suggestion, rule)
 
 
-def run_lr_find(learn: Learner, rule: str = "minimum", max_div: float = 10.0, min_div: float = 100.0,
+def run_lr_find(learn: Learner, rule: str = "min_loss", max_div: float = 10.0, min_div: float = 100.0,
                 num_it: int = 100, start_lr: float = 1e-6, end_lr: float = 10.0) -> tuple[LRBounds, dict]:
     """`learn.lr_find()` on the training pipeline, then the bounds rule. fastai's finder saves and
     reloads the model and optimizer, so training starts from the same weights afterwards.

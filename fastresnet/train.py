@@ -2,7 +2,6 @@
 everything a run produces written into its own folder, and `resume_run` to continue one."""
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import shutil
@@ -96,8 +95,7 @@ def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int
     cbs = [StopOnNaN()] + list(extra_cbs or [])
     if dist.is_main(): cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps")))
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-    with (learn.distrib_ctx(sync_bn=r.sync_bn, cpu=not torch.cuda.is_available()) if dist.world_size() > 1
-          else contextlib.nullcontext()):  # cpu=True: Accelerate then joins the processes with gloo
+    with dist.distrib_ctx(learn, r):
         learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
                                  (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 
