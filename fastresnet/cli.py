@@ -106,6 +106,9 @@ def recipe_from_args(a: argparse.Namespace):
     flags = {name: getattr(a, name) for name, _, _ in RECIPE_FLAGS.values()}
     flags["compile"] = a.compile
     base = r.replace(**extra)
+    if a.epochs is not None and a.epochs < 2:
+        raise SettingsError(f"--epochs {a.epochs}: the recipe needs at least 2 epochs, one to climb to LRMAX "
+                            "and one to come back down.")
     if a.epochs and a.peak_epoch is None and "peak_epoch" not in extra and base.peak_epoch >= a.epochs:
         # a short run keeps the recipe's shape: the peak at the same fraction of training (5/24), at least epoch 1
         flags["peak_epoch"] = max(1, min(a.epochs - 1, round(a.epochs * base.peak_epoch / base.epochs)))

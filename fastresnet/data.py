@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from .augment import Cutout, RandomFlip, RandomPadCrop
 from .config import Recipe
 
-__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
+__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage", "pil_to_tensor",
            "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -65,19 +65,23 @@ def load_image(path: str | Path, resize: bool = False) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode != "RGB":
-                warnings.warn(f"{path} is {im.mode}, not RGB; converted to RGB.")
-                im = im.convert("RGB")
-            if im.size != (SIZE, SIZE):
-                if not resize:
-                    raise DataError(f"Image {path} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
-                                    f"training data must be {SIZE}x{SIZE}; resize the folder or remove the file.")
-                warnings.warn(f"{path} is {im.size[0]}x{im.size[1]}; resized to {SIZE}x{SIZE}.")
-                im = im.resize((SIZE, SIZE), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            return pil_to_tensor(im, str(path), resize)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False) -> torch.Tensor:
+    "A PIL image as a (3, 32, 32) uint8 tensor: RGB conversion and (if `resize`) bilinear resizing, with a warning each."
+    if im.mode != "RGB":
+        warnings.warn(f"{name} is {im.mode}, not RGB; converted to RGB.")
+        im = im.convert("RGB")
+    if im.size != (SIZE, SIZE):
+        if not resize:
+            raise DataError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
+                            f"training data must be {SIZE}x{SIZE}; resize the folder or remove the file.")
+        warnings.warn(f"{name} is {im.size[0]}x{im.size[1]}; resized to {SIZE}x{SIZE}.")
+        im = im.resize((SIZE, SIZE), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
@@ -232,10 +236,20 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
 
 # ---------------------------------------------------------------- fastai pipeline
 class ToTensorImage(Transform):
-    """A (3, 32, 32) uint8 image as fastai's `TensorImage`. For `learn.predict`, read a file with
-    `load_image(path, resize=True)` first (or use `fastresnet.inference.predict_files`)."""
-    def encodes(self, o: torch.Tensor) -> TensorImage: return TensorImage(o)
-    def encodes(self, o: np.ndarray) -> TensorImage: return TensorImage(torch.from_numpy(np.ascontiguousarray(o)))
+    """Anything `learn.predict` or `test_dl` may be given, as fastai's `TensorImage` of shape (3, 32, 32):
+    a uint8 tensor or array (CHW), a PIL image, or an image file path (str or Path). Images of another
+    size are resized and non-RGB ones converted, each with a warning, as `fastresnet predict` does."""
+    input_types = (torch.Tensor, np.ndarray, Image.Image, Path, str)  # fastai's `test_dl` starts the pipeline here for these
+
+    def encodes(self, o: torch.Tensor) -> TensorImage:
+        if o.ndim == 3 and o.shape[1:] != (SIZE, SIZE):
+            if o.shape[0] != 3: raise DataError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
+            o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", resize=True)
+        return TensorImage(o)
+    def encodes(self, o: np.ndarray) -> TensorImage: return self.encodes(torch.from_numpy(np.ascontiguousarray(o)))
+    def encodes(self, o: Image.Image) -> TensorImage: return TensorImage(pil_to_tensor(o, "PIL image", resize=True))
+    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True))
+    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True))
 
 
 class CifarDL(TfmdDL):

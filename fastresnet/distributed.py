@@ -15,7 +15,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 
 from .config import Recipe, SettingsError
 
-__all__ = ["world_size", "rank", "is_main", "local_batch_size", "barrier", "alone", "distrib_ctx"]
+__all__ = ["world_size", "rank", "is_main", "local_batch_size", "barrier", "alone", "require_accelerate", "distrib_ctx"]
 
 
 def world_size() -> int: return max(num_distrib(), 1)
@@ -56,16 +56,19 @@ def _broadcast(self, t, src):
     return t.cpu().tolist()
 
 
-def distrib_ctx(learn, r: Recipe):
-    """fastai's `learn.distrib_ctx` under a distributed launch, a no-op context otherwise. fastai's
-    distributed module needs Hugging Face Accelerate, so it is imported here and only here: a
-    one-process run never needs it."""
-    if world_size() == 1: return contextlib.nullcontext()
+def require_accelerate() -> None:
+    "fastai's distributed module needs Hugging Face Accelerate; a one-process run never imports it."
     try:
         import accelerate  # noqa: F401
     except ImportError:
         raise SettingsError("A distributed launch needs Hugging Face Accelerate, which is not installed: "
                             'pip install -e ".[distributed]"') from None
+
+
+def distrib_ctx(learn, r: Recipe):
+    "fastai's `learn.distrib_ctx` under a distributed launch, a no-op context otherwise."
+    if world_size() == 1: return contextlib.nullcontext()
+    require_accelerate()
     from fastai.distributed import DistributedDL  # also patches `distrib_ctx` onto Learner
     DistributedDL._broadcast = _broadcast
     return learn.distrib_ctx(sync_bn=r.sync_bn, cpu=not torch.cuda.is_available())  # cpu: gloo joins the processes

@@ -69,7 +69,11 @@ def load_trusted_learner(path: str | Path) -> Learner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             learn = load_learner(path)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError, ImportError,
+    except (UnboundLocalError, ImportError) as e:  # fastai's load_learner swallows the ImportError, then fails so
+        raise ModelFileError(f"{path} needs a Python module that cannot be imported here ({type(e).__name__}: {e}). "
+                             "A learner exported by `fastresnet train` needs the fastresnet package installed "
+                             "(pip install -e . in the project folder); one from other code needs that code.") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError,
             ValueError, OSError) as e:
         raise ModelFileError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}). Is it truncated, or not a "

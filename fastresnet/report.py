@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")  # files only; works without a display
+
 import matplotlib.pyplot as plt
 import numpy as np
 from fastai.interpret import ClassificationInterpretation

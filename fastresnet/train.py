@@ -22,8 +22,8 @@ from .learner import CHECKPOINT, RunCheckpoint, ValidEvery, check_runtime, StopO
     set_rng_state, write_metrics
 from .schedule import LRBounds, run_lr_find
 
-__all__ = ["RunError", "prepare_run_dir", "setup", "find_bounds", "train_run", "resume_run", "finish_run",
-           "learner_for_run"]
+__all__ = ["RunError", "prepare_run_dir", "setup", "cifar_learner", "find_bounds", "train_run", "resume_run",
+           "finish_run", "learner_for_run"]
 
 
 class RunError(RuntimeError):
@@ -77,6 +77,25 @@ def load_data(data_path: str | None, subset: int | None) -> CifarArrays:
     return balanced_subset(data, subset) if subset else data
 
 
+def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | None = None,
+                  path: str | Path = ".", subset: int | None = None, **changes) -> Learner:
+    """The recipe's Learner in one call, for notebooks and scripts: CIFAR-10 from `data` (a folder as
+    for `fastresnet train --data`, or `None` to download it) through the recipe's DataBlock, the
+    CustomResNet, Adam and the loss, all configured from `settings` (default: the packaged
+    settings.ini) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
+
+        learn = cifar_learner("PATH/TO/cifar10")
+        lrs = learn.lr_find(suggest_funcs=minimum)   # lrs.minimum = (LR at the lowest loss) / 10 = LRMAX
+        learn.fit_one_cycle_peak(24, lrs.minimum / 100, lrs.minimum, peak_epoch=5)
+        learn.export("model.pkl")
+    """
+    r = load_settings(settings).replace(**changes)
+    arrays = data if isinstance(data, CifarArrays) else load_data(data, subset)
+    learn = setup(r, arrays, Path(path).absolute())
+    learn.recipe = r
+    return learn
+
+
 def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBounds:
     "LR range test on the training pipeline → LRMIN/LRMAX by the recipe's rule; curve saved in the run folder."
     bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
@@ -104,6 +123,8 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
               overwrite: bool = False, extra_cbs=None, log=print) -> dict:
     "A new run: folder, data, LR bounds (found or given), fit, final evaluation and export."
     check_runtime(r)
+    run_dir = Path(run_dir).absolute()  # fastai joins the Learner's path to file names: never twice
+    if dist.world_size() > 1: dist.require_accelerate()
     if dist.world_size() > 1 and not r.lr_max:
         raise RunError("A distributed run needs --lr-max (and optionally --lr-min): run `fastresnet lr-find` "
                        "in one process first; the range test is not split over processes.")
@@ -138,8 +159,8 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
 def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=print) -> dict:
     """Continue a run from its last completed epoch with model, optimizer, schedule position, RNG
     streams and metrics history restored: the result equals an uninterrupted run's."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir(): raise RunError(f"--resume {run_dir}: no such run folder.")
+    if not Path(run_dir).is_dir(): raise RunError(f"--resume {run_dir}: no such run folder.")
+    run_dir = Path(run_dir).absolute()
     info = _read_json(run_dir / "run.json")
     try: r = load_settings(run_dir / "settings.ini")
     except SettingsError as e: raise RunError(str(e)) from None
@@ -169,6 +190,7 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
 def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
     "The run's finished model on the run's data (or `data_path`), rebuilt from safe files: settings + safetensors."
     from safetensors.torch import load_file
+    run_dir = Path(run_dir).absolute()
     info = _read_json(run_dir / "run.json")
     r = load_settings(run_dir / "settings.ini")
     data_path = data_path or (None if info["data"].startswith("untar_data") else info["data"])

@@ -63,12 +63,12 @@ def test_bad_schedule_arguments(arrays, tmp_path):
 def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
     learn = tiny_learner(arrays, tmp_path)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    b, found = run_lr_find(learn, "minimum", 10, 100, num_it=8)
+    b, found = run_lr_find(learn, "min_loss", 10, 100, num_it=8)
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(learn.recorder.lrs) == 8 and learn.recorder.lrs[0] < learn.recorder.lrs[-1]
     assert set(found) == {"min_loss", "minimum", "steep", "valley", "slide"}
-    assert b.lr_max == pytest.approx(found["minimum"] / 10) and b.lr_min == pytest.approx(b.lr_max / 100)
+    assert b.lr_max == pytest.approx(found["min_loss"] / 10) and b.lr_min == pytest.approx(b.lr_max / 100)
     assert not any("grad_avg" in st or "sqr_avg" in st for st in learn.opt.state_dict()["state"])  # Adam reset
 
 

@@ -1,0 +1,121 @@
+"""The main path as a new user walks it: the documented LR rule on a curve whose answer is known,
+relative and default run folders, the exported learner used the way fastai users use one (in a
+process that imports only fastai), and the README's Python entry point."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastai.learner import Learner
+
+from fastresnet.config import Recipe
+from fastresnet.train import cifar_learner, find_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1", "--set", "tta=false"]
+
+
+def cli(args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", "fastresnet.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, monkeypatch):
+    """README: LRMAX = (LR at the lowest smoothed loss) / 10, LRMIN = LRMAX / 100. The curve's
+    bottom is placed at LR 10^-1.5 by construction, so LRMAX must be 10^-2.5 and LRMIN 10^-4.5."""
+    lrs = np.logspace(-6, 1, 141)                                   # 0.05 decades apart: 10^-1.5 is a grid point
+    losses = 1.0 + (np.log10(lrs) + 1.5) ** 2                       # lowest exactly at 10^-1.5
+    def fake_lr_find(self, **kwargs):                               # what fastai's finder leaves in the recorder
+        self.recorder.lrs, self.recorder.losses = list(lrs), [float(x) for x in losses]
+    monkeypatch.setattr(Learner, "lr_find", fake_lr_find)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
+    b = find_bounds(learn, Recipe(lr_find_iters=141))               # the packaged defaults' rule
+    assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
+
+
+@pytest.mark.parametrize("out", ["relative", "absolute", "default"])
+def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out):
+    "fastai joins the Learner's path to the export name: a relative folder must not be joined twice."
+    work = tmp_path / "work"
+    work.mkdir()
+    args = {"relative": ["--out", "runs/e2"], "absolute": ["--out", str(tmp_path / "abs")], "default": []}[out]
+    p = cli(["train", "--data", str(tiny_folder), "--epochs", "2", *FAST, *args], cwd=work)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = {"relative": work / "runs/e2", "absolute": tmp_path / "abs"}.get(out) or next((work / "runs").iterdir())
+    for f in ("model.pkl", "model.safetensors", "report.md", "final.json"): assert (run / f).is_file(), f
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    if out != "absolute":                                           # resume a finished run by its relative name
+        (run / "model.pkl").unlink()
+        p = cli(["train", "--resume", str(run.relative_to(work))], cwd=work)
+        assert p.returncode == 0 and "already finished" in p.stdout, p.stderr[-3000:]
+        assert (run / "model.pkl").is_file()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_folder, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("exported")
+    p = cli(["train", "--data", str(tiny_folder), "--epochs", "2", *FAST, "--out", "run"], cwd=work)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return work / "run" / "model.pkl"
+
+
+def test_load_learner_predict_in_a_fastai_only_process(exported, tiny_folder):
+    "The first thing a fastai user does with an exported learner, in a fresh process that imports only fastai."
+    img = tiny_folder / "test" / "cat" / "0003.png"
+    code = textwrap.dedent(f"""
+        import warnings; warnings.filterwarnings("ignore")
+        import torch
+        from pathlib import Path
+        from PIL import Image
+        from fastai.learner import load_learner
+        from fastai.vision.all import get_image_files
+        learn = load_learner({str(exported)!r})
+        with learn.no_bar():
+            a = learn.predict({str(img)!r})
+            b = learn.predict(Path({str(img)!r}))
+            c = learn.predict(Image.open({str(img)!r}).resize((64, 48)))     # other sizes are resized
+            d = learn.predict(torch.from_numpy(__import__("numpy").asarray(Image.open({str(img)!r}))).permute(2, 0, 1))
+            probs, _ = learn.get_preds(dl=learn.dls.test_dl(get_image_files({str(tiny_folder / "test")!r})))
+        print(a[0], b[0], d[0], c[0] in learn.dls.vocab, float(a[2].sum()), tuple(probs.shape))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b, d, c_ok, total, shape = p.stdout.split(maxsplit=5)
+    assert a == b == d and c_ok == "True" and float(total) == pytest.approx(1, abs=1e-5)
+    assert shape.strip() == "(20, 10)"                                   # the 20 test images of tiny_folder
+
+
+def test_a_pkl_whose_module_is_missing_says_so(tmp_path, exported, tiny_folder):
+    "fastai's load_learner turns a missing module into UnboundLocalError; our commands name the cause."
+    (tmp_path / "gone_module.py").write_text("def hook(x): return x\n")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import gone_module\n"
+            f"from fastai.learner import load_learner\nlearn = load_learner({str(exported)!r})\n"
+            f"learn.extra = gone_module.hook\nlearn.export({str(tmp_path / 'needs.pkl')!r})\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    (tmp_path / "gone_module.py").unlink()
+    p = cli(["predict", str(tiny_folder / "test" / "cat" / "0003.png"), "--model", str(tmp_path / "needs.pkl")], cwd=tmp_path)
+    assert p.returncode == 2 and "needs a Python module that cannot be imported" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+
+
+def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
+    "The README's notebook lines, run as written except for the data path and a shorter schedule."
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert "cifar_learner" in block and "lr_find" in block and "fit_one_cycle_peak" in block and "export" in block
+    code = (block.replace('"PATH/TO/cifar10"', repr(str(tiny_folder)) + ", bs=10")
+                 .replace("fit_one_cycle_peak(24,", "fit_one_cycle_peak(2,").replace("peak_epoch=5", "peak_epoch=1")
+                 .replace("lr_find(", "lr_find(num_it=8, show_plot=False, "))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    from fastai.learner import load_learner
+    learn = load_learner(tmp_path / "model.pkl")
+    assert learn.predict(str(tiny_folder / "test" / "dog" / "0005.png"))[0] in learn.dls.vocab
