@@ -34,7 +34,7 @@ class Recipe:
     peak_epoch: int = _f("train", 5, "epoch at whose end the LR peaks", min=1)
     seed: int = _f("train", 42, "random seed for init, shuffling and augmentation", min=0)
     # [optimizer]
-    wd: float = _f("optimizer", 0.2, "weight decay", min=0.0)
+    wd: float = _f("optimizer", 0.8, "weight decay", min=0.0)
     decouple_wd: bool = _f("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
     wd_bn_bias: bool = _f("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
     beta1_max: float = _f("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
@@ -59,11 +59,12 @@ class Recipe:
     cutout: int = _f("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
     logit_scale: float = _f("model", 1.0, "multiplier on the logits", min=1e-9)
+    width: float = _f("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)", min=0.01)
     zero_init_residual: bool = _f("model", False, "start each residual branch's last BatchNorm weight at 0 (identity blocks)")
-    label_smoothing: float = _f("model", 0.0, "label smoothing of the cross-entropy (opt-in extra)", min=0.0, max=0.5)
+    label_smoothing: float = _f("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)", min=0.0, max=0.5)
     channels_last: bool = _f("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
-    tta: bool = _f("eval", False, "also report accuracy with flip test-time augmentation (opt-in extra)")
+    tta: bool = _f("eval", True, "also report accuracy with flip test-time augmentation (a second test pass)")
     # [runtime]
     precision: str = _f("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
                         choices=("fp32", "bf16", "fp16"))

@@ -88,6 +88,7 @@ def save_weights(learn: Learner, path: str | Path) -> None:
     from safetensors.torch import save
     sd = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     meta = {"vocab": json.dumps(list(learn.dls.vocab)), "logit_scale": str(getattr(learn.model, "logit_scale", 1.0)),
+            "width": str(getattr(learn.model, "width", 1.0)),
             "format": "fastresnet-weights-1"}
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
 
@@ -106,7 +107,8 @@ def load_weights_learner(path: str | Path) -> Learner:
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
-    learn = stub_learner(vocab, Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0))))
+    learn = stub_learner(vocab, Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0)),
+                                       width=float(meta.get("width", 1.0))))
     try: learn.model.load_state_dict(sd)
     except RuntimeError as e:
         raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None

@@ -36,7 +36,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     loss = (LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing
             else CrossEntropyLossFlat())
     opt = partial(Adam, mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
-    model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual)
+    model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
+                         width=r.width)
     # AccumMetric keeps every prediction and computes accuracy once over all of them; under a distributed
     # launch fastai gathers them from every process (padding removed), so each test image counts once.
     metric = AccumMetric(accuracy, flatten=False)

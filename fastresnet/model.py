@@ -35,21 +35,25 @@ class CustomResNet(nn.Sequential):
 
     `logit_scale` multiplies the logits (1.0 is the plain spec); a value below 1 keeps early
     logits small so the softmax does not saturate while BN statistics settle.
+    `width` multiplies every channel count (1.0 is the spec; 0.25 or 0.5 make cheap proxies whose
+    arithmetic scales with width²).
     `zero_init_residual` starts the last BatchNorm weight of each residual branch at 0, so both
     residual blocks begin as identities and the signal first flows through the 4-conv main path.
     """
-    def __init__(self, n_out: int = 10, c_in: int = 3, logit_scale: float = 1.0, zero_init_residual: bool = False):
+    def __init__(self, n_out: int = 10, c_in: int = 3, logit_scale: float = 1.0, zero_init_residual: bool = False,
+                 width: float = 1.0):
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))  # width 1: the spec
         super().__init__(
-            conv_bn(c_in, 64),                                  # prep: 32x32
-            nn.Sequential(conv_bn(64, 128, pool=True), Residual(128)),   # layer1: → 16x16
-            conv_bn(128, 256, pool=True),                       # layer2: → 8x8
-            nn.Sequential(conv_bn(256, 512, pool=True), Residual(512)),  # layer3: → 4x4
+            conv_bn(c_in, c1),                                  # prep: 32x32
+            nn.Sequential(conv_bn(c1, c2, pool=True), Residual(c2)),     # layer1: → 16x16
+            conv_bn(c2, c3, pool=True),                         # layer2: → 8x8
+            nn.Sequential(conv_bn(c3, c4, pool=True), Residual(c4)),     # layer3: → 4x4
             nn.MaxPool2d(4),                                    # → 1x1
             nn.AdaptiveAvgPool2d(1),                            # global average pool (spec)
             nn.Flatten(),
-            nn.Linear(512, n_out),
+            nn.Linear(c4, n_out),
         )
-        self.logit_scale = logit_scale
+        self.logit_scale, self.width = logit_scale, width
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Residual): nn.init.zeros_(m.res[-1][1].weight)  # res[-1] = (conv, BN, ReLU)
@@ -62,6 +66,7 @@ class CustomResNet(nn.Sequential):
         return out * self.logit_scale if self.logit_scale != 1.0 else out
 
 
-def custom_resnet(n_out: int = 10, logit_scale: float = 1.0, zero_init_residual: bool = False) -> CustomResNet:
+def custom_resnet(n_out: int = 10, logit_scale: float = 1.0, zero_init_residual: bool = False,
+                  width: float = 1.0) -> CustomResNet:
     "The recipe's model; a function so Learner-building code can pass it around by name."
-    return CustomResNet(n_out=n_out, logit_scale=logit_scale, zero_init_residual=zero_init_residual)
+    return CustomResNet(n_out=n_out, logit_scale=logit_scale, zero_init_residual=zero_init_residual, width=width)

@@ -119,3 +119,19 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
     from fastai.learner import load_learner
     learn = load_learner(tmp_path / "model.pkl")
     assert learn.predict(str(tiny_folder / "test" / "dog" / "0005.png"))[0] in learn.dls.vocab
+
+
+def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
+    "The width travels with the weights: a proxy's model.safetensors rebuilds a model of its own width."
+    from fastresnet.inference import load_weights_learner, predict_files
+    from fastresnet.train import train_run
+    r = Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25, tta=False)
+    train_run(r, tmp_path / "w", str(tiny_folder), log=lambda *a: None)
+    learn = load_weights_learner(tmp_path / "w" / "model.safetensors")
+    assert learn.model.width == 0.25 and learn.model[0][0].out_channels == 16
+    imgs = sorted((tiny_folder / "test").rglob("*.png"))[:4]
+    from fastai.learner import load_learner
+    with learn.no_bar():
+        a, _ = predict_files(learn, imgs)
+        b, _ = predict_files(load_learner(tmp_path / "w" / "model.pkl"), imgs)
+    assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)

@@ -77,3 +77,15 @@ def test_learner_takes_zero_init_residual_from_the_recipe(arrays, tmp_path):
         r = Recipe(bs=10, zero_init_residual=flag)
         bn = build_learner(cifar_dls(arrays, r), r, tmp_path).model[3][1].res[-1][1]
         assert bool((bn.weight == 0).all()) is flag
+
+
+@pytest.mark.parametrize("width, outs", [(0.25, [16, 32, 32, 32, 64, 128, 128, 128]),
+                                         (0.5, [32, 64, 64, 64, 128, 256, 256, 256])])
+def test_width_scales_every_channel_count(width, outs):
+    m = CustomResNet(width=width)
+    assert [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)] == outs
+    assert m[-1].in_features == outs[-1] and m.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # convolution multiply-adds scale with width² (each conv: c_in·c_out·9 per output pixel)
+    full = sum(c.weight.numel() for c in CustomResNet().modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
+    small = sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
+    assert small / full == pytest.approx(width ** 2)

@@ -121,4 +121,4 @@ def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
     hist = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [h["valid_accuracy"] is None for h in hist] == [True, True, False]
     assert all(h["train_loss"] > 0 for h in hist)
-    assert "accuracy_tta" not in json.loads((tmp_path / "r" / "final.json").read_text())  # TTA is opt-in
+    assert "accuracy_tta" in json.loads((tmp_path / "r" / "final.json").read_text())  # flip-TTA is on by default
