@@ -94,27 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(a: argparse.Namespace):
-    from .config import Recipe, SettingsError, _parse, load_settings
+    from .config import Recipe, SettingsError, _parse, load_settings, with_changes
     r = load_settings(a.settings)
     byname = {f.name: f for f in fields(Recipe)}
-    extra = {}
+    changes = {}
     for kv in a.set:
         if "=" not in kv: raise SettingsError(f"--set {kv!r}: expected KEY=VALUE.")
         k, v = kv.split("=", 1)
         if k.strip() not in byname: raise SettingsError(f"--set: unknown setting {k.strip()!r}; see settings.ini.")
-        extra[k.strip()] = _parse(byname[k.strip()], v, "--set")
-    flags = {name: getattr(a, name) for name, _, _ in RECIPE_FLAGS.values()}
-    flags["compile"] = a.compile
-    base = r.replace(**extra)
-    if a.epochs is not None and a.epochs < 2:
-        raise SettingsError(f"--epochs {a.epochs}: the recipe needs at least 2 epochs, one to climb to LRMAX "
-                            "and one to come back down.")
-    if a.epochs and a.peak_epoch is None and "peak_epoch" not in extra and base.peak_epoch >= a.epochs:
-        # a short run keeps the recipe's shape: the peak at the same fraction of training (5/24), at least epoch 1
-        flags["peak_epoch"] = max(1, min(a.epochs - 1, round(a.epochs * base.peak_epoch / base.epochs)))
-        print(f"note: --epochs {a.epochs} with the peak at epoch {base.peak_epoch} is impossible; the LR peaks "
-              f"at the end of epoch {flags['peak_epoch']} instead (set --peak-epoch to choose).", file=sys.stderr)
-    return base.replace(**flags)
+        changes[k.strip()] = _parse(byname[k.strip()], v, "--set")
+    changes.update({name: getattr(a, name) for name in _recipe_dests() if getattr(a, name) is not None})
+    return with_changes(r, changes, note=lambda m: print(m, file=sys.stderr))
+
+
+def _recipe_dests() -> list[str]: return [name for name, _, _ in RECIPE_FLAGS.values()] + ["compile"]
 
 
 def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")
@@ -124,8 +117,16 @@ def _raise_interrupt(signum, frame): raise KeyboardInterrupt
 
 
 def cmd_train(a) -> int:
+    from .config import SettingsError
     from .train import resume_run, train_run
     if a.resume:
+        given = [f"--{n.replace('_', '-')}" for n in _recipe_dests() if getattr(a, n) is not None]
+        given += ["--set"] * bool(a.set) + ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
+        given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite
+        if given:
+            raise SettingsError(f"--resume continues a run with the settings it started with; "
+                                f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
+                                "with --out (only --data may be given, if the data moved).")
         return _run_interruptible(lambda: resume_run(Path(a.resume), a.data), Path(a.resume))
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/{_stamp()}")
@@ -139,10 +140,12 @@ def _run_interruptible(fn, run_dir: Path) -> int:
         fn()
         return 0
     except KeyboardInterrupt:
-        has_ck = (run_dir / "checkpoint.pth").exists()
-        print("\nInterrupted. " + (f"The last completed epoch is saved: continue with\n  fastresnet train --resume {run_dir}"
-              if has_ck else "No epoch had completed, so there is nothing to resume; start the run again."),
-              file=sys.stderr)
+        from .learner import CHECKPOINT
+        if (run_dir / CHECKPOINT).exists(): what = "The last completed epoch is saved: continue with"
+        elif (run_dir / "run.json").exists(): what = "No epoch had completed; this starts the run again with its settings:"
+        else: what = None
+        print("\nInterrupted. " + (f"{what}\n  fastresnet train --resume {run_dir}" if what else
+                                   "Nothing was written yet; run the same command again."), file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -224,23 +227,33 @@ def cmd_summary(a) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"fastresnet: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # fastai/torch deprecation chatter is not for our users
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        from .config import SettingsError
-        from .data import DataError
-        from .inference import ModelFileError
-        from .learner import DivergedError
-        from .train import RunError
-        commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                    "report": cmd_report, "summary": cmd_summary}
-        try:
-            return commands[a.command](a)
-        except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
-            print(f"fastresnet: error: {e}", file=sys.stderr)
-            return 2
+    try:
+        with warnings.catch_warnings():  # fastai/torch deprecation chatter is not for our users; ours reads as one line
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*load_learner` uses Python's insecure pickle.*")
+            warnings.showwarning = _show_warning
+            from .config import SettingsError
+            from .data import DataError
+            from .inference import ModelFileError
+            from .learner import DivergedError
+            from .train import RunError
+            commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                        "report": cmd_report, "summary": cmd_summary}
+            try:
+                return commands[a.command](a)
+            except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
+                print(f"fastresnet: error: {e}", file=sys.stderr)
+                return 2
+    except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini"]
+__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 
@@ -76,6 +77,8 @@ class Recipe:
         "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."
         for f in fields(self):
             v, md = getattr(self, f.name), f.metadata
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SettingsError(f"`{f.name}` is {v}, but it must be a finite number ({md['help']}).")
             if "min" in md and v < md["min"]:
                 raise SettingsError(f"`{f.name}` is {v}, but it must be at least {md['min']} ({md['help']}).")
             if "max" in md and v > md["max"]:
@@ -136,10 +139,15 @@ def load_settings(path: str | Path | None = None) -> Recipe:
     keys and malformed values are errors, because a typo silently ignored changes the recipe."""
     path = Path(path) if path is not None else PACKAGED_SETTINGS
     if not path.is_file(): raise SettingsError(f"Settings file {path} does not exist.")
-    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
-    try: cp.read(path)
+    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)  # `%` is a plain character
+    try: cp.read(path, encoding="utf-8")
     except configparser.Error as e:
         raise SettingsError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path} is not UTF-8 text (byte {e.start}): is it a settings file?") from None
+    if cp.defaults():  # configparser would copy [DEFAULT] into every section, past the unknown-key check
+        raise SettingsError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section "
+                            f"({', '.join(SECTIONS)}).")
     byname = {f.name: f for f in fields(Recipe)}
     values = {}
     for sec in cp.sections():
@@ -151,6 +159,21 @@ def load_settings(path: str | Path | None = None) -> Recipe:
             values[key] = _parse(byname[key], raw, str(path))
     try: return Recipe(**values).validate()
     except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
+
+
+def with_changes(r: Recipe, changes: dict, note=print) -> Recipe:
+    """`r` with `changes` applied, keeping the recipe's shape in a short run: when `epochs` changes and
+    the peak would no longer fit (and `peak_epoch` is not among the changes), the LR peaks at the same
+    fraction of training instead (5/24 by default), at least after epoch 1. `note` hears about it."""
+    epochs = changes.get("epochs")
+    if epochs is not None and epochs < 2:
+        raise SettingsError(f"`epochs` is {epochs}: the recipe needs at least 2 epochs, one to climb to LRMAX "
+                            "and one to come back down.")
+    if epochs is not None and changes.get("peak_epoch") is None and r.peak_epoch >= epochs:
+        changes = {**changes, "peak_epoch": max(1, min(epochs - 1, round(epochs * r.peak_epoch / r.epochs)))}
+        note(f"note: {epochs} epochs with the peak at epoch {r.peak_epoch} is impossible; the LR peaks at the end "
+             f"of epoch {changes['peak_epoch']} instead (set peak_epoch to choose).")
+    return r.replace(**changes)
 
 
 def recipe_to_ini(r: Recipe) -> str:

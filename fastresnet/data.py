@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
+from .learner import umask_mode
 from .config import Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage", "pil_to_tensor",
@@ -78,7 +80,7 @@ def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False) ->
     if im.size != (SIZE, SIZE):
         if not resize:
             raise DataError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
-                            f"training data must be {SIZE}x{SIZE}; resize the folder or remove the file.")
+                            f"images must be {SIZE}x{SIZE}; resize the folder or remove the file.")
         warnings.warn(f"{name} is {im.size[0]}x{im.size[1]}; resized to {SIZE}x{SIZE}.")
         im = im.resize((SIZE, SIZE), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -110,12 +112,16 @@ def _fingerprint(root: Path, files: list[Path]) -> str:
 def _cache_path(key: str) -> Path:
     "In the user's cache folder ($FASTRESNET_CACHE), never beside the data, which may be shared or read-only."
     cache = Path(os.environ.get("FASTRESNET_CACHE", Path.home() / ".cache" / "fastresnet"))
-    cache.mkdir(parents=True, exist_ok=True)
+    try: cache.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"The cache folder {cache} (from $FASTRESNET_CACHE or the default) is a file; "
+                        "point FASTRESNET_CACHE at a folder.") from None
     return cache / f"cifar-{key}.npz"
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.fchmod(fd, umask_mode())
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
@@ -146,14 +152,14 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
         try:
             with np.load(cpath) as z:
                 return CifarArrays(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long(),
-                                   list(z["vocab"]), int(z["n_train"]))
+                                   [str(v) for v in z["vocab"]], int(z["n_train"]))
         except Exception:
             warnings.warn(f"Ignoring unreadable cache {cpath}; decoding the images again.")
     images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
     bad = []
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
         warnings.simplefilter("always")
-        for k, (f, _) in enumerate(progress_bar(files, leave=False)):
+        for k, (f, _) in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
             try:
                 images[k] = load_image(f).numpy()
             except DataError as e:
@@ -227,6 +233,8 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
     tr = data.labels[:data.n_train]
     per = [torch.nonzero(tr == c).flatten() for c in range(k)]
     take = n // k
+    if take * k != n: warnings.warn(f"--subset {n}: took {take * k} images ({take} per class), the largest number "
+                                    f"up to {n} that keeps the {k} classes balanced.")
     if min(len(p) for p in per) < take:
         raise DataError(f"--subset {n} needs {take} images per class, but a class has only {min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values

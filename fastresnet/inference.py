@@ -14,7 +14,8 @@ from fastai.learner import Learner, load_learner
 
 from .config import Recipe
 from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
-from .learner import atomic_write, build_learner
+from .learner import atomic_write, build_learner, unwrap
+from .model import CustomResNet
 
 __all__ = ["FlipInputs", "evaluate_learner", "load_trusted_learner", "ModelFileError", "predict_files",
            "labelled_dl", "save_weights", "load_weights_learner", "load_any", "stub_learner"]
@@ -80,6 +81,9 @@ def load_trusted_learner(path: str | Path) -> Learner:
                              "`model.pkl` written by `fastresnet train`?") from None
     if not isinstance(learn, Learner):
         raise ModelFileError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
+    if not isinstance(unwrap(learn.model), CustomResNet):
+        raise ModelFileError(f"{path} is a fastai learner, but not one exported by fastresnet (its model is a "
+                             f"{type(learn.model).__name__}, not a CustomResNet).")
     return learn
 
 

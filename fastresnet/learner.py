@@ -2,10 +2,12 @@
 checkpoint that resumes exactly, and a stop on a diverging loss."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -20,13 +22,14 @@ from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
 from fastai.callback.core import Callback, CancelValidException
 from fastai.data.core import DataLoaders
+from fastcore.basics import noop
 from fastcore.foundation import L
 
 from .config import Recipe, SettingsError
 from .model import CustomResNet
 
-__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "ValidEvery", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save",
-           "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT"]
+__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "ValidEvery", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save", "umask_mode",
+           "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT", "plain_output", "MuteSkippedEpochs"]
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -73,13 +76,43 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# ---------------------------------------------------------------- output
+@contextlib.contextmanager
+def plain_output(learn: Learner):
+    """Progress bars on a terminal; when the output goes to a file or a pipe, no bars (their carriage
+    returns make a log unreadable) and one line per epoch instead."""
+    if sys.stdout.isatty():
+        yield
+        return
+    old, learn.logger = learn.logger, partial(_epoch_line, learn)
+    try:
+        with learn.no_bar(): yield
+    finally: learn.logger = old
+
+
+def _epoch_line(learn: Learner, log) -> None:
+    "fastai's per-epoch record as one line: `epoch 3/24  train_loss 1.2345 ... time 00:03`."
+    names = [n for n in learn.recorder.metric_names[1:-1] if not (learn.recorder.cancel_valid and n.startswith("valid_"))]
+    vals = list(log[1:-1])
+    parts = [f"{n} {v:.4f}" for n, v in zip(names, vals)]
+    print(f"epoch {log[0] + 1}/{learn.n_epoch}  " + "  ".join(parts) + f"  time {log[-1]}", flush=True)
+
+
 # ---------------------------------------------------------------- atomic files
+def umask_mode(mode: int = 0o666) -> int:
+    "`mode` as the user's umask would leave it for a new file (temporary files are created 0600)."
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a crash or a full disk
-    leaves the previous file intact, never a half-written one."""
+    leaves the previous file intact, never a half-written one. The file gets the umask's mode."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -181,6 +214,20 @@ def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -
     atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
+class MuteSkippedEpochs(Callback):
+    """A resumed fit passes through the epochs it skips; fastai would still print an empty row for each.
+    Mute the logger for those (before the Recorder logs, order 50) and give it back at the next epoch."""
+    order = 49
+    def __init__(self, start_epoch: int): self.start, self.saved = start_epoch, None
+    def before_epoch(self): self._restore()
+    def after_fit(self): self._restore()
+    def after_epoch(self):
+        if self.epoch < self.start: self.saved, self.learn.logger = self.learn.logger, noop
+
+    def _restore(self):
+        if self.saved is not None: self.learn.logger, self.saved = self.saved, None
+
+
 class ValidEvery(Callback):
     "Skip the test-set pass except every `n` epochs and after the last (n=0: the last only): for CPU proxies."
     order = 0
@@ -202,7 +249,9 @@ class StopOnNaN(Callback):
     def after_batch(self):
         if self.training and not math.isfinite(float(self.loss.detach())):
             lr = self.opt.hypers[-1]["lr"]
+            kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
+                    else "No epoch had completed, so there is no checkpoint yet.")
             raise DivergedError(
                 f"Training diverged: the loss became {float(self.loss.detach())} in epoch {self.epoch + 1} "
-                f"(batch {self.iter + 1}) at LR {lr:.4g}. The last good checkpoint is kept. "
+                f"(batch {self.iter + 1}) at LR {lr:.4g}. {kept} "
                 f"Try a smaller LRMAX (for example --lr-max {lr / 3:.3g}).")

@@ -3,8 +3,10 @@ everything a run produces written into its own folder, and `resume_run` to conti
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,12 +16,12 @@ from fastai.torch_core import set_seed
 
 from . import __version__
 from . import distributed as dist
-from .config import Recipe, SettingsError, recipe_to_ini, load_settings
+from .config import Recipe, SettingsError, recipe_to_ini, load_settings, with_changes
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
 from .report import make_report
-from .learner import CHECKPOINT, RunCheckpoint, ValidEvery, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
-    set_rng_state, write_metrics
+from .learner import CHECKPOINT, MuteSkippedEpochs, RunCheckpoint, ValidEvery, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
+    plain_output, set_rng_state, umask_mode, write_metrics
 from .schedule import LRBounds, run_lr_find
 
 __all__ = ["RunError", "prepare_run_dir", "setup", "cifar_learner", "find_bounds", "train_run", "resume_run",
@@ -41,21 +43,38 @@ def _read_json(path: Path) -> dict:
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
-    "Create the run folder; an existing non-empty one is refused unless `overwrite`, so no result is lost silently."
+    """Check, before any work, that the run folder can be made: an existing non-empty one is refused
+    unless `overwrite`, and even then it is left alone until `start_run_dir` has the new run's first
+    files, so a typo in the other flags cannot destroy a finished run."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
-                           "--overwrite to replace it, or --out to choose another folder.")
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"Run folder {run_dir} is an existing file, not a folder. Choose another with --out.")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
+                       "--overwrite to replace it, or --out to choose another folder.")
+    parent = next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder). "
+                       "Choose another with --out.")
+    return run_dir
+
+
+def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
+    """Write the run's first files into a new folder beside `run_dir`, then put it in place. An old run
+    there (`--overwrite`) is removed only now, after everything was checked and the data loaded."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.new-"))
+        os.chmod(tmp, umask_mode(0o777))
+        for name, text in files.items(): (tmp / name).write_text(text)
     except OSError as e:
         raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}). Choose another with --out.") from None
-    return run_dir
+    if run_dir.exists():
+        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+        os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else: os.replace(tmp, run_dir)
 
 
 def device() -> torch.device:
@@ -89,7 +108,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
         learn.fit_one_cycle_peak(24, lrs.minimum / 100, lrs.minimum, peak_epoch=5)
         learn.export("model.pkl")
     """
-    r = load_settings(settings).replace(**changes)
+    r = with_changes(load_settings(settings), changes)
     arrays = data if isinstance(data, CifarArrays) else load_data(data, subset)
     learn = setup(r, arrays, Path(path).absolute())
     learn.recipe = r
@@ -98,8 +117,9 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
 
 def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBounds:
     "LR range test on the training pipeline → LRMIN/LRMAX by the recipe's rule; curve saved in the run folder."
-    bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
-                                r.lr_find_start, r.lr_find_end)
+    with plain_output(learn):
+        bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
+                                    r.lr_find_start, r.lr_find_end)
     if run_dir is not None:
         rec = learn.recorder
         _write_json(run_dir / "lr_find.json", {"lrs": [float(x) for x in rec.lrs],
@@ -114,7 +134,8 @@ def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int
     cbs = [StopOnNaN()] + list(extra_cbs or [])
     if dist.is_main(): cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps")))
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-    with dist.distrib_ctx(learn, r):
+    if start_epoch: cbs.append(MuteSkippedEpochs(start_epoch))
+    with dist.distrib_ctx(learn, r), plain_output(learn):
         learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
                                  (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
 
@@ -128,16 +149,16 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
     if dist.world_size() > 1 and not r.lr_max:
         raise RunError("A distributed run needs --lr-max (and optionally --lr-min): run `fastresnet lr-find` "
                        "in one process first; the range test is not split over processes.")
-    if dist.is_main(): run_dir = prepare_run_dir(run_dir, overwrite)
+    if dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)
-    learn = setup(r, data, run_dir)
     info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(device()),
-            "machine": platform.platform(), "data": str(Path(data_path).resolve()) if data_path else "untar_data(URLs.CIFAR)",
-            "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "status": "started"}
+            "machine": platform.platform(), "data": str(Path(data_path).resolve()) if data_path else None,
+            "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "vocab": list(data.vocab),
+            "status": "started"}
     if dist.is_main():
-        (run_dir / "settings.ini").write_text(recipe_to_ini(r))
-        _write_json(run_dir / "run.json", info)
+        start_run_dir(run_dir, {"settings.ini": recipe_to_ini(r), "run.json": json.dumps(info, indent=2) + "\n"})
+    learn = setup(r, data, run_dir)
     if r.lr_max:
         b = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, r.lr_max, "given")
     else:
@@ -164,27 +185,43 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     info = _read_json(run_dir / "run.json")
     try: r = load_settings(run_dir / "settings.ini")
     except SettingsError as e: raise RunError(str(e)) from None
+    data_path = data_path or _run_data(info)
+    if not (run_dir / CHECKPOINT).is_file():  # stopped in the range test or the first epoch: nothing to keep
+        log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
+        return train_run(r, run_dir, data_path, info.get("subset"), overwrite=True, extra_cbs=extra_cbs, log=log)
     b = LRBounds(**_read_json(run_dir / "lr_bounds.json"))
-    if not (run_dir / CHECKPOINT).is_file():
-        raise RunError(f"{run_dir} has no {CHECKPOINT}: it stopped before its first epoch ended. Start it again.")
     try: ck = load_checkpoint(run_dir / CHECKPOINT)
-    except Exception as e: raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}).") from None
+    except Exception as e:
+        raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}); it may have been "
+                       f"cut short by a crash or a full disk. Start the run again with --overwrite, or restore the "
+                       f"file from a copy.") from None
     start = ck["epoch"] + 1
-    if start >= r.epochs: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
-    data_path = data_path or (None if info["data"].startswith("untar_data") else info["data"])
     t0 = time.time()
     data = load_data(data_path, info.get("subset"))
+    if info.get("vocab") and list(data.vocab) != info["vocab"]:
+        raise RunError(f"The data's classes {list(data.vocab)} differ from the run's {info['vocab']}: "
+                       f"resume {run_dir} with the data it started with.")
     learn = setup(r, data, run_dir)
     learn.create_opt()
-    learn.model.load_state_dict(ck["model"])
+    try: learn.model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise RunError(f"The checkpoint in {run_dir} does not fit a model for this data "
+                       f"({str(e).splitlines()[0]}): resume with the data the run started with.") from None
     learn.opt.load_state_dict(ck["opt"])
     set_rng_state(learn, ck["rng"])
     history = ck["history"][:start]
     write_metrics(run_dir, history, ck["hps"])
-    log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
+    if start >= r.epochs: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
+    else: log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
     if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck)
     if not dist.is_main(): return {}
     with dist.alone(): return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+
+
+def _run_data(info: dict) -> str | None:
+    "The data path a run folder records; None means fastai's download (older runs wrote a sentinel string)."
+    d = info.get("data")
+    return None if d is None or d.startswith("untar_data") else d
 
 
 def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
@@ -193,15 +230,14 @@ def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
     run_dir = Path(run_dir).absolute()
     info = _read_json(run_dir / "run.json")
     r = load_settings(run_dir / "settings.ini")
-    data_path = data_path or (None if info["data"].startswith("untar_data") else info["data"])
-    learn = setup(r, load_data(data_path, info.get("subset")), run_dir)
+    learn = setup(r, load_data(data_path or _run_data(info), info.get("subset")), run_dir)
     learn.model.load_state_dict(load_file(run_dir / "model.safetensors"))
     return learn
 
 
 def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log=print) -> dict:
     "Final evaluation on the validation (official test) set, export of the learner, run record."
-    res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA is an opt-in extra: a second full test pass
+    with plain_output(learn): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
     _write_json(run_dir / "final.json", res)
     learn.export(run_dir / "model.pkl")
     save_weights(learn, run_dir / "model.safetensors")

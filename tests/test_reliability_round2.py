@@ -1,0 +1,250 @@
+"""Reliability, round 2: nothing a typo can destroy, no traceback for a user's mistake, files and logs
+people can share. Each test failed before its fix."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastresnet.train as T
+from fastresnet.cli import main
+from fastresnet.config import Recipe
+from fastresnet.data import load_cifar
+from fastresnet.train import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = dict(log=lambda *a: None)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "r"
+    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, tta=False), out, str(tiny_folder), **QUIET)
+    return out
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# ---------------------------------------------------------------- data loss and dead ends
+def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path, capsys, tiny_folder):
+    run = tmp_path / "b"
+    shutil.copytree(finished, run)
+    before = snapshot(run)
+    code, _, err = run_cli(["train", "--data", str(tmp_path / "typo"), "--out", str(run), "--overwrite"], capsys)
+    assert code == 2 and "does not exist" in err and snapshot(run) == before
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--subset", "5"], capsys)
+    assert code == 2 and snapshot(run) == before                    # a bad subset is found after the flags parse
+    code, _, _ = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--bs", "10",
+                          "--epochs", "2", "--lr-max", "0.002"], capsys)
+    assert code == 0 and json.loads((run / "run.json").read_text())["lr_max"] == 0.002       # replaced when valid
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]                     # no leftovers
+
+
+def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(T, "find_bounds", interrupted)
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(out), "--bs", "10", "--epochs", "2",
+                            "--lr-find-iters", "6", "--set", "lr_find_end=1"], capsys)
+    assert code == 130 and f"fastresnet train --resume {out}" in err
+    monkeypatch.undo()
+    code, out_text, err = run_cli(["train", "--resume", str(out)], capsys)       # the command it named works
+    assert code == 0, err
+    assert "starting it again" in out_text and (out / "final.json").is_file() and (out / "lr_find.json").is_file()
+
+
+# ---------------------------------------------------------------- one paragraph, exit 2, no traceback
+@pytest.mark.parametrize("args, match", [
+    (["--lr-max", "nan"], "finite"), (["--lr-max", "inf"], "finite"), (["--wd", "nan"], "finite"),
+    (["--label-smoothing", "nan"], "finite"), (["--set", "eps=inf"], "finite"),
+])
+def test_non_finite_values_are_refused_before_any_work(tiny_folder, tmp_path, capsys, args, match):
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *args], capsys)
+    assert code == 2 and match in err and not (tmp_path / "r").exists()
+
+
+def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "f")], capsys)
+    assert code == 2 and "is an existing file" in err
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"[train]\nbs = \xff\xfe12\n", "not UTF-8"),
+    (b"[augment]\npad_mode = 100%\n", "choose one of"),           # `%` is a character, not interpolation
+    (b"[DEFAULT]\nbs = 12\n", "[DEFAULT]"),
+])
+def test_settings_file_problems(tmp_path, capsys, content, match):
+    (tmp_path / "s.ini").write_bytes(content)
+    code, _, err = run_cli(["train", "--settings", str(tmp_path / "s.ini")], capsys)
+    assert code == 2 and match in err
+
+
+def test_a_generic_fastai_learner_is_refused(finished, tmp_path, capsys, tiny_folder):
+    from fastai.learner import load_learner
+    learn = load_learner(finished / "model.pkl")
+    learn.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))
+    learn.path = tmp_path
+    learn.export("other.pkl")
+    code, _, err = run_cli(["predict", str(tiny_folder / "test" / "cat" / "0003.png"), "--model",
+                            str(tmp_path / "other.pkl")], capsys)
+    assert code == 2 and "not one exported by fastresnet" in err
+
+
+def test_resume_with_data_of_other_classes(finished, tmp_path, capsys, tiny_folder):
+    run = tmp_path / "r"
+    shutil.copytree(finished, run)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder, other)
+    for split in ("train", "test"): (other / split / "cat").rename(other / split / "kitten")
+    code, _, err = run_cli(["train", "--resume", str(run), "--data", str(other)], capsys)
+    assert code == 2 and "classes" in err and "kitten" in err
+
+
+def test_cache_folder_that_is_a_file(tiny_folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "c").write_text("x")
+    monkeypatch.setenv("FASTRESNET_CACHE", str(tmp_path / "c"))
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "FASTRESNET_CACHE" in err
+
+
+def test_ctrl_c_while_importing(capsys, monkeypatch):
+    class Importing(types.ModuleType):
+        def __getattr__(self, name): raise KeyboardInterrupt
+    monkeypatch.setitem(sys.modules, "fastresnet.train", Importing("fastresnet.train"))
+    code, _, err = run_cli(["summary"], capsys)
+    assert code == 130 and "Interrupted" in err
+
+
+def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_folder, tmp_path):
+    from fastresnet.learner import DivergedError
+    from test_reliability import NaNAt
+    with pytest.raises(DivergedError, match="no checkpoint yet"):
+        train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3), tmp_path / "r", str(tiny_folder),
+                  extra_cbs=[NaNAt(0)], **QUIET)
+
+
+# ---------------------------------------------------------------- silent surprises
+def test_resume_refuses_recipe_flags(finished, capsys):
+    code, _, err = run_cli(["train", "--resume", str(finished), "--epochs", "5", "--lr-max", "0.5"], capsys)
+    assert code == 2 and "--epochs" in err and "--lr-max" in err and "would change it" in err
+
+
+def test_one_short_run_rule_for_flags_and_set(capsys):
+    from fastresnet.cli import build_parser, recipe_from_args
+    a = recipe_from_args(build_parser().parse_args(["train", "--epochs", "3"]))
+    b = recipe_from_args(build_parser().parse_args(["train", "--set", "epochs=3"]))
+    assert (a.epochs, a.peak_epoch) == (b.epochs, b.peak_epoch) == (3, 1)
+    assert capsys.readouterr().err.count("peaks at the end of epoch 1") == 2
+    for bad in (["--epochs", "1"], ["--epochs", "-3"], ["--set", "epochs=1"]):
+        code, _, err = run_cli(["train", *bad], capsys)
+        assert code == 2 and "at least 2 epochs" in err and "note:" not in err
+
+
+def test_subset_says_what_it_took(tiny_folder, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--subset", "15",
+                            "--bs", "10", "--epochs", "2", "--lr-max", "0.001", "--set", "tta=false"], capsys)
+    assert code == 0 and "took 10 images (1 per class)" in err
+    assert err.count("fastresnet: warning:") >= 1 and "warnings.warn" not in err       # one line, no source
+
+
+# ---------------------------------------------------------------- files and logs people share
+def test_run_files_honour_the_umask(finished):
+    mask = os.umask(0); os.umask(mask)
+    for name in ("final.json", "metrics.csv", "metrics.json", "run.json", "checkpoint.pth", "model.safetensors",
+                 "lr_bounds.json", "schedule.json", "settings.ini"):
+        assert (finished / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    assert finished.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_piped_output_has_one_line_per_epoch_and_no_bars(tiny_folder, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out",
+                        str(tmp_path / "r"), "--bs", "10", "--epochs", "3", "--lr-find-iters", "6",
+                        "--set", "lr_find_end=1"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "\r" not in p.stdout and "█" not in p.stdout
+    lines = p.stdout.splitlines()
+    assert [l.split()[1] for l in lines if l.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
+    assert any(l.startswith("LR bounds: LRMAX") for l in lines)
+
+
+def test_small_messages(finished, tiny_folder, tmp_path, capsys):
+    load_cifar(tiny_folder)
+    data = load_cifar(tiny_folder)                                   # the second load comes from the cache
+    assert all(type(v) is str for v in data.vocab)
+    code, out, _ = run_cli(["train", "--resume", str(finished)], capsys)
+    assert code == 0 and "already finished" in out and "Resuming" not in out
+    run = tmp_path / "r"
+    shutil.copytree(finished, run)
+    (run / "checkpoint.pth").write_bytes(b"cut short")
+    code, _, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "--overwrite" in err
+    from PIL import Image
+    from fastresnet.data import DataError, load_image
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    with pytest.raises(DataError) as e: load_image(tmp_path / "big.png")
+    assert "training data" not in str(e.value)
+
+
+def test_resume_prints_no_rows_for_the_epochs_it_skips(tiny_folder, tmp_path, capsys, monkeypatch):
+    from fastai.callback.core import Callback
+    from fastresnet.train import resume_run
+    class StopAfterFirstEpoch(Callback):
+        order = 70                                                  # after RunCheckpoint has saved epoch 1
+        def after_epoch(self):
+            if self.epoch == 0: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_run(Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, tta=False), tmp_path / "r", str(tiny_folder),
+                  extra_cbs=[StopAfterFirstEpoch()], **QUIET)
+    for tty in (False, True):                                       # one line per epoch, and fastai's table
+        run = tmp_path / f"r{tty}"
+        shutil.copytree(tmp_path / "r", run)
+        capsys.readouterr()
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+        resume_run(run, **QUIET)
+        monkeypatch.undo()
+        captured = capsys.readouterr().out
+        rows = [l.split()[:2] for l in captured.replace("\r", "\n").splitlines() if l[:1].isdigit()
+                or (l.startswith("epoch ") and "/" in l.split()[1])]
+        firsts = [r[1] if r[0] == "epoch" else r[0] for r in rows]
+        assert firsts == (["2/3", "3/3"] if not tty else ["1", "2"]), rows      # epoch 1 (index 0) not repeated
+
+
+def test_top_loss_titles_do_not_reach_the_row_above(finished, tiny_folder, monkeypatch):
+    import matplotlib.pyplot as plt
+    import fastresnet.report as R
+    from fastresnet.report import plot_top_losses
+    from fastresnet.train import learner_for_run
+    from fastresnet.inference import evaluate_learner
+    learn = learner_for_run(finished, str(tiny_folder))
+    with learn.no_bar(): _, losses = evaluate_learner(learn, tta=False)
+    saved = []
+    monkeypatch.setattr(R, "_save", lambda fig, path: saved.append(fig))    # keep the figure open to measure it
+    plot_top_losses(learn, losses, finished)
+    fig = saved[0]
+    r = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert len(axes) == 9
+    longest = max(learn.dls.vocab, key=len)
+    for a in axes: a.set_title(f"{longest}/{longest} / 10.00 / 1.00", fontsize=a.title.get_fontsize())  # worst case
+    fig.canvas.draw()                                               # axes take their drawn (equal-aspect) size
+    for a in axes:                                                  # no title may touch another tile or its title
+        t = a.title.get_window_extent(r)
+        assert not any(t.overlaps(b.get_window_extent(r)) or t.overlaps(b.title.get_window_extent(r))
+                       for b in axes if b is not a)
+    plt.close(fig)
