@@ -8,6 +8,7 @@ import pytest
 from conftest import make_folder
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     data = make_folder(tmp_path / "cifar", n_train=40, n_test=21)   # 21: uneven split over 2 ranks
     args = ["train", "--data", str(data), "--bs", "20", "--epochs", "2", "--peak-epoch", "1", "--lr-max", "0.003"]

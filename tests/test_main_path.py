@@ -38,6 +38,7 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("out", ["relative", "absolute", "default"])
 def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out):
     "fastai joins the Learner's path to the export name: a relative folder must not be joined twice."
@@ -64,6 +65,7 @@ def exported(tiny_folder, tmp_path_factory) -> Path:
     return work / "run" / "model.pkl"
 
 
+@pytest.mark.slow
 def test_load_learner_predict_in_a_fastai_only_process(exported, tiny_folder):
     "The first thing a fastai user does with an exported learner, in a fresh process that imports only fastai."
     img = tiny_folder / "test" / "cat" / "0003.png"
@@ -91,6 +93,7 @@ def test_load_learner_predict_in_a_fastai_only_process(exported, tiny_folder):
     assert shape.strip() == "(20, 10)"                                   # the 20 test images of tiny_folder
 
 
+@pytest.mark.slow
 def test_a_pkl_whose_module_is_missing_says_so(tmp_path, exported, tiny_folder):
     "fastai's load_learner turns a missing module into UnboundLocalError; our commands name the cause."
     (tmp_path / "gone_module.py").write_text("def hook(x): return x\n")

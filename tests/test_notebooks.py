@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"
@@ -20,6 +21,7 @@ def images_in(nb) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
+@pytest.mark.slow
 def test_notebooks_run_in_order(tiny_folder, tmp_path):
     nb1 = run_notebook("01_lr_find.ipynb", tmp_path, DATA=str(tiny_folder), BS=10, LR_FIND_ITERS=8)
     assert images_in(nb1) >= 3                                   # two show_batch grids and the LR curve

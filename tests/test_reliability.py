@@ -105,6 +105,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]   # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
     out = tmp_path / "r"
     p = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out", str(out),

@@ -54,6 +54,7 @@ def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]                     # no leftovers
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     def interrupted(*a, **k): raise KeyboardInterrupt
@@ -171,6 +172,7 @@ def test_run_files_honour_the_umask(finished):
     assert finished.stat().st_mode & 0o777 == 0o777 & ~mask
 
 
+@pytest.mark.slow
 def test_piped_output_has_one_line_per_epoch_and_no_bars(tiny_folder, tmp_path):
     p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out",
                         str(tmp_path / "r"), "--bs", "10", "--epochs", "3", "--lr-find-iters", "6",

@@ -18,6 +18,7 @@ from fastresnet.train import RunError, resume_run, train_run
 TINY = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1"]
 
 
+@pytest.mark.slow
 def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--epochs", "2",
@@ -97,6 +98,7 @@ class LRLog(Callback):
         if self.training: self.seen.append(self.opt.hypers[-1]["lr"])
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
     r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
     full_log = LRLog()
