@@ -41,10 +41,10 @@ class RandomFlip(RandTransform):
 
     def __init__(self, p: float = 0.5):
         super().__init__(p=1.0)  # the batch is always visited; `p` is drawn per image below
-        self.p_img = p
+        self.p_per_image = p
 
     def encodes(self, x: TensorImage) -> TensorImage:
-        flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p_img
+        flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p_per_image
         return TensorImage(torch.where(flip, x.flip(-1), x))
 
 

@@ -38,10 +38,6 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **k):  # no silent prefix-matching: `--epoch` is an error, not `--epochs`
         super().__init__(*a, **{"allow_abbrev": False, **k})
 
-    def error(self, message):  # argparse's own exit code is 2 as well; keep its usage line
-        self.print_usage(sys.stderr)
-        self.exit(2, f"fastresnet: error: {message}\n")
-
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 folder in fastai's layout (train/ and test/ of class "
@@ -165,8 +161,8 @@ def cmd_lr_find(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from .data import load_cifar
-    from .inference import evaluate_learner, labelled_dl, load_any
-    learn = load_any(a.model)
+    from .inference import evaluate_learner, labelled_dl, load_model
+    learn = load_model(a.model)
     data = load_cifar(a.data)
     if list(data.vocab) != list(learn.dls.vocab):
         from .data import DataError
@@ -187,8 +183,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .inference import load_any, predict_files
-    learn = load_any(a.model)
+    from .inference import load_model, predict_files
+    learn = load_model(a.model)
     with learn.no_bar(): results, errors = predict_files(learn, a.images)
     for res in results:
         print(f"{res['file']}\t{res['class']}\t{res['probability']:.4f}")

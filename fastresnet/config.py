@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,7 +21,8 @@ class SettingsError(ValueError):
     "A settings file or flag value that cannot be used; the message says which and why."
 
 
-def _f(section: str, default: Any, help: str, **check: Any) -> Any:
+def setting(section: str, default: Any, help: str, **check: Any) -> Any:
+    "A Recipe field: its settings.ini section, default, help text and allowed range or choices."
     return field(default=default, metadata=dict(section=section, help=help, **check))
 
 
@@ -30,48 +30,48 @@ def _f(section: str, default: Any, help: str, **check: Any) -> Any:
 class Recipe:
     "Every number the recipe uses; `settings.ini` mirrors it section by section."
     # [train]
-    bs: int = _f("train", 512, "batch size", min=1)
-    epochs: int = _f("train", 24, "total epochs", min=1)
-    peak_epoch: int = _f("train", 5, "epoch at whose end the LR peaks", min=1)
-    seed: int = _f("train", 42, "random seed for init, shuffling and augmentation", min=0)
+    bs: int = setting("train", 512, "batch size", min=1)
+    epochs: int = setting("train", 24, "total epochs", min=1)
+    peak_epoch: int = setting("train", 5, "epoch at whose end the LR peaks", min=1)
+    seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
     # [optimizer]
-    wd: float = _f("optimizer", 0.8, "weight decay", min=0.0)
-    decouple_wd: bool = _f("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
-    wd_bn_bias: bool = _f("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
-    beta1_max: float = _f("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
-    beta1_min: float = _f("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
-    beta2: float = _f("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
-    eps: float = _f("optimizer", 1e-5, "Adam epsilon", min=0.0)
+    wd: float = setting("optimizer", 0.8, "weight decay", min=0.0)
+    decouple_wd: bool = setting("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
+    wd_bn_bias: bool = setting("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
+    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
+    beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
+    beta2: float = setting("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
+    eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
     # [schedule]
-    shape: str = _f("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
-    lr_max: float = _f("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
-    lr_min: float = _f("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
-    lr_rule: str = _f("schedule", "min_loss", "which lr_find point LRMAX is derived from (min_loss: the lowest smoothed loss)",
+    shape: str = setting("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
+    lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
+    lr_min: float = setting("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
+    lr_rule: str = setting("schedule", "min_loss", "which lr_find point LRMAX is derived from (min_loss: the lowest smoothed loss)",
                       choices=("min_loss", "minimum", "valley", "steep", "slide"))
-    lr_max_div: float = _f("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
-    lr_min_div: float = _f("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
-    lr_find_iters: int = _f("schedule", 100, "batches the LR range test runs", min=6)
-    lr_find_start: float = _f("schedule", 1e-6, "LR range test start", min=0.0)
-    lr_find_end: float = _f("schedule", 10.0, "LR range test end", min=0.0)
+    lr_max_div: float = setting("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
+    lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
+    lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6)
+    lr_find_start: float = setting("schedule", 1e-6, "LR range test start", min=0.0)
+    lr_find_end: float = setting("schedule", 10.0, "LR range test end", min=0.0)
     # [augment]
-    pad: int = _f("augment", 4, "padding before the random 32x32 crop", min=0)
-    pad_mode: str = _f("augment", "zeros", "how the padding is filled", choices=("zeros", "reflect"))
-    flip: bool = _f("augment", True, "random horizontal flip")
-    cutout: int = _f("augment", 8, "side of the Cutout square; 0 disables it", min=0)
+    pad: int = setting("augment", 4, "padding before the random 32x32 crop", min=0)
+    pad_mode: str = setting("augment", "zeros", "how the padding is filled", choices=("zeros", "reflect"))
+    flip: bool = setting("augment", True, "random horizontal flip")
+    cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
-    logit_scale: float = _f("model", 1.0, "multiplier on the logits", min=1e-9)
-    width: float = _f("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)", min=0.01)
-    zero_init_residual: bool = _f("model", False, "start each residual branch's last BatchNorm weight at 0 (identity blocks)")
-    label_smoothing: float = _f("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)", min=0.0, max=0.5)
-    channels_last: bool = _f("model", True, "channels_last memory format (faster convolutions)")
+    logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
+    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)", min=0.01)
+    zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0 (identity blocks)")
+    label_smoothing: float = setting("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)", min=0.0, max=0.5)
+    channels_last: bool = setting("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
-    tta: bool = _f("eval", True, "also report accuracy with flip test-time augmentation (a second test pass)")
+    tta: bool = setting("eval", True, "also report accuracy with flip test-time augmentation (a second test pass)")
     # [runtime]
-    precision: str = _f("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
+    precision: str = setting("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
                         choices=("fp32", "bf16", "fp16"))
-    valid_every: int = _f("runtime", 1, "evaluate on the test set every N epochs (0: only after the last)", min=0)
-    sync_bn: bool = _f("runtime", False, "distributed runs: synchronise BatchNorm statistics across processes")
-    compile: bool = _f("runtime", False, "torch.compile the model for training (pays off on GPUs, not on CPUs)")
+    valid_every: int = setting("runtime", 1, "evaluate on the test set every N epochs (0: only after the last)", min=0)
+    sync_bn: bool = setting("runtime", False, "distributed runs: synchronise BatchNorm statistics across processes")
+    compile: bool = setting("runtime", False, "torch.compile the model for training (pays off on GPUs, not on CPUs)")
 
     def validate(self) -> "Recipe":
         "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."
@@ -102,21 +102,10 @@ class Recipe:
         "A copy with `changes` applied (None values ignored), validated."
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise SettingsError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**d).validate()
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-SECTIONS: dict[str, list[str]] = {}
-for _f_ in fields(Recipe): SECTIONS.setdefault(_f_.metadata["section"], []).append(_f_.name)
+_SECTION_ORDER = dict.fromkeys(f.metadata["section"] for f in fields(Recipe))
+SECTIONS: dict[str, list[str]] = {sec: [f.name for f in fields(Recipe) if f.metadata["section"] == sec]
+                                  for sec in _SECTION_ORDER}
 
 
 def _parse(f: dataclasses.Field, raw: str, where: str) -> Any:

@@ -17,8 +17,8 @@ from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
 from .learner import atomic_write, build_learner, unwrap
 from .model import CustomResNet
 
-__all__ = ["FlipInputs", "evaluate_learner", "load_trusted_learner", "ModelFileError", "predict_files",
-           "labelled_dl", "save_weights", "load_weights_learner", "load_any", "stub_learner"]
+__all__ = ["FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",
+           "labelled_dl", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
 
 
 class ModelFileError(ValueError):
@@ -61,7 +61,7 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> tuple[dict, t
     return out, losses
 
 
-def load_trusted_learner(path: str | Path) -> Learner:
+def load_pickled_learner(path: str | Path) -> Learner:
     """`load_learner` with clear errors. A `.pkl` learner is a Python pickle: loading it runs code,
     so only load files you trust (or use the weights-only `.safetensors` path)."""
     path = Path(path)
@@ -126,9 +126,9 @@ def stub_learner(vocab: list[str], r: Recipe) -> Learner:
     return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
 
 
-def load_any(path: str | Path) -> Learner:
+def load_model(path: str | Path) -> Learner:
     "`.safetensors` → weights-only loading; anything else → `load_learner` (a pickle: trusted files only)."
-    return load_weights_learner(path) if str(path).endswith(".safetensors") else load_trusted_learner(path)
+    return load_weights_learner(path) if str(path).endswith(".safetensors") else load_pickled_learner(path)
 
 
 def predict_files(learn: Learner, files: list[str | Path]) -> tuple[list[dict], list[str]]:

@@ -143,27 +143,27 @@ def set_rng_state(learn: Learner, s: dict) -> None:
     for dl, st in zip(learn.dls.loaders, s["dls"]): getattr(dl, "dl", dl).rng.setstate(st)
 
 
-def plain(o):
+def to_plain(o):
     "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
-    if isinstance(o, dict): return {k: plain(v) for k, v in o.items()}
-    if isinstance(o, (list, L)): return [plain(v) for v in o]
-    if isinstance(o, tuple): return tuple(plain(v) for v in o)
+    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, L)): return [to_plain(v) for v in o]
+    if isinstance(o, tuple): return tuple(to_plain(v) for v in o)
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
     return o
 
 
-def _to_tuples(o):
+def _as_tuples(o):
     "JSON-free round trip: torch.load(weights_only) returns lists where we saved tuples."
-    return tuple(_to_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
+    return tuple(_as_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
 
 
 def load_checkpoint(path: Path) -> dict:
     "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
     ck = torch.load(path, map_location="cpu", weights_only=True)
     rng = ck["rng"]
-    rng["python"] = _to_tuples(rng["python"])
-    rng["dls"] = [_to_tuples(s) for s in rng["dls"]]
+    rng["python"] = _as_tuples(rng["python"])
+    rng["dls"] = [_as_tuples(s) for s in rng["dls"]]
     return ck
 
 
@@ -199,7 +199,7 @@ class RunCheckpoint(Callback):
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
               "hps": self.hps}
-        atomic_torch_save(plain(ck), self.run_dir / CHECKPOINT)
+        atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history, self.hps)
 
 

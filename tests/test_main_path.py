@@ -131,7 +131,7 @@ def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
     r = Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25, tta=False)
     train_run(r, tmp_path / "w", str(tiny_folder), log=lambda *a: None)
     learn = load_weights_learner(tmp_path / "w" / "model.safetensors")
-    assert learn.model.width == 0.25 and learn.model[0][0].out_channels == 16
+    assert learn.model.width == 0.25 and learn.model.prep.conv.out_channels == 16
     imgs = sorted((tiny_folder / "test").rglob("*.png"))[:4]
     from fastai.learner import load_learner
     with learn.no_bar():

