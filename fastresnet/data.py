@@ -21,6 +21,7 @@ from fastai.vision.all import (CategoryBlock, DataBlock, DataLoaders, IndexSplit
                                Normalize, TensorCategory, TensorImage, Transform, TransformBlock, cifar_stats,
                                image_extensions)
 from fastai.data.core import Datasets, TfmdDL
+from fastai.data.transforms import ToTensor
 from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
@@ -263,11 +264,14 @@ class ToTensorImage(Transform):
 class CifarDL(TfmdDL):
     """fastai's `TfmdDL`, except that a batch of in-memory (image, class) items is built in one go:
     a stack of the image views and a lookup of the class indices, instead of calling the item
-    pipeline once per image. Any other items (a `test_dl` of user images) take fastai's own path."""
+    pipeline once per image. That shortcut is taken only while it is exact: in-memory items and no
+    item or before-batch transform besides fastai's (no-op) `ToTensor`; anything else, a `test_dl`
+    of user images or an `item_tfms` added later, takes fastai's own path."""
     def _gatherable(self) -> bool:
         ds = self.dataset
         return (isinstance(ds, Datasets) and len(ds.tls) == 2 and len(ds.items) > 0
-                and isinstance(ds.items[0], tuple) and isinstance(ds.items[0][0], torch.Tensor))
+                and isinstance(ds.items[0], tuple) and isinstance(ds.items[0][0], torch.Tensor)
+                and all(isinstance(t, ToTensor) for t in self.after_item.fs) and not self.before_batch.fs)
 
     def create_batches(self, samps):
         if not self._gatherable():

@@ -156,3 +156,19 @@ def test_gathered_batches_equal_fastais_per_item_batches(arrays):
         slow = next(DataLoader.create_batches(dl, idxs))             # fastai's item-by-item path
         assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
         assert type(fast[0]).__name__ == "TensorImage" and type(fast[1]).__name__ == "TensorCategory"
+
+
+def test_an_added_item_transform_is_applied_not_skipped(arrays):
+    "With an item transform in the pipeline, batches take fastai's per-item path and the transform is applied."
+    from fastai.vision.all import TensorImage, Transform
+    from fastresnet.data import cifar_datablock
+    class Brighten(Transform):
+        def encodes(self, x: TensorImage): return TensorImage(x + 1)    # uint8 + 1: no image here is near 255
+    r = Recipe(bs=8)
+    plain = cifar_datablock(arrays, r).dataloaders(arrays, bs=8)
+    block = cifar_datablock(arrays, r)
+    block.item_tfms = block.item_tfms + [Brighten()]
+    brightened = block.dataloaders(arrays, bs=8)
+    assert plain.valid._gatherable() and not brightened.valid._gatherable()
+    x0, x1 = plain.valid.one_batch()[0], brightened.valid.one_batch()[0]   # test split: not augmented
+    assert (x1 > x0).all()
