@@ -136,9 +136,9 @@ def _run_interruptible(fn, run_dir: Path) -> int:
         fn()
         return 0
     except KeyboardInterrupt:
-        from .learner import CHECKPOINT
+        from .run import CHECKPOINT, RUN
         if (run_dir / CHECKPOINT).exists(): what = "The last completed epoch is saved: continue with"
-        elif (run_dir / "run.json").exists(): what = "No epoch had completed; this starts the run again with its settings:"
+        elif (run_dir / RUN).exists(): what = "No epoch had completed; this starts the run again with its settings:"
         else: what = None
         print("\nInterrupted. " + (f"{what}\n  fastresnet train --resume {run_dir}" if what else
                                    "Nothing was written yet; run the same command again."), file=sys.stderr)
@@ -197,8 +197,8 @@ def cmd_report(a) -> int:
     from .report import make_report
     from .train import learner_for_run
     run_dir = Path(a.run_dir)
-    if not (run_dir / "run.json").is_file():
-        from .train import RunError
+    from .run import RUN, RunError
+    if not (run_dir / RUN).is_file():
         raise RunError(f"{run_dir} is not a fastresnet run folder (no run.json).")
     try:
         learn = learner_for_run(run_dir, a.data)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             from .data import DataError
             from .inference import ModelFileError
             from .learner import DivergedError
-            from .train import RunError
+            from .run import RunError
             commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
                         "report": cmd_report, "summary": cmd_summary}
             try:

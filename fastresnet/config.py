@@ -47,7 +47,7 @@ class Recipe:
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
     lr_min: float = setting("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
     lr_rule: str = setting("schedule", "min_loss", "which lr_find point LRMAX is derived from (min_loss: the lowest smoothed loss)",
-                      choices=("min_loss", "minimum", "valley", "steep", "slide"))
+                      choices=("min_loss", "minimum", "valley", "steep", "slide"))  # schedule.RULES
     lr_max_div: float = setting("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6)

@@ -10,7 +10,6 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
-from .learner import umask_mode
+from .run import atomic_write
 from .config import Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage", "pil_to_tensor",
@@ -120,17 +119,6 @@ def _cache_path(key: str) -> Path:
     return cache / f"cifar-{key}.npz"
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.fchmod(fd, umask_mode())
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-
 def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     """Read fastai's layout `root/{train,test}/<class>/<image>`. Decoding 60,000 files takes a
     minute, so the result is cached as one `.npz` keyed by the files' names, sizes and times."""
@@ -176,7 +164,7 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     labels = np.array([i for _, i in files], dtype=np.int64)
     n_train = sum(len(v) for v in train.values())
     if cache:
-        try: _atomic_savez(cpath, images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train))
+        try: atomic_write(cpath, lambda f: np.savez(f, images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train)))
         except OSError as e: warnings.warn(f"Could not write the cache {cpath} ({e}); the next run decodes again.")
     return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), vocab, n_train)
 

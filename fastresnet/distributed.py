@@ -15,11 +15,10 @@ from fastai.torch_core import num_distrib, rank_distrib
 
 from .config import Recipe, SettingsError
 
-__all__ = ["world_size", "rank", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx"]
+__all__ = ["world_size", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx"]
 
 
 def world_size() -> int: return max(num_distrib(), 1)
-def rank() -> int: return rank_distrib()
 def is_main() -> bool: return rank_distrib() == 0
 
 

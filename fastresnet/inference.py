@@ -14,7 +14,8 @@ from fastai.learner import Learner, load_learner
 
 from .config import Recipe
 from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
-from .learner import atomic_write, build_learner, unwrap
+from .learner import build_learner, unwrap
+from .run import atomic_write
 from .model import CustomResNet
 
 __all__ = ["FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",

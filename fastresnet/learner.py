@@ -27,11 +27,11 @@ from fastcore.foundation import L
 
 from .config import Recipe, SettingsError
 from .model import CustomResNet
+from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 
-__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "ValidEvery", "RunCheckpoint", "StopOnNaN", "DivergedError", "atomic_write", "atomic_torch_save", "umask_mode",
-           "rng_state", "set_rng_state", "load_checkpoint", "CHECKPOINT", "plain_output", "MuteSkippedEpochs"]
+__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "plain_output", "rng_state", "set_rng_state",
+           "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery", "StopOnNaN", "DivergedError"]
 
-CHECKPOINT = "checkpoint.pth"
 
 
 def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learner:
@@ -98,33 +98,6 @@ def _epoch_line(learn: Learner, log) -> None:
     print(f"epoch {log[0] + 1}/{learn.n_epoch}  " + "  ".join(parts) + f"  time {log[-1]}", flush=True)
 
 
-# ---------------------------------------------------------------- atomic files
-def umask_mode(mode: int = 0o666) -> int:
-    "`mode` as the user's umask would leave it for a new file (temporary files are created 0600)."
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash or a full disk
-    leaves the previous file intact, never a half-written one. The file gets the umask's mode."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-
-def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
-
-
 # ---------------------------------------------------------------- RNG state
 def rng_state(learn: Learner) -> dict:
     "Every random stream a training epoch draws from, in a form `torch.load(weights_only=True)` accepts."
@@ -141,30 +114,6 @@ def set_rng_state(learn: Learner, s: dict) -> None:
     np.random.set_state((s["numpy"][0], s["numpy"][1].numpy(), *s["numpy"][2:]))
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
     for dl, st in zip(learn.dls.loaders, s["dls"]): getattr(dl, "dl", dl).rng.setstate(st)
-
-
-def to_plain(o):
-    "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
-    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
-    if isinstance(o, (list, L)): return [to_plain(v) for v in o]
-    if isinstance(o, tuple): return tuple(to_plain(v) for v in o)
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
-    return o
-
-
-def _as_tuples(o):
-    "JSON-free round trip: torch.load(weights_only) returns lists where we saved tuples."
-    return tuple(_as_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
-
-
-def load_checkpoint(path: Path) -> dict:
-    "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    rng = ck["rng"]
-    rng["python"] = _as_tuples(rng["python"])
-    rng["dls"] = [_as_tuples(s) for s in rng["dls"]]
-    return ck
 
 
 # ---------------------------------------------------------------- callbacks
@@ -201,17 +150,6 @@ class RunCheckpoint(Callback):
               "hps": self.hps}
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history, self.hps)
-
-
-def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -> None:
-    "The per-epoch table as CSV (for spreadsheets) and JSON (for code), both atomically; per-batch LR/beta1."
-    if hps is not None: atomic_write(run_dir / "schedule.json", lambda f: f.write(json.dumps(hps).encode()))
-    if not history: return
-    keys = list(history[0])
-    csv = ",".join(keys) + "\n" + "".join(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n"
-                                          for r in history)
-    atomic_write(run_dir / "metrics.csv", lambda f: f.write(csv.encode()))
-    atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
 
 
 class MuteSkippedEpochs(Callback):

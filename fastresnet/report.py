@@ -3,7 +3,6 @@ chosen bounds, the schedule as applied, loss/accuracy curves, the confusion matr
 test images and a batch of augmented training images, gathered in `report.md`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -12,17 +11,14 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
+from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, RUN, SCHEDULE, SETTINGS, read_json_or_none
+
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "write_report", "make_report", "PLOTS"]
 
 PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",
          "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
          "top_losses.png": "Test images with the highest loss", "augmented.png": "Augmented training images"}
-
-
-def _load(run_dir: Path, name: str):
-    p = run_dir / name
-    return json.loads(p.read_text()) if p.exists() else None
 
 
 def _save(fig, path: Path) -> Path:
@@ -33,7 +29,7 @@ def _save(fig, path: Path) -> Path:
 
 def plot_lr_find(run_dir: Path) -> Path | None:
     "Loss against LR (log scale) with fastai's suggestions and the chosen LRMIN/LRMAX marked."
-    d, b = _load(run_dir, "lr_find.json"), _load(run_dir, "lr_bounds.json")
+    d, b = read_json_or_none(run_dir / LR_FIND), read_json_or_none(run_dir / LR_BOUNDS)
     if d is None: return None
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(d["lrs"], d["losses"], lw=1.5)
@@ -51,7 +47,7 @@ def plot_lr_find(run_dir: Path) -> Path | None:
 
 def plot_schedule(run_dir: Path) -> Path | None:
     "LR and Adam beta1 per training batch, exactly as the optimizer used them."
-    h = _load(run_dir, "schedule.json")
+    h = read_json_or_none(run_dir / SCHEDULE)
     if not h or not h.get("lr"): return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(h["lr"], color="tab:blue"); ax.set_xlabel("batch"); ax.set_ylabel("LR", color="tab:blue")
@@ -63,7 +59,7 @@ def plot_schedule(run_dir: Path) -> Path | None:
 
 def plot_metrics(run_dir: Path) -> Path | None:
     "Train vs test loss and accuracy per epoch: the gap between them is the overfitting signal."
-    hist = _load(run_dir, "metrics.json")
+    hist = read_json_or_none(run_dir / METRICS_JSON)
     if not hist: return None
     ep = [r["epoch"] + 1 for r in hist]
     col = lambda k: [np.nan if r.get(k) is None else r[k] for r in hist]  # None: a skipped test pass
@@ -78,7 +74,7 @@ def plot_metrics(run_dir: Path) -> Path | None:
 
 
 def plot_confusion(run_dir: Path) -> Path | None:
-    f = _load(run_dir, "final.json")
+    f = read_json_or_none(run_dir / FINAL)
     if not f: return None
     cm, vocab = np.array(f["confusion"]), f["vocab"]
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
@@ -111,8 +107,8 @@ def plot_augmented(learn: Learner, run_dir: Path, n: int = 16) -> Path:
 
 def write_report(run_dir: Path) -> Path:
     "report.md: the final numbers, the settings and every picture the run folder has."
-    info, f, b = _load(run_dir, "run.json") or {}, _load(run_dir, "final.json"), _load(run_dir, "lr_bounds.json")
-    hist = _load(run_dir, "metrics.json") or []
+    info, f, b = read_json_or_none(run_dir / RUN) or {}, read_json_or_none(run_dir / FINAL), read_json_or_none(run_dir / LR_BOUNDS)
+    hist = read_json_or_none(run_dir / METRICS_JSON) or []
     lines = [f"# Run report: {run_dir.name}", ""]
     if f:
         tta = f" (flip-TTA {f['accuracy_tta']:.4f})" if "accuracy_tta" in f else ""
@@ -128,8 +124,8 @@ def write_report(run_dir: Path) -> Path:
         lines += ["| class | accuracy |", "|---|---|"] + [f"| {c} | {v:.3f} |" for c, v in f["per_class"].items()] + [""]
     for name, title in PLOTS.items():
         if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
-    if (run_dir / "settings.ini").exists():
-        lines += ["## Settings", "", "```ini", (run_dir / "settings.ini").read_text().strip(), "```", ""]
+    if (run_dir / SETTINGS).exists():
+        lines += ["## Settings", "", "```ini", (run_dir / SETTINGS).read_text().strip(), "```", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
     return run_dir / "report.md"
 

@@ -3,16 +3,13 @@ everything a run produces written into its own folder, and `resume_run` to conti
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from fastai.learner import Learner
-from fastai.torch_core import set_seed
+from fastai.torch_core import default_device, rank_distrib, set_seed
 
 from . import __version__
 from . import distributed as dist
@@ -20,65 +17,19 @@ from .config import Recipe, SettingsError, recipe_to_ini, load_settings, with_ch
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
 from .report import make_report
-from .learner import CHECKPOINT, MuteSkippedEpochs, RunCheckpoint, ValidEvery, check_runtime, StopOnNaN, atomic_write, build_learner, load_checkpoint, \
-    plain_output, set_rng_state, umask_mode, write_metrics
+from .learner import MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, build_learner, check_runtime, plain_output, \
+    set_rng_state
+from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, RunError, load_checkpoint,
+                  prepare_run_dir, read_json, run_data, start_run_dir, write_json, write_metrics)
 from .schedule import LRBounds, run_lr_find
 
-__all__ = ["RunError", "prepare_run_dir", "setup", "cifar_learner", "find_bounds", "train_run", "resume_run",
+__all__ = ["RunError", "setup", "cifar_learner", "find_bounds", "train_run", "resume_run",
            "finish_run", "learner_for_run"]
 
 
-class RunError(RuntimeError):
-    "A run that cannot start or continue as asked; the message says what to do."
-
-
-def _write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def _read_json(path: Path) -> dict:
-    try: return json.loads(Path(path).read_text())
-    except FileNotFoundError: raise RunError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
-    except json.JSONDecodeError as e: raise RunError(f"{path} is damaged ({e}).") from None
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
-    """Check, before any work, that the run folder can be made: an existing non-empty one is refused
-    unless `overwrite`, and even then it is left alone until `start_run_dir` has the new run's first
-    files, so a typo in the other flags cannot destroy a finished run."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"Run folder {run_dir} is an existing file, not a folder. Choose another with --out.")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
-                       "--overwrite to replace it, or --out to choose another folder.")
-    parent = next((p for p in run_dir.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder). "
-                       "Choose another with --out.")
-    return run_dir
-
-
-def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
-    """Write the run's first files into a new folder beside `run_dir`, then put it in place. An old run
-    there (`--overwrite`) is removed only now, after everything was checked and the data loaded."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.new-"))
-        os.chmod(tmp, umask_mode(0o777))
-        for name, text in files.items(): (tmp / name).write_text(text)
-    except OSError as e:
-        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}). Choose another with --out.") from None
-    if run_dir.exists():
-        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-        os.replace(run_dir, old)
-        os.replace(tmp, run_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else: os.replace(tmp, run_dir)
-
-
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    "fastai's default device: the GPU when there is one (CUDA or Apple's MPS), else the CPU."
+    return default_device()
 
 
 def setup(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
@@ -87,7 +38,7 @@ def setup(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
     set_seed(r.seed, reproducible=True)
     dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=device())
     learn = build_learner(dls, r, path=run_dir)
-    if dist.world_size() > 1: torch.manual_seed(r.seed + dist.rank())  # same init everywhere, own augmentation
+    if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
     return learn
 
 
@@ -117,12 +68,15 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
 
 def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBounds:
     "LR range test on the training pipeline → LRMIN/LRMAX by the recipe's rule; curve saved in the run folder."
-    with plain_output(learn):
-        bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
-                                    r.lr_find_start, r.lr_find_end)
+    try:
+        with plain_output(learn):
+            bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
+                                        r.lr_find_start, r.lr_find_end)
+    except ValueError as e:
+        raise RunError(f"{e} Give LRMAX yourself (--lr-max) to skip the range test.") from None
     if run_dir is not None:
         rec = learn.recorder
-        _write_json(run_dir / "lr_find.json", {"lrs": [float(x) for x in rec.lrs],
+        write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs],
                                                "losses": [float(x) for x in rec.losses],
                                                "suggestions": found, "bounds": bounds._asdict()})
     return bounds
@@ -136,8 +90,7 @@ def _fit(learn: Learner, r: Recipe, b: LRBounds, run_dir: Path, start_epoch: int
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
     if start_epoch: cbs.append(MuteSkippedEpochs(start_epoch))
     with dist.distrib_ctx(learn, r), plain_output(learn):
-        learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape,
-                                 (r.beta1_max, r.beta1_min, r.beta1_max), cbs=cbs, start_epoch=start_epoch)
+        learn.fit_one_cycle_peak(r.epochs, b.lr_min, b.lr_max, r.peak_epoch, r.shape, cbs=cbs, start_epoch=start_epoch)
 
 
 def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: int | None = None,
@@ -157,20 +110,20 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
             "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "vocab": list(data.vocab),
             "status": "started"}
     if dist.is_main():
-        start_run_dir(run_dir, {"settings.ini": recipe_to_ini(r), "run.json": json.dumps(info, indent=2) + "\n"})
+        start_run_dir(run_dir, {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"})
     learn = setup(r, data, run_dir)
     if r.lr_max:
-        b = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, r.lr_max, "given")
+        b = LRBounds.given(r.lr_max, r.lr_min, r.lr_min_div)
     else:
         log(f"LR range test: {r.lr_find_iters} batches from {r.lr_find_start:g} to {r.lr_find_end:g} ...")
         b = find_bounds(learn, r, run_dir)
     info.update(status="training", lr_min=b.lr_min, lr_max=b.lr_max, world_size=dist.world_size())
     if dist.is_main():
         log(f"LR bounds: {b.describe()}")
-        _write_json(run_dir / "lr_bounds.json", b._asdict())
-        _write_json(run_dir / "run.json", info)
+        write_json(run_dir / LR_BOUNDS, b._asdict())
+        write_json(run_dir / RUN, info)
     if dist.world_size() > 1:
-        print(f"process {dist.rank()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
+        print(f"process {rank_distrib()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
               f"(global batch {r.bs})", flush=True)
     _fit(learn, r, b, run_dir, 0, [], extra_cbs)
     if not dist.is_main(): return {}  # rank 0 evaluates all 10,000 test images, exports and reports
@@ -182,14 +135,14 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     streams and metrics history restored: the result equals an uninterrupted run's."""
     if not Path(run_dir).is_dir(): raise RunError(f"--resume {run_dir}: no such run folder.")
     run_dir = Path(run_dir).absolute()
-    info = _read_json(run_dir / "run.json")
-    try: r = load_settings(run_dir / "settings.ini")
+    info = read_json(run_dir / RUN)
+    try: r = load_settings(run_dir / SETTINGS)
     except SettingsError as e: raise RunError(str(e)) from None
-    data_path = data_path or _run_data(info)
+    data_path = data_path or run_data(info)
     if not (run_dir / CHECKPOINT).is_file():  # stopped in the range test or the first epoch: nothing to keep
         log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
         return train_run(r, run_dir, data_path, info.get("subset"), overwrite=True, extra_cbs=extra_cbs, log=log)
-    b = LRBounds(**_read_json(run_dir / "lr_bounds.json"))
+    b = LRBounds(**read_json(run_dir / LR_BOUNDS))
     try: ck = load_checkpoint(run_dir / CHECKPOINT)
     except Exception as e:
         raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}); it may have been "
@@ -218,32 +171,26 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     with dist.alone(): return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
 
 
-def _run_data(info: dict) -> str | None:
-    "The data path a run folder records; None means fastai's download (older runs wrote a sentinel string)."
-    d = info.get("data")
-    return None if d is None or d.startswith("untar_data") else d
-
-
 def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
     "The run's finished model on the run's data (or `data_path`), rebuilt from safe files: settings + safetensors."
     from safetensors.torch import load_file
     run_dir = Path(run_dir).absolute()
-    info = _read_json(run_dir / "run.json")
-    r = load_settings(run_dir / "settings.ini")
-    learn = setup(r, load_data(data_path or _run_data(info), info.get("subset")), run_dir)
-    learn.model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    info = read_json(run_dir / RUN)
+    r = load_settings(run_dir / SETTINGS)
+    learn = setup(r, load_data(data_path or run_data(info), info.get("subset")), run_dir)
+    learn.model.load_state_dict(load_file(run_dir / WEIGHTS))
     return learn
 
 
 def finish_run(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log=print) -> dict:
     "Final evaluation on the validation (official test) set, export of the learner, run record."
     with plain_output(learn): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
-    _write_json(run_dir / "final.json", res)
-    learn.export(run_dir / "model.pkl")
-    save_weights(learn, run_dir / "model.safetensors")
+    write_json(run_dir / FINAL, res)
+    learn.export(run_dir / MODEL_PKL)
+    save_weights(learn, run_dir / WEIGHTS)
     info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
                 accuracy_tta=res.get("accuracy_tta"))
-    _write_json(run_dir / "run.json", info)
+    write_json(run_dir / RUN, info)
     make_report(run_dir, learn, losses)
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. "

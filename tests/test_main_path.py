@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastai.learner import Learner
 
 from fastresnet.config import Recipe
@@ -30,9 +31,9 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
     bottom is placed at LR 10^-1.5 by construction, so LRMAX must be 10^-2.5 and LRMIN 10^-4.5."""
     lrs = np.logspace(-6, 1, 141)                                   # 0.05 decades apart: 10^-1.5 is a grid point
     losses = 1.0 + (np.log10(lrs) + 1.5) ** 2                       # lowest exactly at 10^-1.5
-    def fake_lr_find(self, **kwargs):                               # what fastai's finder leaves in the recorder
-        self.recorder.lrs, self.recorder.losses = list(lrs), [float(x) for x in losses]
-    monkeypatch.setattr(Learner, "lr_find", fake_lr_find)
+    def fake_fit(self, n_epoch, cbs=None, **kwargs):                # what fastai's finder leaves in the recorder
+        self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
+    monkeypatch.setattr(Learner, "fit", fake_fit)                    # fastai's lr_find then reads the curve
     learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
     b = find_bounds(learn, Recipe(lr_find_iters=141))               # the packaged defaults' rule
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)

@@ -12,10 +12,11 @@ import torch
 from fastai.callback.core import Callback
 from PIL import Image
 
-import fastresnet.learner as L
+import fastresnet.run as run_files
 from fastresnet.cli import main
 from fastresnet.config import Recipe
-from fastresnet.learner import DivergedError, atomic_torch_save, load_checkpoint
+from fastresnet.learner import DivergedError
+from fastresnet.run import atomic_torch_save, load_checkpoint
 from fastresnet.train import train_run
 
 QUIET = dict(log=lambda *a: None)
@@ -97,7 +98,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     def full_disk(obj, f):
         f.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(L.torch, "save", full_disk)
+    monkeypatch.setattr(run_files.torch, "save", full_disk)
     with pytest.raises(OSError):
         atomic_torch_save({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()

@@ -6,7 +6,7 @@ from fastai.callback.core import CancelFitException, Callback
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
-from fastresnet.schedule import lr_bounds_from_finder, run_lr_find, suggestions
+from fastresnet.schedule import lr_bounds_from_finder, min_loss, run_lr_find
 
 
 class RecordHypers(Callback):
@@ -75,21 +75,22 @@ def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
 def test_bounds_rule():
     b = lr_bounds_from_finder(0.2, "minimum", 10, 100)
     assert (b.lr_max, b.lr_min) == pytest.approx((0.02, 0.0002))
-    with pytest.raises(ValueError, match="--lr-max"):
+    with pytest.raises(ValueError, match="no usable .valley. point"):
         lr_bounds_from_finder(float("nan"), "valley", 10, 100)
 
 
 def test_suggestions_on_a_known_curve():
-    lrs = list(np.logspace(-6, 1, 100))
-    losses = [2.0 - 0.1 * np.log10(l / 1e-6) if l < 0.1 else 1.5 + 5 * (l - 0.1) for l in lrs]
-    s = suggestions(lrs, losses, 100)
-    i_min = int(np.argmin(losses))
-    assert s["minimum"] == pytest.approx(lrs[i_min] / 10)        # fastai's Minimum: the lowest loss's LR / 10
-    assert s["min_loss"] == pytest.approx(lrs[i_min])
+    from fastai.callback.schedule import SuggestionMethod
+    lrs = torch.tensor(np.logspace(-6, 1, 100))
+    losses = torch.tensor([2.0 - 0.1 * np.log10(l / 1e-6) if l < 0.1 else 1.5 + 5 * (l - 0.1) for l in lrs.tolist()])
+    i_min = int(np.argmin(losses.numpy()))
+    assert min_loss(lrs, losses, 100)[0] == pytest.approx(float(lrs[i_min]))          # the bottom of the curve
+    assert SuggestionMethod.Minimum(lrs, losses, 100)[0] == pytest.approx(float(lrs[i_min]) / 10)  # fastai's: / 10
 
 
 def test_compiled_training_saves_plain_weights(arrays, tmp_path):
-    from fastresnet.learner import CompileModel, RunCheckpoint, load_checkpoint
+    from fastresnet.learner import CompileModel, RunCheckpoint
+    from fastresnet.run import load_checkpoint
     learn = tiny_learner(arrays, tmp_path, bs=20)
     plain = learn.model
     learn.add_cb(CompileModel(backend="eager"))                 # the wrapper, without minutes of code generation

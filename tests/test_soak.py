@@ -12,6 +12,7 @@ from fastai.callback.core import Callback
 from safetensors.torch import load_file
 
 import fastresnet.learner as learner_mod
+import fastresnet.run as run_files
 import fastresnet.train as T
 from fastresnet.cli import main
 
@@ -55,7 +56,7 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
             def write(f):
                 torch.save(obj, f)
                 if kind == "checkpoint_write" and calls["n"] == n: os.kill(os.getpid(), signal.SIGTERM)
-            learner_mod.atomic_write(path, write)
+            run_files.atomic_write(path, write)
         def setup_with_sigterm(*a, kind=kind, n=n, **k):
             learn = setup(*a, **k)
             if kind != "checkpoint_write": learn.add_cb(SigtermAt(kind, n))

@@ -12,7 +12,7 @@ from fastai.learner import load_learner
 from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.data import load_image
-from fastresnet.learner import load_checkpoint
+from fastresnet.run import load_checkpoint
 from fastresnet.train import RunError, resume_run, train_run
 
 TINY = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1"]

@@ -1,0 +1,154 @@
+"""The run folder: every file a run writes, its name and format, and how it is written. Every
+file goes through `atomic_write` (temporary file, fsync, rename, the umask's mode), so a crash or a
+full disk leaves the previous version intact, never a half-written one."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastcore.foundation import L
+
+__all__ = ["RunError", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
+           "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_write",
+           "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
+           "run_data", "to_plain", "load_checkpoint", "write_metrics"]
+
+CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # model + optimizer + RNG; facts; recipe
+LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
+METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
+MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
+
+
+class RunError(RuntimeError):
+    "A run that cannot start or continue as asked; the message says what to do."
+
+
+# ---------------------------------------------------------------- writing files
+def umask_mode(mode: int = 0o666) -> int:
+    "`mode` as the user's umask would leave it for a new file (temporary files are created 0600)."
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a crash or a full disk
+    leaves the previous file intact, never a half-written one. The file gets the umask's mode."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, umask_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
+
+def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def read_json(path: Path) -> dict:
+    "A run file that must be there: missing or damaged is a `RunError` naming it."
+    path = Path(path)
+    try: return json.loads(path.read_text())
+    except FileNotFoundError: raise RunError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
+    except json.JSONDecodeError as e: raise RunError(f"{path} is damaged ({e}).") from None
+
+
+def read_json_or_none(path: Path):
+    "A run file that may not be there (yet): None then."
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -> None:
+    "The per-epoch table as CSV (for spreadsheets) and JSON (for code); the per-batch LR/beta1 as applied."
+    if hps is not None: atomic_write(run_dir / SCHEDULE, lambda f: f.write(json.dumps(hps).encode()))
+    if not history: return
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: "" if v is None else v for k, v in row.items()} for row in history)
+    atomic_write(run_dir / METRICS_CSV, lambda f: f.write(text.getvalue().encode()))
+    atomic_write(run_dir / METRICS_JSON, lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+
+# ---------------------------------------------------------------- the folder itself
+def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
+    """Check, before any work, that the run folder can be made: an existing non-empty one is refused
+    unless `overwrite`, and even then it is left alone until `start_run_dir` has the new run's first
+    files, so a typo in the other flags cannot destroy a finished run."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"Run folder {run_dir} is an existing file, not a folder. Choose another with --out.")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
+                       "--overwrite to replace it, or --out to choose another folder.")
+    parent = next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder). "
+                       "Choose another with --out.")
+    return run_dir
+
+
+def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
+    """Write the run's first files into a new folder beside `run_dir`, then put it in place. An old run
+    there (`--overwrite`) is removed only now, after everything was checked and the data loaded."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.new-"))
+        os.chmod(tmp, umask_mode(0o777))
+        for name, text in files.items(): (tmp / name).write_text(text)
+    except OSError as e:
+        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}). Choose another with --out.") from None
+    if run_dir.exists():
+        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+        os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else: os.replace(tmp, run_dir)
+
+
+def run_data(info: dict) -> str | None:
+    "The data path run.json records; None means fastai's download (older runs wrote a sentinel string)."
+    d = info.get("data")
+    return None if d is None or d.startswith("untar_data") else d
+
+
+# ---------------------------------------------------------------- the checkpoint
+def to_plain(o):
+    "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
+    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, L)): return [to_plain(v) for v in o]
+    if isinstance(o, tuple): return tuple(to_plain(v) for v in o)
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
+    return o
+
+
+def _as_tuples(o):
+    "torch.load(weights_only) returns lists where tuples were saved; RNG states need their tuples back."
+    return tuple(_as_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
+
+
+def load_checkpoint(path: Path) -> dict:
+    "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    rng = ck["rng"]
+    rng["python"] = _as_tuples(rng["python"])
+    rng["dls"] = [_as_tuples(s) for s in rng["dls"]]
+    return ck
