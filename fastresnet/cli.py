@@ -14,25 +14,9 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+from .config import Recipe, SettingsError, parse_setting  # stdlib only: `fastresnet --help` stays instant
+
 __all__ = ["main", "build_parser"]
-
-# CLI flag → Recipe field (only flags whose name differs from the field, or that are common enough to list)
-RECIPE_FLAGS = {
-    "--bs": ("bs", int, "batch size"),
-    "--epochs": ("epochs", int, "total epochs"),
-    "--peak-epoch": ("peak_epoch", int, "epoch at whose end the LR peaks"),
-    "--seed": ("seed", int, "random seed"),
-    "--wd": ("wd", float, "weight decay"),
-    "--lr-max": ("lr_max", float, "LRMAX; skips the LR range test when given"),
-    "--lr-min": ("lr_min", float, "LRMIN (default: LRMAX / lr_min_div)"),
-    "--lr-rule": ("lr_rule", str, "lr_find point LRMAX derives from: min_loss, minimum, valley, steep, slide"),
-    "--lr-find-iters": ("lr_find_iters", int, "batches of the LR range test"),
-    "--shape": ("shape", str, "schedule shape: linear or cos"),
-    "--cutout": ("cutout", int, "Cutout square side (0 disables)"),
-    "--label-smoothing": ("label_smoothing", float, "label smoothing (opt-in extra)"),
-    "--precision": ("precision", str, "fp32 (default), or bf16/fp16 mixed precision on a CUDA GPU"),
-}
-
 
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **k):  # no silent prefix-matching: `--epoch` is an error, not `--epochs`
@@ -45,15 +29,34 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=int, metavar="N", help="train on N images (N/10 per class; for smoke runs)")
 
 
+def _flag(name: str) -> str: return "--" + name.replace("_", "-")
+
+
+def _setting_type(f):
+    "argparse type for one Recipe field: the settings file's parser, its message kept."
+    def convert(raw: str):
+        try: return parse_setting(f, raw, _flag(f.name))
+        except SettingsError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = f.type if isinstance(f.type, str) else f.type.__name__
+    return convert
+
+
 def _add_recipe(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recipe (override --settings)")
+    "One flag per `Recipe` field (`--peak-epoch` for `peak_epoch`, `--tta/--no-tta` for a switch), help from the field."
+    g = p.add_argument_group("recipe (each flag overrides --settings; defaults from the packaged settings.ini)")
     g.add_argument("--settings", metavar="FILE", help="settings file (default: the packaged settings.ini)")
-    for flag, (name, typ, help) in RECIPE_FLAGS.items():
-        g.add_argument(flag, dest=name, type=typ, metavar=typ.__name__.upper(), help=help)
-    g.add_argument("--compile", dest="compile", action="store_const", const=True,
-                   help="train through torch.compile (GPU; on CPU compilation costs more than it saves)")
+    for f in fields(Recipe):
+        md, default = f.metadata, getattr(Recipe(), f.name)
+        rng = (f", one of {', '.join(md['choices'])}" if "choices" in md else
+               "".join([f", at least {md['min']:g}" if "min" in md else "", f", at most {md['max']:g}" if "max" in md else ""]))
+        help = f"{md['help']} (default {str(default).lower() if isinstance(default, bool) else default}{rng})"
+        if f.type in ("bool", bool):
+            g.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            g.add_argument(_flag(f.name), dest=f.name, type=_setting_type(f), default=None, help=help,
+                           metavar=(f.type if isinstance(f.type, str) else f.type.__name__).upper())
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other setting of settings.ini, e.g. --set decouple_wd=false (repeatable)")
+                   help="a setting by its settings.ini name, e.g. --set decouple_wd=false (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,21 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def recipe_from_args(a: argparse.Namespace):
-    from .config import Recipe, SettingsError, _parse, load_settings, with_changes
-    r = load_settings(a.settings)
-    byname = {f.name: f for f in fields(Recipe)}
-    changes = {}
-    for kv in a.set:
-        if "=" not in kv: raise SettingsError(f"--set {kv!r}: expected KEY=VALUE.")
-        k, v = kv.split("=", 1)
-        if k.strip() not in byname: raise SettingsError(f"--set: unknown setting {k.strip()!r}; see settings.ini.")
-        changes[k.strip()] = _parse(byname[k.strip()], v, "--set")
+def recipe_from_args(a: argparse.Namespace) -> Recipe:
+    "settings file (or the packaged one) → --set → flags, with the short-run peak rule of `with_changes`."
+    from .config import load_settings, parse_assignments, with_changes
+    changes = parse_assignments(a.set)
     changes.update({name: getattr(a, name) for name in _recipe_dests() if getattr(a, name) is not None})
-    return with_changes(r, changes, note=lambda m: print(m, file=sys.stderr))
+    return with_changes(load_settings(a.settings), changes, note=lambda m: print(m, file=sys.stderr))
 
 
-def _recipe_dests() -> list[str]: return [name for name, _, _ in RECIPE_FLAGS.values()] + ["compile"]
+def _recipe_dests() -> list[str]: return [f.name for f in fields(Recipe)]
 
 
 def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")
@@ -113,10 +110,9 @@ def _raise_interrupt(signum, frame): raise KeyboardInterrupt
 
 
 def cmd_train(a) -> int:
-    from .config import SettingsError
     from .train import resume_run, train_run
     if a.resume:
-        given = [f"--{n.replace('_', '-')}" for n in _recipe_dests() if getattr(a, n) is not None]
+        given = [_flag(n) for n in _recipe_dests() if getattr(a, n) is not None]
         given += ["--set"] * bool(a.set) + ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
         given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite
         if given:
@@ -235,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*load_learner` uses Python's insecure pickle.*")
             warnings.showwarning = _show_warning
-            from .config import SettingsError
             from .data import DataError
             from .inference import ModelFileError
             from .learner import DivergedError

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes"]
+__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes",
+           "parse_setting", "parse_assignments"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 
@@ -108,7 +109,8 @@ SECTIONS: dict[str, list[str]] = {sec: [f.name for f in fields(Recipe) if f.meta
                                   for sec in _SECTION_ORDER}
 
 
-def _parse(f: dataclasses.Field, raw: str, where: str) -> Any:
+def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
+    "One value as written in a settings file, `--set` or a flag, converted to the field's type."
     raw = raw.strip()
     try:
         if f.type in ("bool", bool):
@@ -145,9 +147,20 @@ def load_settings(path: str | Path | None = None) -> Recipe:
         for key, raw in cp.items(sec):
             if key not in SECTIONS[sec]:
                 raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
-            values[key] = _parse(byname[key], raw, str(path))
+            values[key] = parse_setting(byname[key], raw, str(path))
     try: return Recipe(**values).validate()
     except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    "`KEY=VALUE` strings (the CLI's `--set`) as typed changes for `with_changes`; unknown keys are errors."
+    byname, out = {f.name: f for f in fields(Recipe)}, {}
+    for kv in assignments:
+        if "=" not in kv: raise SettingsError(f"--set {kv!r}: expected KEY=VALUE.")
+        k, v = (x.strip() for x in kv.split("=", 1))
+        if k not in byname: raise SettingsError(f"--set: unknown setting {k!r}; see settings.ini.")
+        out[k] = parse_setting(byname[k], v, "--set")
+    return out
 
 
 def with_changes(r: Recipe, changes: dict, note=print) -> Recipe:

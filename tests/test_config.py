@@ -75,3 +75,21 @@ def test_short_runs_scale_the_peak_unless_it_is_given(capsys):
     assert r.peak_epoch == 5                                      # still possible: unchanged
     with pytest.raises(SettingsError, match="peak_epoch"):
         recipe_from_args(build_parser().parse_args(["train", "--epochs", "4", "--peak-epoch", "4"]))
+
+
+def test_every_recipe_field_is_a_flag():
+    from dataclasses import fields
+    from fastresnet.cli import build_parser, recipe_from_args
+    from fastresnet.config import Recipe
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert {f.name for f in fields(Recipe)} <= flags
+    r = recipe_from_args(build_parser().parse_args(
+        ["train", "--wd-bn-bias", "--width", "0.5", "--pad-mode", "reflect", "--no-tta", "--lr-find-end", "2"]))
+    assert (r.wd_bn_bias, r.width, r.pad_mode, r.tta, r.lr_find_end) == (True, 0.5, "reflect", False, 2.0)
+
+
+def test_a_malformed_flag_value_names_the_flag(capsys):
+    from fastresnet.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--bs", "lots"])
+    assert e.value.code == 2 and "--bs" in capsys.readouterr().err
