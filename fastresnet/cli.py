@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return commands[a.command](a)
             except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
-                print(f"fastresnet: error: {e}", file=sys.stderr)
+                print(f"fastresnet: error: {e}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing
         print("\nInterrupted.", file=sys.stderr)

@@ -12,13 +12,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes",
+__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes",
            "parse_setting", "parse_assignments"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 
 
-class SettingsError(ValueError):
+class HintedError(Exception):
+    """An error whose message states the problem in the library's terms; `hint`, if any, is the
+    command-line advice (which flag to use) that the `fastresnet` command adds to it."""
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class SettingsError(HintedError, ValueError):
     "A settings file or flag value that cannot be used; the message says which and why."
 
 

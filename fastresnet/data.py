@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
 from .run import atomic_write
-from .config import Recipe
+from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage", "pil_to_tensor",
            "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
@@ -35,7 +35,7 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
 
 
-class DataError(ValueError):
+class DataError(HintedError, ValueError):
     "Data that cannot be used as it is; the message says what is wrong and what to do."
 
 
@@ -202,8 +202,9 @@ def load_cifar(path: str | Path | None = None) -> CifarArrays:
         from fastai.data.external import URLs, untar_data
         try: path = untar_data(URLs.CIFAR)
         except Exception as e:
-            raise DataError(f"Could not download CIFAR-10 ({type(e).__name__}: {e}). Without internet, pass "
-                            "--data PATH to a folder in fastai's layout or to `cifar-10-batches-py`.") from None
+            raise DataError(f"Could not download CIFAR-10 ({type(e).__name__}: {e}). Without internet, give the "
+                            "path of a folder in fastai's layout or of `cifar-10-batches-py`.",
+                            hint="(--data PATH)") from None
     path = Path(path).expanduser()
     if not path.exists(): raise DataError(f"Data path {path} does not exist.")
     if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/.")
@@ -216,16 +217,16 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
     """The first `n // n_classes` training images of every class (plus all validation images): a
     smoke-run subset that keeps the class balance, whatever order the files came in."""
     if n > data.n_train:
-        raise DataError(f"--subset {n} is larger than the {data.n_train} training images available.")
+        raise DataError(f"A subset of {n} images is larger than the {data.n_train} training images available.")
     k = len(data.vocab)
-    if n < k: raise DataError(f"--subset {n} is smaller than the number of classes ({k}).")
+    if n < k: raise DataError(f"A subset of {n} images is smaller than the number of classes ({k}).")
     tr = data.labels[:data.n_train]
     per = [torch.nonzero(tr == c).flatten() for c in range(k)]
     take = n // k
-    if take * k != n: warnings.warn(f"--subset {n}: took {take * k} images ({take} per class), the largest number "
+    if take * k != n: warnings.warn(f"subset {n}: took {take * k} images ({take} per class), the largest number "
                                     f"up to {n} that keeps the {k} classes balanced.")
     if min(len(p) for p in per) < take:
-        raise DataError(f"--subset {n} needs {take} images per class, but a class has only {min(len(p) for p in per)}.")
+        raise DataError(f"A subset of {n} images needs {take} per class, but a class has only {min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values
     idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
     return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k)

@@ -12,7 +12,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, load_learner
 
-from .config import Recipe
+from .config import HintedError, Recipe
 from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
 from .learner import build_learner, unwrap
 from .run import atomic_write
@@ -22,7 +22,7 @@ __all__ = ["FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileE
            "labelled_dl", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(HintedError, ValueError):
     "A model file that cannot be loaded; the message says why."
 
 

@@ -21,11 +21,12 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
 from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.data.core import DataLoaders
 from fastcore.basics import noop
 from fastcore.foundation import L
 
-from .config import Recipe, SettingsError
+from .config import HintedError, Recipe, SettingsError
 from .model import CustomResNet
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 
@@ -176,12 +177,13 @@ class ValidEvery(Callback):
         if not last and (self.n == 0 or (self.epoch + 1) % self.n): raise CancelValidException()
 
 
-class DivergedError(RuntimeError):
+class DivergedError(HintedError, RuntimeError):
     "Training produced a non-finite loss."
 
 
-class StopOnNaN(Callback):
-    "Stop at the first non-finite training loss, naming the LR and epoch (fastai's TerminateOnNaN is silent)."
+class StopOnNaN(TerminateOnNaNCallback):
+    """fastai's `TerminateOnNaNCallback`, but loud: it stops at the first non-finite training loss with
+    an error naming the epoch, batch and LR, and whether a checkpoint exists (fastai's stops silently)."""
     order = -5
 
     def after_batch(self):
@@ -191,5 +193,5 @@ class StopOnNaN(Callback):
                     else "No epoch had completed, so there is no checkpoint yet.")
             raise DivergedError(
                 f"Training diverged: the loss became {float(self.loss.detach())} in epoch {self.epoch + 1} "
-                f"(batch {self.iter + 1}) at LR {lr:.4g}. {kept} "
-                f"Try a smaller LRMAX (for example --lr-max {lr / 3:.3g}).")
+                f"(batch {self.iter + 1}) at LR {lr:.4g}. {kept} Try a smaller LRMAX, for example {lr / 3:.3g}.",
+                hint=f"(--lr-max {lr / 3:.3g})")

@@ -11,7 +11,7 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
-from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, RUN, SCHEDULE, SETTINGS, read_json_or_none
+from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, read_json_or_none
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "write_report", "make_report", "PLOTS"]
@@ -28,64 +28,70 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_lr_find(run_dir: Path) -> Path | None:
-    "Loss against LR (log scale) with fastai's suggestions and the chosen LRMIN/LRMAX marked."
-    d, b = read_json_or_none(run_dir / LR_FIND), read_json_or_none(run_dir / LR_BOUNDS)
-    if d is None: return None
+    "Loss against LR (log scale) with the range test's points and the chosen LRMIN/LRMAX marked."
+    curve, bounds = read_json_or_none(run_dir / LR_FIND), read_json_or_none(run_dir / LR_BOUNDS)
+    if curve is None: return None  # LRMAX was given: no range test ran
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(d["lrs"], d["losses"], lw=1.5)
-    ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("smoothed training loss")
-    finite = [x for x in d["losses"] if x == x]
+    ax.plot(curve["lrs"], curve["losses"], lw=1.5)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
+    finite = [x for x in curve["losses"] if x == x]
     if finite: ax.set_ylim(min(finite) * 0.95, finite[0] * 1.5)  # the divergence spike would flatten the curve
-    for (name, lr), c in zip(d["suggestions"].items(), ["tab:green", "tab:red", "tab:purple", "tab:brown"]):
-        if lr == lr: ax.axvline(lr, color=c, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
-    if b:
-        ax.axvline(b["lr_max"], color="k", lw=2, label=f"LRMAX {b['lr_max']:.3g}")
-        ax.axvline(b["lr_min"], color="gray", lw=2, label=f"LRMIN {b['lr_min']:.3g}")
-    ax.legend(fontsize=8); ax.set_title("LR range test")
+    colours = ["tab:olive", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for (name, lr), colour in zip(curve["suggestions"].items(), colours):
+        if lr == lr: ax.axvline(lr, color=colour, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
+    if bounds:
+        ax.axvline(bounds["lr_max"], color="k", lw=2, label=f"LRMAX {bounds['lr_max']:.3g}")
+        ax.axvline(bounds["lr_min"], color="gray", lw=2, label=f"LRMIN {bounds['lr_min']:.3g}")
+    ax.legend(fontsize=8)
     return _save(fig, run_dir / "lr_find.png")
 
 
 def plot_schedule(run_dir: Path) -> Path | None:
     "LR and Adam beta1 per training batch, exactly as the optimizer used them."
-    h = read_json_or_none(run_dir / SCHEDULE)
-    if not h or not h.get("lr"): return None
+    hps = read_json_or_none(run_dir / SCHEDULE)
+    if not hps or not hps.get("lr"): return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(h["lr"], color="tab:blue"); ax.set_xlabel("batch"); ax.set_ylabel("LR", color="tab:blue")
-    if h.get("mom"):
-        ax2 = ax.twinx(); ax2.plot(h["mom"], color="tab:orange"); ax2.set_ylabel("Adam beta1", color="tab:orange")
+    ax.plot(hps["lr"], color="tab:blue")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("LR", color="tab:blue")
+    if hps.get("mom"):
+        beta1_ax = ax.twinx()
+        beta1_ax.plot(hps["mom"], color="tab:orange")
+        beta1_ax.set_ylabel("Adam beta1", color="tab:orange")
     ax.set_title("One cycle: LRMIN → LRMAX at the peak epoch → LRMIN", pad=14)  # clear of the axis offset
     return _save(fig, run_dir / "schedule.png")
 
 
 def plot_metrics(run_dir: Path) -> Path | None:
     "Train vs test loss and accuracy per epoch: the gap between them is the overfitting signal."
-    hist = read_json_or_none(run_dir / METRICS_JSON)
-    if not hist: return None
-    ep = [r["epoch"] + 1 for r in hist]
-    col = lambda k: [np.nan if r.get(k) is None else r[k] for r in hist]  # None: a skipped test pass
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.plot(ep, col("train_loss"), "o-", label="train (augmented, smoothed)")
-    a1.plot(ep, col("valid_loss"), "o-", label="test")
-    a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(); a1.set_title("loss")
-    a2.plot(ep, col("train_accuracy"), "o-", label="train (augmented)")
-    a2.plot(ep, col("valid_accuracy"), "o-", label="test")
-    a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.legend(); a2.set_title("accuracy")
+    history = read_json_or_none(run_dir / METRICS_JSON)
+    if not history: return None
+    epochs = [row["epoch"] + 1 for row in history]
+    def column(key): return [np.nan if row.get(key) is None else row[key] for row in history]  # None: no test pass
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, column("train_loss"), "o-", label="train (augmented, smoothed)")
+    loss_ax.plot(epochs, column("valid_loss"), "o-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.plot(epochs, column("train_accuracy"), "o-", label="train (augmented)")
+    acc_ax.plot(epochs, column("valid_accuracy"), "o-", label="test")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax): ax.legend()
     return _save(fig, run_dir / "metrics.png")
 
 
 def plot_confusion(run_dir: Path) -> Path | None:
-    f = read_json_or_none(run_dir / FINAL)
-    if not f: return None
-    cm, vocab = np.array(f["confusion"]), f["vocab"]
+    final = read_json_or_none(run_dir / FINAL)
+    if not final: return None
+    counts, vocab = np.array(final["confusion"]), final["vocab"]
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(vocab)), vocab, rotation=90); ax.set_yticks(range(len(vocab)), vocab)
-    ax.set_xlabel("predicted"); ax.set_ylabel("actual")
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(vocab)), vocab, rotation=90)
+    ax.set_yticks(range(len(vocab)), vocab)
+    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion matrix, accuracy {final['accuracy']:.4f}")
     for i in range(len(vocab)):
         for j in range(len(vocab)):
-            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_title(f"Confusion matrix, accuracy {f['accuracy']:.4f}")
+            ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
     return _save(fig, run_dir / "confusion.png")
 
 
@@ -107,27 +113,28 @@ def plot_augmented(learn: Learner, run_dir: Path, n: int = 16) -> Path:
 
 def write_report(run_dir: Path) -> Path:
     "report.md: the final numbers, the settings and every picture the run folder has."
-    info, f, b = read_json_or_none(run_dir / RUN) or {}, read_json_or_none(run_dir / FINAL), read_json_or_none(run_dir / LR_BOUNDS)
-    hist = read_json_or_none(run_dir / METRICS_JSON) or []
+    info, final = read_json_or_none(run_dir / RUN) or {}, read_json_or_none(run_dir / FINAL)
+    bounds, history = read_json_or_none(run_dir / LR_BOUNDS), read_json_or_none(run_dir / METRICS_JSON) or []
     lines = [f"# Run report: {run_dir.name}", ""]
-    if f:
-        tta = f" (flip-TTA {f['accuracy_tta']:.4f})" if "accuracy_tta" in f else ""
-        lines += [f"**Test accuracy {f['accuracy']:.4f}**{tta} on "
-                  f"{f['n_images']} test images, after {len(hist)} epochs.", ""]
-    lines += [f"- data: `{info.get('data')}`" + (f", subset {info['subset']}" if info.get("subset") else "") +
-              f" ({info.get('n_train')} train / {info.get('n_valid')} test images)",
+    if final:
+        tta = f" (flip-TTA {final['accuracy_tta']:.4f})" if "accuracy_tta" in final else ""
+        lines += [f"**Test accuracy {final['accuracy']:.4f}**{tta} on "
+                  f"{final['n_images']} test images, after {len(history)} epochs.", ""]
+    subset = f", subset {info['subset']}" if info.get("subset") else ""
+    lines += [f"- data: `{info.get('data')}`{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
-    if b: lines.append(f"- LR bounds: LRMIN {b['lr_min']:.4g}, LRMAX {b['lr_max']:.4g} (rule: {b['rule']}, "
-                       f"suggestion {b['suggestion']:.4g})")
+    if bounds: lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "
+                            f"(rule: {bounds['rule']}, suggestion {bounds['suggestion']:.4g})")
     lines.append("")
-    if f:
-        lines += ["| class | accuracy |", "|---|---|"] + [f"| {c} | {v:.3f} |" for c, v in f["per_class"].items()] + [""]
+    if final:
+        lines += ["| class | accuracy |", "|---|---|"]
+        lines += [f"| {c} | {v:.3f} |" for c, v in final["per_class"].items()] + [""]
     for name, title in PLOTS.items():
         if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if (run_dir / SETTINGS).exists():
         lines += ["## Settings", "", "```ini", (run_dir / SETTINGS).read_text().strip(), "```", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    return run_dir / "report.md"
+    (run_dir / REPORT).write_text("\n".join(lines))
+    return run_dir / REPORT
 
 
 def make_report(run_dir: str | Path, learn: Learner | None = None, losses=None) -> Path:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from fastcore.foundation import L
 
+from .config import HintedError
+
 __all__ = ["RunError", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
            "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_write",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
@@ -26,7 +28,7 @@ METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.j
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
 
 
-class RunError(RuntimeError):
+class RunError(HintedError, RuntimeError):
     "A run that cannot start or continue as asked; the message says what to do."
 
 
@@ -94,14 +96,14 @@ def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     files, so a typo in the other flags cannot destroy a finished run."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"Run folder {run_dir} is an existing file, not a folder. Choose another with --out.")
+        raise RunError(f"Run folder {run_dir} is an existing file, not a folder.", hint="Choose another with --out.")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise RunError(f"Run folder {run_dir} already exists. Use --resume {run_dir} to continue it, "
+        raise RunError(f"Run folder {run_dir} already exists.", hint=f"Use --resume {run_dir} to continue it, "
                        "--overwrite to replace it, or --out to choose another folder.")
     parent = next((p for p in run_dir.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder). "
-                       "Choose another with --out.")
+        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder).",
+                       hint="Choose another with --out.")
     return run_dir
 
 
@@ -114,7 +116,7 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
         os.chmod(tmp, umask_mode(0o777))
         for name, text in files.items(): (tmp / name).write_text(text)
     except OSError as e:
-        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}). Choose another with --out.") from None
+        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).", hint="Choose another with --out.") from None
     if run_dir.exists():
         old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
         os.replace(run_dir, old)

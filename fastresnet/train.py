@@ -73,7 +73,7 @@ def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBou
             bounds, found = run_lr_find(learn, r.lr_rule, r.lr_max_div, r.lr_min_div, r.lr_find_iters,
                                         r.lr_find_start, r.lr_find_end)
     except ValueError as e:
-        raise RunError(f"{e} Give LRMAX yourself (--lr-max) to skip the range test.") from None
+        raise RunError(f"{e} Give LRMAX yourself to skip the range test.", hint="(--lr-max)") from None
     if run_dir is not None:
         rec = learn.recorder
         write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs],
@@ -100,8 +100,8 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
     run_dir = Path(run_dir).absolute()  # fastai joins the Learner's path to file names: never twice
     if dist.world_size() > 1: dist.require_accelerate()
     if dist.world_size() > 1 and not r.lr_max:
-        raise RunError("A distributed run needs --lr-max (and optionally --lr-min): run `fastresnet lr-find` "
-                       "in one process first; the range test is not split over processes.")
+        raise RunError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
+                       hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and optionally --lr-min).")
     if dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)
@@ -133,7 +133,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
 def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=print) -> dict:
     """Continue a run from its last completed epoch with model, optimizer, schedule position, RNG
     streams and metrics history restored: the result equals an uninterrupted run's."""
-    if not Path(run_dir).is_dir(): raise RunError(f"--resume {run_dir}: no such run folder.")
+    if not Path(run_dir).is_dir(): raise RunError(f"No run folder at {run_dir}.")
     run_dir = Path(run_dir).absolute()
     info = read_json(run_dir / RUN)
     try: r = load_settings(run_dir / SETTINGS)
@@ -146,8 +146,8 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     try: ck = load_checkpoint(run_dir / CHECKPOINT)
     except Exception as e:
         raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}); it may have been "
-                       f"cut short by a crash or a full disk. Start the run again with --overwrite, or restore the "
-                       f"file from a copy.") from None
+                       "cut short by a crash or a full disk. Start the run again, or restore the file from a copy.",
+                       hint="(--overwrite starts it again in the same folder)") from None
     start = ck["epoch"] + 1
     t0 = time.time()
     data = load_data(data_path, info.get("subset"))
