@@ -50,7 +50,8 @@ def bench(data, config: str, epochs: int, bs: int) -> dict:
     n = len(learn.dls.train) * bs
     return {"config": config, "first_epoch_s": round(clock.times[0], 2), "epoch_s": round(steady, 3),
             "images_per_s": round(n / steady), "tflops": round(n / steady * GFLOP_PER_IMAGE / 1e3, 1),
-            "total_s": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            "total_s": round(time.perf_counter() - t0, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
 def main():
@@ -73,7 +74,8 @@ def main():
         if a.json: open(a.json, "w").write(json.dumps(out, indent=1))
     base = out[0]["epoch_s"]
     for r in out: print(f"{r['config']:>14}: {r['epoch_s']:.2f} s/epoch, {r['images_per_s']} images/s, "
-                        f"{r['tflops']} TFLOP/s, {base / r['epoch_s']:.2f}x {out[0]['config']}, first epoch {r['first_epoch_s']} s")
+                        f"{r['tflops']} TFLOP/s, {base / r['epoch_s']:.2f}x {out[0]['config']}, "
+                        f"first epoch {r['first_epoch_s']} s")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fastresnet.run import FINAL, METRICS_JSON
+
 
 def load_run(run: Path) -> dict:
     "The per-epoch history and final test figures of one run folder."
-    for name in ("metrics.json", "final.json"):
+    for name in (METRICS_JSON, FINAL):
         if not (run / name).is_file():
             raise SystemExit(f"{run} is not a finished run: {name} is missing")
-    final = json.loads((run / "final.json").read_text())
-    return {"name": run.name, "history": json.loads((run / "metrics.json").read_text()),
+    final = json.loads((run / FINAL).read_text())
+    return {"name": run.name, "history": json.loads((run / METRICS_JSON).read_text()),
             "acc": final["accuracy"], "acc_tta": final.get("accuracy_tta")}
 
 

@@ -31,7 +31,8 @@ def main():
     groups = defaultdict(list)
     for name, r in d["runs"].items(): groups[config_name(r)].append((name, r))
     print(f"{d['device']}\n{d['data']}\n")
-    print("| configuration | run | seed | LRMAX (source) | train acc | test acc | flip-TTA | wall s (concurrent runs) |")
+    print("| configuration | run | seed | LRMAX (source) | train acc | test acc | flip-TTA | "
+          "wall s (concurrent runs) |")
     print("|---|---|---|---|---|---|---|---|")
     order = sorted(groups, key=lambda g: statistics.mean(r["accuracy"] for _, r in groups[g]))
     for g in order:

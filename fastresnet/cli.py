@@ -47,8 +47,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--settings", metavar="FILE", help="settings file (default: the packaged settings.ini)")
     for f in fields(Recipe):
         md, default = f.metadata, getattr(Recipe(), f.name)
-        rng = (f", one of {', '.join(md['choices'])}" if "choices" in md else
-               "".join([f", at least {md['min']:g}" if "min" in md else "", f", at most {md['max']:g}" if "max" in md else ""]))
+        rng = f", one of {', '.join(md['choices'])}" if "choices" in md else ""
+        rng += f", at least {md['min']:g}" if "min" in md else ""
+        rng += f", at most {md['max']:g}" if "max" in md else ""
         help = f"{md['help']} (default {str(default).lower() if isinstance(default, bool) else default}{rng})"
         if f.type in ("bool", bool):
             g.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
@@ -57,6 +58,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                            metavar=(f.type if isinstance(f.type, str) else f.type.__name__).upper())
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting by its settings.ini name, e.g. --set decouple_wd=false (repeatable)")
+
+
+MODEL_HELP = "model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", help="folder for lr_find.json (default: runs/lr-find-<date-time>)")
 
     e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
-    e.add_argument("--model", required=True, metavar="FILE", help="model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run")
+    e.add_argument("--model", required=True, metavar="FILE", help=MODEL_HELP)
     e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
 
     pr = sub.add_parser("predict", help="class and probability for image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--model", required=True, metavar="FILE", help="model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run")
+    pr.add_argument("--model", required=True, metavar="FILE", help=MODEL_HELP)
     rp = sub.add_parser("report", help="regenerate a run folder's plots and report.md without retraining")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--data", metavar="PATH", help="data for the top-loss and augmentation plots "
@@ -144,11 +148,11 @@ def _run_interruptible(fn, run_dir: Path) -> int:
 
 
 def cmd_lr_find(a) -> int:
-    from .train import find_bounds, load_data, setup
+    from .train import build_run_learner, find_bounds, load_data
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/lr-find-{_stamp()}")
     out.mkdir(parents=True, exist_ok=True)
-    learn = setup(r, load_data(a.data, a.subset), out)
+    learn = build_run_learner(r, load_data(a.data, a.subset), out)
     b = find_bounds(learn, r, out)
     print(f"LR bounds: {b.describe()}\nlr_find curve: {out/'lr_find.json'}")
     print(f"Reuse them with: fastresnet train --lr-max {b.lr_max:.4g} --lr-min {b.lr_min:.4g} ...")
@@ -169,7 +173,8 @@ def cmd_evaluate(a) -> int:
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"Test accuracy: {res['accuracy']:.4f}   with flip-TTA: {res['accuracy_tta']:.4f}   ({res['n_images']} images)")
+    print(f"Test accuracy: {res['accuracy']:.4f}   with flip-TTA: {res['accuracy_tta']:.4f}   "
+          f"({res['n_images']} images)")
     print("Per class: " + ", ".join(f"{c} {v:.3f}" for c, v in res["per_class"].items()))
     w = max(len(c) for c in res["vocab"])
     print("Confusion matrix (rows: actual, columns: predicted):")

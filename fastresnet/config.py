@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini", "with_changes",
-           "parse_setting", "parse_assignments"]
+__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini",
+           "with_changes", "parse_setting", "parse_assignments"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 
@@ -45,17 +45,19 @@ class Recipe:
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
     # [optimizer]
     wd: float = setting("optimizer", 0.8, "weight decay", min=0.0)
-    decouple_wd: bool = setting("optimizer", True, "AdamW-style decoupled decay (true) or L2 added to the gradient (false)")
+    decouple_wd: bool = setting("optimizer", True, "AdamW-style decoupled decay (true) or L2 in the gradient (false)")
     wd_bn_bias: bool = setting("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
-    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)", min=0.0, max=1.0)
-    beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling", min=0.0, max=1.0)
+    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)",
+                               min=0.0, max=1.0)
+    beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling",
+                               min=0.0, max=1.0)
     beta2: float = setting("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
     eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
     # [schedule]
     shape: str = setting("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
     lr_min: float = setting("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
-    lr_rule: str = setting("schedule", "min_loss", "which lr_find point LRMAX is derived from (min_loss: the lowest smoothed loss)",
+    lr_rule: str = setting("schedule", "min_loss", "lr_find point LRMAX derives from (min_loss: lowest smoothed loss)",
                       choices=("min_loss", "minimum", "valley", "steep", "slide"))  # schedule.RULES
     lr_max_div: float = setting("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
@@ -69,9 +71,11 @@ class Recipe:
     cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
     logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
-    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)", min=0.01)
-    zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0 (identity blocks)")
-    label_smoothing: float = setting("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)", min=0.0, max=0.5)
+    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)",
+                           min=0.01)
+    zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0")
+    label_smoothing: float = setting("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)",
+                                     min=0.0, max=0.5)
     channels_last: bool = setting("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
     tta: bool = setting("eval", True, "also report accuracy with flip test-time augmentation (a second test pass)")

@@ -28,8 +28,9 @@ from .augment import Cutout, RandomFlip, RandomPadCrop
 from .run import atomic_write
 from .config import HintedError, Recipe
 
-__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage", "pil_to_tensor",
-           "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset", "load_image", "CIFAR_CLASSES"]
+__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
+           "pil_to_tensor", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset",
+           "load_image", "CIFAR_CLASSES"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
@@ -73,7 +74,7 @@ def load_image(path: str | Path, resize: bool = False) -> torch.Tensor:
 
 
 def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False) -> torch.Tensor:
-    "A PIL image as a (3, 32, 32) uint8 tensor: RGB conversion and (if `resize`) bilinear resizing, with a warning each."
+    "A PIL image as a (3, 32, 32) uint8 tensor: RGB conversion and (if `resize`) resizing, each with a warning."
     if im.mode != "RGB":
         warnings.warn(f"{name} is {im.mode}, not RGB; converted to RGB.")
         im = im.convert("RGB")
@@ -164,7 +165,8 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     labels = np.array([i for _, i in files], dtype=np.int64)
     n_train = sum(len(v) for v in train.values())
     if cache:
-        try: atomic_write(cpath, lambda f: np.savez(f, images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train)))
+        arrays = dict(images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train))
+        try: atomic_write(cpath, lambda f: np.savez(f, **arrays))
         except OSError as e: warnings.warn(f"Could not write the cache {cpath} ({e}); the next run decodes again.")
     return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), vocab, n_train)
 
@@ -226,7 +228,8 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
     if take * k != n: warnings.warn(f"subset {n}: took {take * k} images ({take} per class), the largest number "
                                     f"up to {n} that keeps the {k} classes balanced.")
     if min(len(p) for p in per) < take:
-        raise DataError(f"A subset of {n} images needs {take} per class, but a class has only {min(len(p) for p in per)}.")
+        raise DataError(f"A subset of {n} images needs {take} per class, but a class has only "
+                        f"{min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values
     idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
     return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k)
@@ -237,7 +240,7 @@ class ToTensorImage(Transform):
     """Anything `learn.predict` or `test_dl` may be given, as fastai's `TensorImage` of shape (3, 32, 32):
     a uint8 tensor or array (CHW), a PIL image, or an image file path (str or Path). Images of another
     size are resized and non-RGB ones converted, each with a warning, as `fastresnet predict` does."""
-    input_types = (torch.Tensor, np.ndarray, Image.Image, Path, str)  # fastai's `test_dl` starts the pipeline here for these
+    input_types = (torch.Tensor, np.ndarray, Image.Image, Path, str)  # fastai's `test_dl` starts the pipeline here
 
     def encodes(self, o: torch.Tensor) -> TensorImage:
         if o.ndim == 3 and o.shape[1:] != (SIZE, SIZE):

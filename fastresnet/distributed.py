@@ -15,7 +15,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 
 from .config import Recipe, SettingsError
 
-__all__ = ["world_size", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx"]
+__all__ = ["world_size", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx", "leave"]
 
 
 def world_size() -> int: return max(num_distrib(), 1)
@@ -49,6 +49,15 @@ def _broadcast(self, t, src):
     if dist.get_backend() == "nccl": t = t.cuda()
     dist.broadcast(t, src)
     return t.cpu().tolist()
+
+
+def leave() -> None:
+    """Every process waits here until rank 0 has evaluated and exported, then all leave the process group
+    together: a process that exits with gloo's threads still running can abort, and torchrun then stops
+    the others mid-way."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def require_accelerate() -> None:

@@ -93,7 +93,8 @@ def plain_output(learn: Learner):
 
 def _epoch_line(learn: Learner, log) -> None:
     "fastai's per-epoch record as one line: `epoch 3/24  train_loss 1.2345 ... time 00:03`."
-    names = [n for n in learn.recorder.metric_names[1:-1] if not (learn.recorder.cancel_valid and n.startswith("valid_"))]
+    rec = learn.recorder
+    names = [n for n in rec.metric_names[1:-1] if not (rec.cancel_valid and n.startswith("valid_"))]
     vals = list(log[1:-1])
     parts = [f"{n} {v:.4f}" for n, v in zip(names, vals)]
     print(f"epoch {log[0] + 1}/{learn.n_epoch}  " + "  ".join(parts) + f"  time {log[-1]}", flush=True)
@@ -134,7 +135,8 @@ class RunCheckpoint(Callback):
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
-        if self.smooth: self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
+        if self.smooth:
+            self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
     def after_epoch(self):
         if self.epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)

@@ -116,7 +116,8 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
         os.chmod(tmp, umask_mode(0o777))
         for name, text in files.items(): (tmp / name).write_text(text)
     except OSError as e:
-        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).", hint="Choose another with --out.") from None
+        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
+                       hint="Choose another with --out.") from None
     if run_dir.exists():
         old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
         os.replace(run_dir, old)

@@ -17,13 +17,13 @@ from .config import Recipe, SettingsError, recipe_to_ini, load_settings, with_ch
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .inference import evaluate_learner, save_weights
 from .report import make_report
-from .learner import MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, build_learner, check_runtime, plain_output, \
-    set_rng_state
+from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, build_learner, check_runtime,
+                      plain_output, set_rng_state)
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, RunError, load_checkpoint,
                   prepare_run_dir, read_json, run_data, start_run_dir, write_json, write_metrics)
 from .schedule import LRBounds, run_lr_find
 
-__all__ = ["RunError", "setup", "cifar_learner", "find_bounds", "train_run", "resume_run",
+__all__ = ["RunError", "build_run_learner", "cifar_learner", "find_bounds", "train_run", "resume_run",
            "finish_run", "learner_for_run"]
 
 
@@ -32,7 +32,7 @@ def device() -> torch.device:
     return default_device()
 
 
-def setup(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
+def build_run_learner(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
     """Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one. Under a
     distributed launch each process takes bs / world_size images a step and draws its own augmentations."""
     set_seed(r.seed, reproducible=True)
@@ -61,7 +61,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     """
     r = with_changes(load_settings(settings), changes)
     arrays = data if isinstance(data, CifarArrays) else load_data(data, subset)
-    learn = setup(r, arrays, Path(path).absolute())
+    learn = build_run_learner(r, arrays, Path(path).absolute())
     learn.recipe = r
     return learn
 
@@ -101,7 +101,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
     if dist.world_size() > 1: dist.require_accelerate()
     if dist.world_size() > 1 and not r.lr_max:
         raise RunError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
-                       hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and optionally --lr-min).")
+                       hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
     if dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)
@@ -111,7 +111,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
             "status": "started"}
     if dist.is_main():
         start_run_dir(run_dir, {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"})
-    learn = setup(r, data, run_dir)
+    learn = build_run_learner(r, data, run_dir)
     if r.lr_max:
         b = LRBounds.given(r.lr_max, r.lr_min, r.lr_min_div)
     else:
@@ -126,8 +126,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
         print(f"process {rank_distrib()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
               f"(global batch {r.bs})", flush=True)
     _fit(learn, r, b, run_dir, 0, [], extra_cbs)
-    if not dist.is_main(): return {}  # rank 0 evaluates all 10,000 test images, exports and reports
-    with dist.alone(): return finish_run(learn, r, run_dir, info, time.time() - t0, log)
+    return _finish(learn, r, run_dir, info, time.time() - t0, log)
 
 
 def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=print) -> dict:
@@ -154,7 +153,7 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     if info.get("vocab") and list(data.vocab) != info["vocab"]:
         raise RunError(f"The data's classes {list(data.vocab)} differ from the run's {info['vocab']}: "
                        f"resume {run_dir} with the data it started with.")
-    learn = setup(r, data, run_dir)
+    learn = build_run_learner(r, data, run_dir)
     learn.create_opt()
     try: learn.model.load_state_dict(ck["model"])
     except RuntimeError as e:
@@ -167,8 +166,16 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
     if start >= r.epochs: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
     else: log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. LR bounds: {b.describe()}")
     if start < r.epochs: _fit(learn, r, b, run_dir, start, history, extra_cbs, ck)
-    if not dist.is_main(): return {}
-    with dist.alone(): return finish_run(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+    return _finish(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+
+
+def _finish(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log) -> dict:
+    "Rank 0 evaluates all 10,000 test images, exports and reports; every process then leaves together."
+    res = {}
+    if dist.is_main():
+        with dist.alone(): res = finish_run(learn, r, run_dir, info, seconds, log)
+    dist.leave()
+    return res
 
 
 def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
@@ -177,7 +184,7 @@ def learner_for_run(run_dir: Path, data_path: str | None = None) -> Learner:
     run_dir = Path(run_dir).absolute()
     info = read_json(run_dir / RUN)
     r = load_settings(run_dir / SETTINGS)
-    learn = setup(r, load_data(data_path or run_data(info), info.get("subset")), run_dir)
+    learn = build_run_learner(r, load_data(data_path or run_data(info), info.get("subset")), run_dir)
     learn.model.load_state_dict(load_file(run_dir / WEIGHTS))
     return learn
 

@@ -85,8 +85,9 @@ def test_width_scales_every_channel_count(width, outs):
     assert [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)] == outs
     assert m[-1].in_features == outs[-1] and m.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     # convolution multiply-adds scale with width² (each conv: c_in·c_out·9 per output pixel)
-    full = sum(c.weight.numel() for c in CustomResNet().modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
-    small = sum(c.weight.numel() for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
+    def conv_weights(model):
+        return sum(c.weight.numel() for c in model.modules() if isinstance(c, torch.nn.Conv2d) and c.in_channels > 3)
+    full, small = conv_weights(CustomResNet()), conv_weights(m)
     assert small / full == pytest.approx(width ** 2)
 
 

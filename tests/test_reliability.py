@@ -110,7 +110,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 @pytest.mark.slow
 def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
     out = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out", str(out),
+    p = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder),
+                          "--out", str(out),
                           "--bs", "10", "--epochs", "50", "--lr-max", "0.001"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

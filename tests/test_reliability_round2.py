@@ -46,7 +46,8 @@ def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path
     before = snapshot(run)
     code, _, err = run_cli(["train", "--data", str(tmp_path / "typo"), "--out", str(run), "--overwrite"], capsys)
     assert code == 2 and "does not exist" in err and snapshot(run) == before
-    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--subset", "5"], capsys)
+    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--subset", "5"],
+                           capsys)
     assert code == 2 and snapshot(run) == before                    # a bad subset is found after the flags parse
     code, _, _ = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--bs", "10",
                           "--epochs", "2", "--lr-max", "0.002"], capsys)

