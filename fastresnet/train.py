@@ -27,16 +27,11 @@ __all__ = ["RunError", "build_run_learner", "cifar_learner", "find_bounds", "tra
            "finish_run", "learner_for_run"]
 
 
-def device() -> torch.device:
-    "fastai's default device: the GPU when there is one (CUDA or Apple's MPS), else the CPU."
-    return default_device()
-
-
 def build_run_learner(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
     """Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one. Under a
     distributed launch each process takes bs / world_size images a step and draws its own augmentations."""
     set_seed(r.seed, reproducible=True)
-    dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=device())
+    dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # the GPU when there is one, else the CPU
     learn = build_learner(dls, r, path=run_dir)
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
     return learn
@@ -76,9 +71,8 @@ def find_bounds(learn: Learner, r: Recipe, run_dir: Path | None = None) -> LRBou
         raise RunError(f"{e} Give LRMAX yourself to skip the range test.", hint="(--lr-max)") from None
     if run_dir is not None:
         rec = learn.recorder
-        write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs],
-                                               "losses": [float(x) for x in rec.losses],
-                                               "suggestions": found, "bounds": bounds._asdict()})
+        write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs], "losses": [float(x) for x in rec.losses],
+                                       "suggestions": found, "bounds": bounds._asdict()})
     return bounds
 
 
@@ -105,7 +99,7 @@ def train_run(r: Recipe, run_dir: Path, data_path: str | None = None, subset: in
     if dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     data = load_data(data_path, subset)
-    info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(device()),
+    info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
             "machine": platform.platform(), "data": str(Path(data_path).resolve()) if data_path else None,
             "subset": subset, "n_train": data.n_train, "n_valid": data.n_valid, "vocab": list(data.vocab),
             "status": "started"}
