@@ -31,7 +31,7 @@ def build_run_learner(r: Recipe, data: CifarArrays, run_dir: Path) -> Learner:
     """Seed, DataLoaders and Learner: the same calls for a new run and for a resumed one. Under a
     distributed launch each process takes bs / world_size images a step and draws its own augmentations."""
     set_seed(r.seed, reproducible=True)
-    dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # the GPU when there is one, else the CPU
+    dls = cifar_dls(data, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # GPU if there is one
     learn = build_learner(dls, r, path=run_dir)
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
     return learn
