@@ -101,3 +101,28 @@ def test_named_layers_and_weights_saved_with_positional_keys():
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
     with pytest.raises(RuntimeError, match="do not line up"):
         CustomResNet(width=0.5).load_state_dict(old)
+
+
+def test_a_learner_pickled_before_the_layers_had_names_still_loads():
+    "Rebuild the old positional layout by hand, pickle it, and unpickle it into today's class."
+    import pickle
+    from collections import OrderedDict
+    torch.manual_seed(0)
+    m = CustomResNet().eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = m(x)
+    def positional(seq): seq._modules = OrderedDict((str(i), c) for i, c in enumerate(seq._modules.values()))
+    for layer in (m.layer1, m.layer3):
+        res = layer.res
+        res._modules = OrderedDict(res=res._modules.pop("branch"))
+        for block in res.res: positional(block)
+        positional(res.res)
+        positional(layer.conv)
+        positional(layer)
+    for block in (m.prep, m.layer2): positional(block)
+    positional(m)
+    del m.__dict__["width"]
+    assert list(m._modules) == [str(i) for i in range(8)] and "1.1.res.0.conv.weight" not in m.state_dict()
+    old = pickle.loads(pickle.dumps(m))
+    assert list(old._modules)[0] == "prep" and "layer1.res.branch.a.conv.weight" in old.state_dict()
+    assert old.width == 1.0 and torch.equal(old.eval()(x), expected)
