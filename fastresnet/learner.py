@@ -3,12 +3,9 @@ checkpoint that resumes exactly, and a stop on a diverging loss."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import sys
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +21,6 @@ from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.tracker import TerminateOnNaNCallback
 from fastai.data.core import DataLoaders
 from fastcore.basics import noop
-from fastcore.foundation import L
 
 from .config import HintedError, Recipe, SettingsError
 from .model import CustomResNet

@@ -122,7 +122,7 @@ def test_a_learner_pickled_before_the_layers_had_names_still_loads():
     for block in (m.prep, m.layer2): positional(block)
     positional(m)
     del m.__dict__["width"]
-    assert list(m._modules) == [str(i) for i in range(8)] and "1.1.res.0.conv.weight" not in m.state_dict()
+    assert list(m._modules) == [str(i) for i in range(8)] and "1.1.res.0.0.weight" in m.state_dict()
     old = pickle.loads(pickle.dumps(m))
     assert list(old._modules)[0] == "prep" and "layer1.res.branch.a.conv.weight" in old.state_dict()
     assert old.width == 1.0 and torch.equal(old.eval()(x), expected)
