@@ -238,7 +238,7 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
 # ---------------------------------------------------------------- fastai pipeline
 class ToTensorImage(Transform):
     """Anything `learn.predict` or `test_dl` may be given, as fastai's `TensorImage` of shape (3, 32, 32):
-    a uint8 tensor or array (CHW), a PIL image, or an image file path (str or Path). Images of another
+    a uint8 tensor (CHW) or array (CHW or HWC), a PIL image, or an image file path (str or Path). Images of another
     size are resized and non-RGB ones converted, each with a warning, as `fastresnet predict` does."""
     input_types = (torch.Tensor, np.ndarray, Image.Image, Path, str)  # fastai's `test_dl` starts the pipeline here
 
@@ -247,7 +247,9 @@ class ToTensorImage(Transform):
             if o.shape[0] != 3: raise DataError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
             o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", resize=True)
         return TensorImage(o)
-    def encodes(self, o: np.ndarray) -> TensorImage: return self.encodes(torch.from_numpy(np.ascontiguousarray(o)))
+    def encodes(self, o: np.ndarray) -> TensorImage:
+        if o.ndim == 3 and o.shape[-1] == 3 and o.shape[0] != 3: o = o.transpose(2, 0, 1)  # HWC, as np.asarray(PIL)
+        return self.encodes(torch.from_numpy(np.ascontiguousarray(o)))
     def encodes(self, o: Image.Image) -> TensorImage: return TensorImage(pil_to_tensor(o, "PIL image", resize=True))
     def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True))
     def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True))

@@ -84,6 +84,8 @@ def test_load_learner_predict_in_a_fastai_only_process(exported, tiny_folder):
             c = learn.predict(Image.open({str(img)!r}).resize((64, 48)))     # other sizes are resized
             d = learn.predict(torch.from_numpy(__import__("numpy").asarray(Image.open({str(img)!r}))).permute(2, 0, 1))
             probs, _ = learn.get_preds(dl=learn.dls.test_dl(get_image_files({str(tiny_folder / "test")!r})))
+            e = learn.predict(__import__("numpy").asarray(Image.open({str(img)!r})))        # HWC array
+        assert e[0] == a[0]
         print(a[0], b[0], d[0], c[0] in learn.dls.vocab, float(a[2].sum()), tuple(probs.shape))
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
