@@ -53,6 +53,8 @@ class Recipe:
                                min=0.0, max=1.0)
     beta2: float = setting("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
     eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
+    adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach kernels, or fastai's own",
+                             choices=("fused", "foreach", "fastai"))  # optim.ADAM_IMPLS
     # [schedule]
     shape: str = setting("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)

@@ -24,6 +24,7 @@ from fastcore.basics import noop
 
 from .config import HintedError, Recipe, SettingsError
 from .model import CustomResNet
+from .optim import TorchAdam, decay_groups
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 
 __all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "plain_output", "rng_state", "set_rng_state",
@@ -35,14 +36,19 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     "CustomResNet + cross-entropy + Adam, configured from the recipe. `path` is where fastai saves files."
     loss = (LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing
             else CrossEntropyLossFlat())
-    opt = partial(Adam, mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
+    hyper = dict(mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
+    split = {}
+    if r.adam_impl == "fastai": opt = partial(Adam, **hyper)  # wd_bn_bias is honoured per parameter (`do_wd`)
+    else:  # torch's kernels: BatchNorm parameters and biases get a parameter group without decay
+        opt = partial(TorchAdam, impl=r.adam_impl, no_wd=() if r.wd_bn_bias else (1,), **hyper)
+        if not r.wd_bn_bias: split = dict(splitter=decay_groups)
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
                          width=r.width)
     # AccumMetric keeps every prediction and computes accuracy once over all of them; under a distributed
     # launch fastai gathers them from every process (padding removed), so each test image counts once.
     metric = AccumMetric(accuracy, flatten=False)
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=metric, wd=r.wd, wd_bn_bias=r.wd_bn_bias,
-                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".")
+                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".", **split)
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
     check_runtime(r)
