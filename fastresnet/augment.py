@@ -1,7 +1,9 @@
 """Batch augmentations that run on the training device, one idea each.
 
 All of them are fastai `RandTransform`s with `split_idx=0`, so fastai applies them to training
-batches only and validation batches reach the model untouched.
+batches only and validation batches reach the model untouched. Each computes on the plain tensor
+behind fastai's `TensorImage` (whose operations each take a detour through Python) and returns a
+`TensorImage`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class RandomPadCrop(RandTransform):
 
     def encodes(self, x: TensorImage) -> TensorImage:
         if self.pad == 0: return x
+        x = x.as_subclass(torch.Tensor)
         n, c, h, w = x.shape
         p = self.pad
         xp = F.pad(x, (p, p, p, p), mode="constant" if self.mode == "zeros" else "reflect")
@@ -44,6 +47,7 @@ class RandomFlip(RandTransform):
         self.p_per_image = p
 
     def encodes(self, x: TensorImage) -> TensorImage:
+        x = x.as_subclass(torch.Tensor)
         flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p_per_image
         return TensorImage(torch.where(flip, x.flip(-1), x))
 
@@ -59,6 +63,7 @@ class Cutout(RandTransform):
 
     def encodes(self, x: TensorImage) -> TensorImage:
         if self.size == 0: return x
+        x = x.as_subclass(torch.Tensor)
         n, _, h, w = x.shape
         cy = torch.randint(0, h, (n, 1, 1), device=x.device) - self.size // 2  # top edge, may be < 0
         cx = torch.randint(0, w, (n, 1, 1), device=x.device) - self.size // 2

@@ -116,6 +116,7 @@ def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_p
         train_run(r, tmp_path / "old", str(tiny_folder), extra_cbs=[Interrupt(1)], log=lambda *a: None)
     settings = tmp_path / "old" / "settings.ini"
     settings.write_text(re.sub(r"(?m)^adam_impl\b.*\n", "", settings.read_text()))
-    assert "adam_impl" not in settings.read_text() and "hypers" in load_checkpoint(tmp_path / "old/checkpoint.pth")["opt"]
+    assert "adam_impl" not in settings.read_text()
+    assert "hypers" in load_checkpoint(tmp_path / "old" / "checkpoint.pth")["opt"]   # fastai's optimizer state
     res = resume_run(tmp_path / "old", log=lambda *a: None)
     assert res["n_images"] == 20 and json.loads((tmp_path / "old" / "run.json").read_text())["status"] == "finished"

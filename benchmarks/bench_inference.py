@@ -1,0 +1,105 @@
+"""Inference throughput on the 10,000 test images: fastresnet's `evaluate` and `predict` paths against bare
+PyTorch on the same weights, side by side in one process.
+
+  bare, tensors     the images already in memory as one uint8 tensor: normalise, model in eval mode,
+                    channels_last, `torch.inference_mode`, softmax, batches of `--bs`
+  evaluate          `fastresnet evaluate`'s pass: the Learner loaded from model.safetensors, its test
+                    DataLoader over the in-memory images, `get_preds` (one pass; the command makes two for TTA)
+  bare, files       each image file decoded with PIL, then as "bare, tensors"
+  predict           `fastresnet predict`'s path: image files → top-3 classes, in batches
+
+    python benchmarks/bench_inference.py --data ../shared/data/cifar10-jpeg
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+import numpy as np
+import torch
+from fastai.vision.all import cifar_stats
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import OtherLoad, add_machine_args, forward_flops, header, wait_for_idle  # noqa: E402
+from fastresnet.config import Recipe  # noqa: E402
+from fastresnet.data import CifarArrays, load_cifar  # noqa: E402
+from fastresnet.inference import evaluate_learner, labelled_dl, load_model, predict_files, save_weights  # noqa: E402
+from fastresnet.inference import stub_learner  # noqa: E402
+from fastresnet.model import CustomResNet  # noqa: E402
+
+
+def bare_probs(model: CustomResNet, images: torch.Tensor, bs: int) -> torch.Tensor:
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), bs):
+            x = ((images[i:i + bs].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+            out.append(model(x).softmax(1))
+    return torch.cat(out)
+
+
+def decode(files: list[Path]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CIFAR-10 in fastai's folder layout (image files)")
+    ap.add_argument("--n", type=int, default=10000, help="test images to use")
+    ap.add_argument("--bs", type=int, default=512, help="batch of the bare PyTorch loops")
+    ap.add_argument("--repeats", type=int, default=1)
+    add_machine_args(ap)
+    a = ap.parse_args()
+    full = load_cifar(a.data)
+    keep = slice(full.n_train - 10, full.n_train + a.n)  # the first n test images (and 10 as a token training set)
+    data = CifarArrays(full.images[keep], full.labels[keep], full.vocab, 10)
+    files = sorted(Path(a.data, "test").glob("*/*"))[:a.n]
+    tmp = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    learn = stub_learner(list(full.vocab), Recipe())
+    save_weights(learn, tmp / "model.safetensors")  # untrained weights: the arithmetic is the same
+    condition = wait_for_idle(a)
+    print(header("fastresnet inference benchmark", condition))
+    fwd = forward_flops(CustomResNet())[0]
+    print(f"{a.n} test images, bare batch {a.bs}, {a.repeats} interleaved repeat(s), {fwd / 1e9:.3f} GFLOP per image")
+    other = OtherLoad()
+    learn = load_model(tmp / "model.safetensors")
+    bare = CustomResNet(n_out=len(full.vocab)).eval().to(memory_format=torch.channels_last)
+    bare.load_state_dict(learn.model.state_dict())
+    res = {k: [] for k in ("bare_t", "evaluate", "bare_f", "predict")}
+    for _ in range(a.repeats):
+        s, p_bare = timed(lambda: bare_probs(bare, data.images[data.n_train:], a.bs))
+        res["bare_t"].append(s)
+        with learn.no_bar(): s, (ev, _) = timed(lambda: evaluate_learner(learn, labelled_dl(learn, data), tta=False))
+        res["evaluate"].append(s)
+        res["bare_f"].append(timed(lambda: bare_probs(bare, decode(files), a.bs))[0])
+        with learn.no_bar(): s, (rows, errors) = timed(lambda: predict_files(learn, files))
+        res["predict"].append(s)
+    print(other.report())
+    same = sum(r["class"] == full.vocab[int(i)] for r, i in zip(rows, p_bare.argmax(1)))
+    print(f"predict and bare PyTorch agree on {same} of {len(rows)} classes; evaluate saw {ev['n_images']} images\n")
+    names = {"bare_t": "bare PyTorch, in-memory tensors", "evaluate": "fastresnet evaluate (one pass)",
+             "bare_f": "bare PyTorch, image files (PIL decode)", "predict": "fastresnet predict, image files"}
+    m = {k: a.n / statistics.median(v) for k, v in res.items()}
+    print("| path | images/s | GFLOP/s | fastresnet / bare |")
+    print("|---|---|---|---|")
+    for k, bare_k in (("bare_t", None), ("evaluate", "bare_t"), ("bare_f", None), ("predict", "bare_f")):
+        ratio = f"{m[k] / m[bare_k]:.2f}" if bare_k else ""
+        print(f"| {names[k]} | {m[k]:.0f} | {m[k] * fwd / 1e9:.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
