@@ -2,7 +2,8 @@
 PyTorch on the same weights, side by side in one process.
 
   bare, tensors     the images already in memory as one uint8 tensor: normalise, model in eval mode,
-                    channels_last, `torch.inference_mode`, softmax, batches of `--bs`
+                    channels_last, `torch.inference_mode`, softmax, batches of `--bs`; also with
+                    `torch.no_grad` instead, and with the model's default (contiguous) memory format
   evaluate          `fastresnet evaluate`'s pass: the Learner loaded from model.safetensors, its test
                     DataLoader over the in-memory images, `get_preds` (one pass; the command makes two for TTA)
   bare, files       each image file decoded with PIL, then as "bare, tensors"
@@ -35,13 +36,12 @@ from fastresnet.inference import stub_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
 
 
-def bare_probs(model: CustomResNet, images: torch.Tensor, bs: int) -> torch.Tensor:
+def bare_probs(model: CustomResNet, images: torch.Tensor, bs: int, mode=torch.inference_mode) -> torch.Tensor:
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
     out = []
-    with torch.inference_mode():
+    with mode():
         for i in range(0, len(images), bs):
-            x = ((images[i:i + bs].float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-            out.append(model(x).softmax(1))
+            out.append(model((images[i:i + bs].float() / 255 - mean) / std).softmax(1))
     return torch.cat(out)
 
 
@@ -79,10 +79,15 @@ def main():
     learn = load_model(tmp / "model.safetensors")
     bare = CustomResNet(n_out=len(full.vocab)).eval().to(memory_format=torch.channels_last)
     bare.load_state_dict(learn.model.state_dict())
-    res = {k: [] for k in ("bare_t", "evaluate", "bare_f", "predict")}
+    plain = CustomResNet(n_out=len(full.vocab)).eval()
+    plain.load_state_dict(learn.model.state_dict())
+    test = data.images[data.n_train:]
+    res = {k: [] for k in ("bare_t", "evaluate", "bare_f", "predict", "no_grad", "contiguous")}
     for _ in range(a.repeats):
-        s, p_bare = timed(lambda: bare_probs(bare, data.images[data.n_train:], a.bs))
+        s, p_bare = timed(lambda: bare_probs(bare, test, a.bs))
         res["bare_t"].append(s)
+        res["no_grad"].append(timed(lambda: bare_probs(bare, test, a.bs, torch.no_grad))[0])
+        res["contiguous"].append(timed(lambda: bare_probs(plain, test, a.bs))[0])
         with learn.no_bar(): s, (ev, _) = timed(lambda: evaluate_learner(learn, labelled_dl(learn, data), tta=False))
         res["evaluate"].append(s)
         res["bare_f"].append(timed(lambda: bare_probs(bare, decode(files), a.bs))[0])
@@ -92,11 +97,14 @@ def main():
     same = sum(r["class"] == full.vocab[int(i)] for r, i in zip(rows, p_bare.argmax(1)))
     print(f"predict and bare PyTorch agree on {same} of {len(rows)} classes; evaluate saw {ev['n_images']} images\n")
     names = {"bare_t": "bare PyTorch, in-memory tensors", "evaluate": "fastresnet evaluate (one pass)",
-             "bare_f": "bare PyTorch, image files (PIL decode)", "predict": "fastresnet predict, image files"}
+             "bare_f": "bare PyTorch, image files (PIL decode)", "predict": "fastresnet predict, image files",
+             "no_grad": "bare PyTorch, in-memory tensors, no_grad instead of inference_mode",
+             "contiguous": "bare PyTorch, in-memory tensors, contiguous model instead of channels_last"}
     m = {k: a.n / statistics.median(v) for k, v in res.items()}
-    print("| path | images/s | GFLOP/s | fastresnet / bare |")
+    print("| path | images/s | GFLOP/s | ratio to the bare row above it |")
     print("|---|---|---|---|")
-    for k, bare_k in (("bare_t", None), ("evaluate", "bare_t"), ("bare_f", None), ("predict", "bare_f")):
+    for k, bare_k in (("bare_t", None), ("evaluate", "bare_t"), ("bare_f", None), ("predict", "bare_f"),
+                      ("no_grad", "bare_t"), ("contiguous", "bare_t")):
         ratio = f"{m[k] / m[bare_k]:.2f}" if bare_k else ""
         print(f"| {names[k]} | {m[k]:.0f} | {m[k] * fwd / 1e9:.0f} | {ratio} |")
 

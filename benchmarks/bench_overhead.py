@@ -44,9 +44,9 @@ IMPLS = ("fused", "foreach", "fastai")
 
 class NoCompute(nn.Module):
     "CustomResNet's parameters without its arithmetic: logits from the mean colour, every parameter in the graph."
-    def __init__(self):
+    def __init__(self, width: float = 1.0):
         super().__init__()
-        self.net, self.head = CustomResNet(), nn.Linear(3, 10)
+        self.net, self.head = CustomResNet(width=width), nn.Linear(3, 10)
     def forward(self, x):
         x = x.as_subclass(torch.Tensor)  # as CustomResNet does with fastai's TensorImage
         touch = torch.stack([p.sum() for p in self.net.parameters()]).sum() * 0  # gradients (zeros) for all of them
@@ -73,10 +73,10 @@ def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, pad: int = 4
     return x.masked_fill(((ys >= cy) & (ys < cy + cut) & (xs >= cx) & (xs < cx + cut)).unsqueeze(1), 0.0)
 
 
-def bare_steps(data: CifarArrays, bs: int, steps: int) -> list[float]:
+def bare_steps(data: CifarArrays, bs: int, steps: int, width: float = 1.0) -> list[float]:
     "Wall-clock stamps of `steps` bare PyTorch training steps."
     torch.manual_seed(0)
-    model = NoCompute().to(memory_format=torch.channels_last).train()
+    model = NoCompute(width).to(memory_format=torch.channels_last).train()
     decay = [p for p in model.parameters() if p.dim() > 1]
     opt = torch.optim.AdamW([{"params": decay}, {"params": [p for p in model.parameters() if p.dim() <= 1],
                                                  "weight_decay": 0.0}], lr=1e-4, betas=(0.95, 0.99), eps=1e-5,
@@ -108,21 +108,22 @@ class Clock(Callback):
     def before_validate(self): raise CancelValidException()
 
 
-def fastresnet_steps(data: CifarArrays, bs: int, steps: int, impl: str, run_dir: Path) -> list[float]:
+def fastresnet_steps(data: CifarArrays, bs: int, steps: int, impl: str, run_dir: Path,
+                     width: float = 1.0) -> list[float]:
     "Wall-clock stamps of `steps` steps of the recipe's Learner and callbacks, as `fastresnet train` runs them."
     torch.manual_seed(0)
     r = Recipe(bs=bs, adam_impl=impl)
     learn = build_learner(cifar_dls(data, r), r, path=run_dir)
-    learn.model = NoCompute()
+    learn.model = NoCompute(width)
     clock = Clock(steps)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle_peak(2, 1e-4, 1e-2, 1, cbs=[StopOnNaN(), RunCheckpoint(run_dir), clock])
     return clock.stamps
 
 
-def model_only_ms(bs: int, reps: int = 20) -> float:
+def model_only_ms(bs: int, width: float = 1.0, reps: int = 20) -> float:
     "Milliseconds of NoCompute's forward + backward alone: what is subtracted to leave the overhead."
-    model, x = NoCompute().to(memory_format=torch.channels_last), torch.randn(bs, 3, 32, 32)
+    model, x = NoCompute(width).to(memory_format=torch.channels_last), torch.randn(bs, 3, 32, 32)
     y = torch.randint(0, 10, (bs,))
     x = x.contiguous(memory_format=torch.channels_last)
     ts = []
@@ -145,6 +146,10 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
+    ap.add_argument("--width", type=float, default=1.0,
+                    help="NoCompute's parameters as CustomResNet's at this width: with a small batch (e.g. --bs 16 "
+                    "--width 0.02) the same 62 tensors but almost no bytes, so what is left is the host's time per "
+                    "step (Python, dispatch), the part a GPU does not speed up")
     add_machine_args(ap)
     a = ap.parse_args()
     condition = wait_for_idle(a)
@@ -152,17 +157,17 @@ def main():
     data = synthetic(n)
     print(header("fastresnet per-step overhead", condition))
     print(f"batch {a.bs}, {a.warmup} warm-up + {a.steps} timed steps, {a.repeats} interleaved repeats, "
-          f"random uint8 images; model: NoCompute ({sum(p.numel() for p in NoCompute().parameters()) / 1e6:.2f} M "
-          "parameters, no convolutions)")
+          f"random uint8 images; model: NoCompute (width {a.width:g}: "
+          f"{sum(p.numel() for p in NoCompute(a.width).parameters()) / 1e6:.3f} M parameters, no convolutions)")
     other = OtherLoad()
     res = {k: [] for k in ("bare",) + IMPLS}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.repeats):
-            res["bare"].append(ms_per_step(bare_steps(data, a.bs, a.steps + a.warmup), a.warmup))
+            res["bare"].append(ms_per_step(bare_steps(data, a.bs, a.steps + a.warmup, a.width), a.warmup))
             for impl in IMPLS:
-                res[impl].append(ms_per_step(fastresnet_steps(data, a.bs, a.steps + a.warmup, impl, Path(tmp)),
-                                             a.warmup))
-    base = model_only_ms(a.bs)
+                res[impl].append(ms_per_step(fastresnet_steps(data, a.bs, a.steps + a.warmup, impl, Path(tmp),
+                                                              a.width), a.warmup))
+    base = model_only_ms(a.bs, a.width)
     print(other.report())
     m = {k: statistics.median(v) for k, v in res.items()}
     names = {"bare": "bare PyTorch (fused AdamW)", "fused": "fastresnet, adam_impl = fused (default)",

@@ -1,4 +1,4 @@
-"""`fastresnet` console script: train, lr-find, evaluate, predict.
+"""`fastresnet` console script: train, lr-find, evaluate, predict, serve, report, summary.
 
 Every flag that changes the recipe maps onto a `Recipe` field; flags override `--settings`, which
 overrides nothing but the packaged defaults. Errors the user can fix print one paragraph and exit 2.
@@ -84,9 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
 
-    pr = sub.add_parser("predict", help="class and probability for image files")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr = sub.add_parser("predict", help="class and probability for image files, or every image under folders")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
+                    help="image files and/or folders (searched recursively)")
+    pr.add_argument("--csv", metavar="FILE", help="write path, class, probability and the top 3 to FILE (with a "
+                    "progress bar) instead of printing one line per image")
     pr.add_argument("--model", required=True, metavar="FILE", help=MODEL_HELP)
+    sv = sub.add_parser("serve", help="a Gradio page that classifies uploaded images (needs the [serve] extra)")
+    sv.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP + ", or a run folder (its "
+                    "model.safetensors is used when present: no pickle is loaded)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                    "0.0.0.0 serves everyone who can reach this machine, with no password)")
+    sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    sv.add_argument("--examples", metavar="DIR", help="folder of example images for the page (default: one test "
+                    "image per class from the run's data, else generated pictures)")
     rp = sub.add_parser("report", help="regenerate a run folder's plots and report.md without retraining")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--data", metavar="PATH", help="data for the top-loss and augmentation plots "
@@ -184,14 +195,67 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .inference import load_model, predict_files
+    from .inference import image_files, iter_predictions, load_model
+    files = image_files(a.images)
     learn = load_model(a.model)
-    with learn.no_bar(): results, errors = predict_files(learn, a.images)
-    for res in results:
-        print(f"{res['file']}\t{res['class']}\t{res['probability']:.4f}")
-        for n in res["notes"]: print(f"  note: {n}", file=sys.stderr)
-    for e in errors: print(f"skipped: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    rows = iter_predictions(learn, files)
+    skipped = 0
+    with learn.no_bar():
+        if a.csv: skipped = _predictions_to_csv(rows, Path(a.csv), len(files))
+        else:
+            for row in rows:
+                if "error" in row:
+                    skipped += 1
+                    print(f"skipped: {row['error']}", file=sys.stderr)
+                    continue
+                print(f"{row['file']}\t{row['class']}\t{row['probability']:.4f}", flush=True)
+                for n in row["notes"]: print(f"  note: {n}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+CSV_COLUMNS = ["path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
+
+
+def _predictions_to_csv(rows, path: Path, n: int) -> int:
+    """Write rows as they come to PATH.partial (a progress bar on a terminal), rename it to PATH at the end; an
+    interruption leaves the rows done so far in PATH.partial. Returns how many files were skipped."""
+    import csv
+    from fastprogress.fastprogress import progress_bar
+    if path.is_dir(): raise SettingsError(f"--csv {path} is a folder; give a file name, e.g. {path}/predictions.csv.")
+    partial, skipped, done = path.with_name(path.name + ".partial"), [], 0
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            for row in (progress_bar(rows, total=n) if sys.stdout.isatty() else rows):
+                if "error" in row:
+                    skipped.append(row["error"])
+                    continue
+                w.writerow([row["file"]] + [x for c, p in row["top"] for x in (c, f"{p:.4f}")])
+                done += 1
+    except FileNotFoundError:
+        raise SettingsError(f"--csv {path}: the folder {path.parent} does not exist.") from None
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: the {done} predictions made so far are in {partial}.", file=sys.stderr)
+        raise
+    partial.replace(path)
+    for e in skipped: print(f"skipped: {e}", file=sys.stderr)
+    print(f"{done} predictions written to {path}" + (f"; {len(skipped)} file(s) skipped (listed above)."
+                                                     if skipped else "."))
+    return len(skipped)
+
+
+def cmd_serve(a) -> int:
+    try: import gradio  # noqa: F401
+    except ImportError:
+        print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
+              "(or pip install gradio).", file=sys.stderr)
+        return 2
+    from .serve import resolve_model, serve
+    if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
+    print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
+    serve(a.model, a.host, a.port, a.examples)
+    return 0
 
 
 def cmd_report(a) -> int:
@@ -241,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             from .learner import DivergedError
             from .run import RunError
             commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                        "report": cmd_report, "summary": cmd_summary}
+                        "serve": cmd_serve, "report": cmd_report, "summary": cmd_summary}
             try:
                 return commands[a.command](a)
             except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:

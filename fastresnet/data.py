@@ -60,15 +60,22 @@ class CifarArrays:
 
 
 # ---------------------------------------------------------------- decoding images
-def load_image(path: str | Path, resize: bool = False) -> torch.Tensor:
+def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> torch.Tensor:
     """Read one image file as a (3, 32, 32) uint8 tensor. Grayscale, palette and RGBA images are
-    converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`."""
+    converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`.
+    An image of more than `max_pixels` is refused from its header, before it is decoded."""
     path = Path(path)
     if not path.is_file(): raise DataError(f"Image {path} does not exist.")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise DataError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
+                                "accepted: a CIFAR-10 model sees 32x32; shrink the image first.")
             im.load()
             return pil_to_tensor(im, str(path), resize)
+    except Image.DecompressionBombError:
+        raise DataError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
+                        "a CIFAR-10 model sees 32x32; shrink the image first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
 

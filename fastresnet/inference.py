@@ -18,8 +18,12 @@ from .learner import build_learner, unwrap
 from .run import atomic_write
 from .model import CustomResNet
 
-__all__ = ["FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",
+__all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",
+           "predict_images", "top_classes", "iter_predictions", "image_files",
            "labelled_dl", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
+
+
+INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
 
 
 class ModelFileError(HintedError, ValueError):
@@ -37,7 +41,7 @@ def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
     "A non-shuffled, unaugmented DataLoader over the chosen split, built from the learner's own pipeline."
     sl = slice(data.n_train, None) if split == "valid" else slice(0, data.n_train)
     items = list(zip(data.images[sl], [data.vocab[i] for i in data.labels[sl].tolist()]))
-    return learn.dls.test_dl(items, with_labels=True)
+    return learn.dls.test_dl(items, with_labels=True, bs=INFER_BS)
 
 
 @torch.no_grad()
@@ -112,7 +116,7 @@ def load_weights_learner(path: str | Path) -> Learner:
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
-    learn = stub_learner(vocab, Recipe(channels_last=False, logit_scale=float(meta.get("logit_scale", 1.0)),
+    learn = stub_learner(vocab, Recipe(logit_scale=float(meta.get("logit_scale", 1.0)),  # channels_last: 1.25x faster
                                        width=float(meta.get("width", 1.0))))
     try: learn.model.load_state_dict(sd)
     except RuntimeError as e:
@@ -132,24 +136,57 @@ def load_model(path: str | Path) -> Learner:
     return load_weights_learner(path) if str(path).endswith(".safetensors") else load_pickled_learner(path)
 
 
-def predict_files(learn: Learner, files: list[str | Path]) -> tuple[list[dict], list[str]]:
-    """Class and probability for each image file. Files that cannot be read are reported and skipped;
-    images that are not 32x32 are resized (with a warning), since a prediction needs the CIFAR size."""
-    imgs, ok, errors = [], [], []
-    for f in files:
-        try:
-            with warnings.catch_warnings(record=True) as w:
-                warnings.simplefilter("always")
-                imgs.append(load_image(f, resize=True))
-            ok.append((f, [str(x.message) for x in w]))
-        except DataError as e:
-            errors.append(str(e))
-    results = []
-    if imgs:
-        dl = learn.dls.test_dl(imgs)
-        probs, _ = learn.get_preds(dl=dl)
-        vocab = list(learn.dls.vocab)
-        for (f, notes), p in zip(ok, probs):
-            i = int(p.argmax())
-            results.append({"file": str(f), "class": vocab[i], "probability": float(p[i]), "notes": notes})
-    return results, errors
+def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Tensor:
+    """Class probabilities, one row per image, for anything `learn.predict` takes (image paths, PIL images, uint8
+    arrays or tensors): the learner's own test pipeline in batches of `bs`, without autograd."""
+    with torch.no_grad(): return learn.get_preds(dl=learn.dls.test_dl(images, bs=bs))[0]
+
+
+def top_classes(probs: torch.Tensor, vocab: list[str], k: int = 3) -> list[tuple[str, float]]:
+    "The `k` most probable classes of one probability row, most probable first."
+    p, i = probs.topk(min(k, len(vocab)))
+    return [(vocab[int(j)], float(q)) for q, j in zip(p, i)]
+
+
+def iter_predictions(learn: Learner, files: list[str | Path], bs: int = INFER_BS, k: int = 3):
+    """Predictions file by file, in order, decoded and run `bs` files at a time. Each is a dict with `file`,
+    `class`, `probability`, `top` (the `k` best (class, probability) pairs) and `notes` (e.g. "resized"), or with
+    `file` and `error` for a file that cannot be read. Images that are not 32x32 are resized, as a prediction needs
+    the CIFAR size."""
+    vocab = list(learn.dls.vocab)
+    for start in range(0, len(files), bs):
+        rows, imgs = [], []
+        for f in files[start:start + bs]:
+            try:
+                with warnings.catch_warnings(record=True) as w:
+                    warnings.simplefilter("always")
+                    imgs.append(load_image(f, resize=True))
+                rows.append({"file": str(f), "notes": [str(x.message) for x in w]})
+            except DataError as e:
+                rows.append({"file": str(f), "error": str(e)})
+        probs = iter(predict_images(learn, imgs, bs) if imgs else [])
+        for row in rows:
+            if "error" not in row:
+                top = top_classes(next(probs), vocab, k)
+                row.update({"class": top[0][0], "probability": top[0][1], "top": top})
+            yield row
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The files to predict: each path that is a folder gives every image under it (recursively, by extension, via
+    fastai's `get_image_files`, sorted); any other path is taken as it is (a missing one is reported when read)."""
+    from fastai.data.transforms import get_image_files
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(get_image_files(p))
+            if not found: raise DataError(f"Folder {p} holds no image files (looked recursively, by extension).")
+            out += found
+        else: out.append(p)
+    return out
+
+
+def predict_files(learn: Learner, files: list[str | Path], bs: int = INFER_BS) -> tuple[list[dict], list[str]]:
+    "`iter_predictions` collected: the predictions, and the messages of the files that could not be read."
+    rows = list(iter_predictions(learn, files, bs))
+    return [r for r in rows if "error" not in r], [r["error"] for r in rows if "error" in r]

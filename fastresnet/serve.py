@@ -1,0 +1,152 @@
+"""`fastresnet serve`: a trained model behind a small Gradio page, the way fastai's course deploys a learner.
+
+Upload an image, see the top-3 classes with their probabilities and the 32x32 picture the model was given,
+with the run's facts (test accuracy, epochs, date) underneath. Predictions go through `predict_images`, the
+code behind `fastresnet predict` and the same test pipeline as `learn.predict`. Bad uploads (not an image,
+a corrupt file, too many pixels) answer with a message on the page; the server keeps serving.
+
+Needs the optional extra: pip install -e ".[serve]"
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import SIZE, DataError, load_image
+from .inference import ModelFileError, load_model, predict_images, top_classes
+from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
+
+__all__ = ["resolve_model", "run_facts", "example_images", "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
+
+MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
+MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself
+
+
+def resolve_model(path: str | Path) -> Path:
+    "A model file, or a run folder: its model.safetensors (weights only, safe) if present, else its model.pkl."
+    path = Path(path)
+    if path.is_dir():
+        for name in (WEIGHTS, MODEL_PKL):
+            if (path / name).is_file(): return path / name
+        raise ModelFileError(f"{path} holds neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
+    if path.is_file() and path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file():
+        return path.parent / WEIGHTS  # the same weights without unpickling code
+    return path
+
+
+def run_facts(model_path: Path) -> str:
+    "Markdown lines about the run the model comes from, if it sits in a run folder; empty otherwise."
+    d = model_path.parent
+    final, info = read_json_or_none(d / FINAL), read_json_or_none(d / RUN)
+    if not final and not info: return ""
+    lines = [f"**Model:** `{model_path}`"]
+    if final:
+        tta = f" (flip-TTA {final['accuracy_tta']:.2%})" if final.get("accuracy_tta") is not None else ""
+        lines.append(f"**Test accuracy:** {final['accuracy']:.2%}{tta} on {final.get('n_images', '?')} images")
+    if (d / SETTINGS).is_file():
+        from .config import load_settings
+        try:
+            r = load_settings(d / SETTINGS)
+            lines.append(f"**Training:** {r.epochs} epochs, batch {r.bs}, peak at epoch {r.peak_epoch}, "
+                         f"width {r.width:g}")
+        except Exception: pass  # facts are a courtesy: a foreign settings file must not stop the page
+    if info:
+        n = f"{info.get('n_train', '?')} training images"
+        if info.get("subset"): n += f" (a subset of {info['subset']})"
+        lines.append(f"**Data:** {n}")
+    stamp = d / FINAL if (d / FINAL).is_file() else model_path
+    lines.append(f"**Finished:** {time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp.stat().st_mtime))}")
+    return "\n\n".join(lines)
+
+
+def example_images(model_path: Path, vocab: list[str], folder: str | Path | None = None, n: int = 4) -> list[str]:
+    """Example uploads: the first images of `folder` (recursively), else one test image for each of the first `n`
+    classes of the run's own data, else `n` generated pictures (written to a temporary folder). Never bundled files."""
+    from fastai.data.transforms import get_image_files
+    if folder is not None:
+        files = sorted(get_image_files(folder))[:n]
+        if not files: raise DataError(f"--examples {folder} holds no image files.")
+        return [str(f) for f in files]
+    info = read_json_or_none(model_path.parent / RUN) or {}
+    test = Path(info["data"]) / "test" if info.get("data") else None
+    if test is not None and test.is_dir():
+        files = [next(iter(sorted(get_image_files(test / c))), None) for c in vocab[:n] if (test / c).is_dir()]
+        if any(files): return [str(f) for f in files if f is not None]
+    out = Path(tempfile.mkdtemp(prefix="fastresnet-examples-"))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    paths = []
+    for i in range(n):  # smooth colour fields: something to click, clearly not a photograph
+        rgb = np.stack([(xx * (i + 3) * 2) % 256, (yy * (i + 2) * 3) % 256, np.full_like(xx, 60 * i)], -1)
+        paths.append(str(out / f"generated-{i + 1}.png"))
+        Image.fromarray(rgb.astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.ndarray]:
+    "One uploaded file → ({class: probability} of the top `k`, the 32x32 RGB image the model saw). Raises DataError."
+    if not path: raise DataError("No image was uploaded.")
+    img = load_image(path, resize=True, max_pixels=MAX_PIXELS)
+    probs = predict_images(learn, [img])[0]
+    return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
+
+
+def build_app(model: str | Path, examples: str | Path | None = None):
+    "The Gradio Blocks page for one model (a file or a run folder)."
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local page
+    import gradio as gr
+    path = resolve_model(model)
+    learn = load_model(path)
+    vocab = list(learn.dls.vocab)
+
+    def predict(file):
+        try:
+            with learn.no_bar(): label, seen = classify(learn, file)
+        except DataError as e:
+            raise gr.Error(_upload_message(str(e), file), print_exception=False) from None
+        return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)
+
+    with gr.Blocks(title="fastresnet", analytics_enabled=False) as app:
+        gr.Markdown("# fastresnet: CIFAR-10 classifier\n"
+                    f"Upload an image; it is resized to {SIZE}x{SIZE}, as the model was trained on "
+                    f"({', '.join(vocab)}).")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="upload")
+                button = gr.Button("Classify", variant="primary", elem_id="classify")
+            with gr.Column():
+                label = gr.Label(num_top_classes=3, label="Top 3 classes", elem_id="label")
+                seen = gr.Image(label=f"What the model sees ({SIZE}x{SIZE}, enlarged)", interactive=False,
+                                elem_id="seen")
+        shown = example_images(path, vocab, examples)
+        gr.Examples(examples=shown, inputs=upload, label="Examples")
+        facts = run_facts(path)
+        if facts: gr.Markdown(facts, elem_id="facts")
+        button.click(predict, inputs=upload, outputs=[label, seen])
+        upload.upload(predict, inputs=upload, outputs=[label, seen])
+    app.example_folders = sorted({str(Path(f).parent) for f in shown})  # Gradio serves files from these only
+    return app
+
+
+def _upload_message(message: str, file: str | None) -> str:
+    "Our message, with Gradio's temporary upload path replaced by the file's own name."
+    return message.replace(str(file), Path(file).name) if file else message
+
+
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None) -> None:
+    "Build the page and serve it until interrupted."
+    app = build_app(model, examples)
+    app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
+    app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
+               footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
+
+
+def _local_theme():
+    "Gradio's default theme with system fonts: the page loads nothing from the internet."
+    import gradio as gr
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])

@@ -1,0 +1,166 @@
+"""`fastresnet serve` in a real browser: a model trained here on tiny generated data, the page driven by headless
+Chromium (Debian's `chromium` through Playwright), the label on the page checked against `learn.predict` on the
+same file, bad uploads answered on the page while the server keeps serving, a screenshot kept as an artifact."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastai.learner import load_learner
+from PIL import Image
+
+from fastresnet.config import Recipe
+from fastresnet.serve import MAX_PIXELS, example_images, resolve_model, run_facts
+from fastresnet.train import train_run
+
+pytestmark = pytest.mark.slow
+ARTIFACTS = Path(os.environ.get("FASTRESNET_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_folder):
+    d = tmp_path_factory.mktemp("serve") / "run"
+    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, tta=False), d, str(tiny_folder), log=lambda *a: None)
+    return d
+
+
+def test_the_model_file_is_the_weights_when_both_exist(run_dir, tmp_path):
+    assert resolve_model(run_dir) == run_dir / "model.safetensors"
+    assert resolve_model(run_dir / "model.pkl") == run_dir / "model.safetensors"   # no pickle when avoidable
+    shutil.copy(run_dir / "model.pkl", tmp_path / "model.pkl")
+    assert resolve_model(tmp_path / "model.pkl") == tmp_path / "model.pkl"
+    facts = run_facts(run_dir / "model.safetensors")
+    assert "Test accuracy" in facts and "2 epochs" in facts and "40 training images" in facts
+
+
+def test_examples_come_from_the_runs_data_or_are_generated(run_dir, tiny_folder, tmp_path):
+    vocab = list(load_learner(run_dir / "model.pkl").dls.vocab)
+    ex = example_images(run_dir / "model.safetensors", vocab)
+    assert len(ex) == 4 and all(Path(f).is_relative_to(tiny_folder / "test") for f in ex)
+    shutil.copy(run_dir / "model.safetensors", tmp_path / "model.safetensors")   # not in a run folder: generated
+    gen = example_images(tmp_path / "model.safetensors", vocab)
+    assert len(gen) == 4 and all(Image.open(f).size == (32, 32) for f in gen)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        reason = "no Chromium on this machine (.ci/run installs Debian's `chromium`; apt-get install chromium)"
+        print(f"SKIPPED browser test: {reason}")
+        pytest.skip(reason)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    port = _free_port()
+    log = open(run_dir.parent / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "serve", "--model", str(run_dir),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):  # up to 120 s: importing Gradio and fastai takes a while on two cores
+            if proc.poll() is not None: break
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError: time.sleep(0.5)
+        else: raise AssertionError("the server did not answer within 120 s")
+        assert proc.poll() is None, (run_dir.parent / "serve.log").read_text()
+        yield url
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    exe = _chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])  # root in CI: no sandbox
+        pg = browser.new_page(viewport={"width": 1200, "height": 900})
+        pg.goto(server)
+        pg.wait_for_selector("#upload", timeout=60_000)
+        yield pg
+        browser.close()
+
+
+def _upload(page, path: Path) -> None:
+    page.set_input_files("#upload input[type=file]", str(path))
+
+
+LABEL = "#label [data-testid='label-output-value']"
+
+
+def _seen_src(page) -> str:
+    "The URL of the picture the model saw: a new prediction of another image gives a new one."
+    img = page.locator("#seen img")
+    return img.get_attribute("src") if img.count() else ""
+
+
+def _predict_on_page(page, img: Path) -> str:
+    "Upload `img`, wait until the page shows this image's result, return the top class shown."
+    before = _seen_src(page)
+    _upload(page, img)
+    page.wait_for_function("([sel, before]) => { const i = document.querySelector('#seen img');"
+                           " return i && i.src && i.src !== before && document.querySelector(sel)?.innerText; }",
+                           arg=[LABEL, before], timeout=60_000)
+    return page.locator(LABEL).inner_text().strip()
+
+
+def _error_text(page) -> str:
+    toast = page.locator("[data-testid='toast-body']").last
+    toast.wait_for(timeout=60_000)
+    text = toast.inner_text()
+    for close in page.locator("[data-testid='toast-close']").all(): close.click()  # dismiss for the next check
+    return text
+
+
+def test_the_page_shows_what_learn_predict_says(page, run_dir, tiny_folder):
+    img = tiny_folder / "test" / "cat" / sorted(os.listdir(tiny_folder / "test" / "cat"))[0]
+    want = load_learner(run_dir / "model.pkl").predict(img)[0]
+    assert _predict_on_page(page, img) == want
+    assert "Test accuracy" in page.locator("#facts").inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve.png"), full_page=True)
+    assert (ARTIFACTS / "serve.png").stat().st_size > 10_000
+    print(f"screenshot: {ARTIFACTS / 'serve.png'}")
+
+
+@pytest.mark.parametrize("kind", ["not_an_image", "huge", "text_file"])
+def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, kind, tmp_path, tiny_folder, run_dir):
+    if kind == "not_an_image":
+        bad = tmp_path / "holiday.png"
+        bad.write_bytes(b"this is a text file, not a picture\n" * 20)
+        expect = "corrupt or not an image"
+    elif kind == "huge":
+        bad = tmp_path / "huge.png"
+        side = int(MAX_PIXELS ** 0.5) + 200
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(bad)   # one colour: a small file, many pixels
+        expect = f"{side}x{side} pixels"
+    else:  # refused by Gradio itself, from the extension, before our code sees it
+        bad = tmp_path / "notes.txt"
+        bad.write_text("hello\n")
+        expect = "Invalid file type"
+    _upload(page, bad)
+    msg = _error_text(page)
+    assert expect in msg and (bad.name in msg or kind == "text_file"), msg
+    assert "/tmp/gradio" not in msg                                   # the user's file name, not the server's path
+    cls = {"not_an_image": "dog", "huge": "frog", "text_file": "ship"}[kind]   # a new image each time
+    img = tiny_folder / "test" / cls / sorted(os.listdir(tiny_folder / "test" / cls))[0]
+    assert _predict_on_page(page, img) == load_learner(run_dir / "model.pkl").predict(img)[0]   # still serving
