@@ -128,6 +128,7 @@ def build_app(model: str | Path, examples: str | Path | None = None):
         if facts: gr.Markdown(facts, elem_id="facts")
         button.click(predict, inputs=upload, outputs=[label, seen])
         upload.upload(predict, inputs=upload, outputs=[label, seen])
+        upload.clear(lambda: (None, None), outputs=[label, seen])  # no stale result beside another upload
     app.example_folders = sorted({str(Path(f).parent) for f in shown})  # Gradio serves files from these only
     return app
 

@@ -100,26 +100,25 @@ def page(server):
         browser.close()
 
 
+LABEL = "#label [data-testid='label-output-value']"
+IDLE = "() => ![...document.querySelectorAll('[data-testid=status-tracker]')].some(e => !e.classList.contains('hide'))"
+
+
 def _upload(page, path: Path) -> None:
+    "Remove the file shown, if any (which also clears the results), then upload `path` as a user would."
+    if not page.locator("#upload input[type=file]").count():  # a file is shown: its Clear button brings the input back
+        page.locator("#upload button[aria-label='Clear']").click()
+        page.wait_for_function(f"() => !document.querySelector(\"{LABEL}\") && !document.querySelector('#seen img')",
+                               timeout=30_000)
     page.set_input_files("#upload input[type=file]", str(path))
 
 
-LABEL = "#label [data-testid='label-output-value']"
-
-
-def _seen_src(page) -> str:
-    "The URL of the picture the model saw: a new prediction of another image gives a new one."
-    img = page.locator("#seen img")
-    return img.get_attribute("src") if img.count() else ""
-
-
 def _predict_on_page(page, img: Path) -> str:
-    "Upload `img`, wait until the page shows this image's result, return the top class shown."
-    before = _seen_src(page)
+    "Upload `img`, wait until the page shows its result (the results were cleared first), return the top class."
     _upload(page, img)
-    page.wait_for_function("([sel, before]) => { const i = document.querySelector('#seen img');"
-                           " return i && i.src && i.src !== before && document.querySelector(sel)?.innerText; }",
-                           arg=[LABEL, before], timeout=60_000)
+    page.wait_for_function("(sel) => document.querySelector('#seen img')?.src && "
+                           "document.querySelector(sel)?.innerText", arg=LABEL, timeout=60_000)
+    page.wait_for_function(IDLE, timeout=60_000)
     return page.locator(LABEL).inner_text().strip()
 
 
@@ -137,6 +136,7 @@ def test_the_page_shows_what_learn_predict_says(page, run_dir, tiny_folder):
     assert _predict_on_page(page, img) == want
     assert "Test accuracy" in page.locator("#facts").inner_text()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(2000)  # Gradio fades new results in
     page.screenshot(path=str(ARTIFACTS / "serve.png"), full_page=True)
     assert (ARTIFACTS / "serve.png").stat().st_size > 10_000
     print(f"screenshot: {ARTIFACTS / 'serve.png'}")
