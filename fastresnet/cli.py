@@ -254,7 +254,11 @@ def cmd_serve(a) -> int:
     from .serve import resolve_model, serve
     if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
     print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
-    serve(a.model, a.host, a.port, a.examples)
+    try: serve(a.model, a.host, a.port, a.examples)
+    except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
+        print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
+              "(another --port or --host)", file=sys.stderr)
+        return 2
     return 0
 
 

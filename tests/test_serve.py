@@ -48,6 +48,22 @@ def test_examples_come_from_the_runs_data_or_are_generated(run_dir, tiny_folder,
     assert len(gen) == 4 and all(Image.open(f).size == (32, 32) for f in gen)
 
 
+def test_serve_without_gradio_says_how_to_install_it(run_dir, monkeypatch, capsys):
+    from fastresnet.cli import main
+    monkeypatch.setitem(sys.modules, "gradio", None)   # as if not installed
+    assert main(["serve", "--model", str(run_dir)]) == 2
+    assert 'pip install -e ".[serve]"' in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(run_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = subprocess.run([sys.executable, "-m", "fastresnet.cli", "serve", "--model", str(run_dir),
+                              "--port", str(s.getsockname()[1])], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 2 and "cannot serve on 127.0.0.1" in res.stderr and "Traceback" not in res.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

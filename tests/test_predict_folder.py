@@ -1,0 +1,97 @@
+"""`fastresnet predict DIR --csv FILE`: every image under a folder, batched, one row per file with the top 3,
+unreadable files listed and skipped, the same answers as `learn.predict`, nothing lost on interruption."""
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from fastai.learner import load_learner
+from PIL import Image
+
+from fastresnet import inference
+from fastresnet.cli import main
+from fastresnet.config import Recipe
+from fastresnet.train import train_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "run"
+    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, tta=False), out, str(tiny_folder), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture
+def photos(tiny_folder, tmp_path):
+    "A nested folder: 8 good images at two depths, one corrupt `.png`, one text file, one large grayscale image."
+    root = tmp_path / "photos"
+    for i, f in enumerate(sorted((tiny_folder / "test").glob("*/*.png"))[:8]):
+        d = root / ("a" if i < 4 else "b/c")
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, d / f"{i}.png")
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "b" / "readme.txt").write_text("not an image, and not named like one")
+    Image.fromarray(np.full((96, 64), 128, np.uint8), "L").save(root / "gray.jpg")
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as f: return list(csv.DictReader(f))
+
+
+def test_csv_has_a_row_per_readable_image_with_learn_predicts_answer(run, photos, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    code = main(["predict", str(photos), "--model", str(run / "model.safetensors"), "--csv", str(out)])
+    cap = capsys.readouterr()
+    assert code == 1                                                    # one file was skipped
+    assert "broken.png is corrupt or not an image" in cap.err and "readme" not in cap.err + cap.out
+    assert "9 predictions written" in cap.out and "1 file(s) skipped" in cap.out
+    rows = _rows(out)
+    assert list(rows[0]) == ["path", "class", "probability", "class_2", "probability_2", "class_3", "probability_3"]
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows) and len(rows) == 9
+    assert any(r["path"].endswith("b/c/7.png") for r in rows)          # found recursively
+    learn = load_learner(run / "model.pkl")
+    for r in rows:
+        cls, _, probs = learn.predict(r["path"])
+        p = [float(r[k]) for k in ("probability", "probability_2", "probability_3")]
+        assert r["class"] == cls and p == sorted(p, reverse=True) and abs(p[0] - float(probs.max())) < 1e-4
+        assert len({r["class"], r["class_2"], r["class_3"]}) == 3
+    assert not (tmp_path / "preds.csv.partial").exists()
+
+
+def test_batches_give_the_same_answers_as_one_by_one(run, photos):
+    learn = load_learner(run / "model.pkl")
+    files = inference.image_files([photos])
+    batched = [r for r in inference.iter_predictions(learn, files, bs=512) if "error" not in r]
+    small = [r for r in inference.iter_predictions(learn, files, bs=3) if "error" not in r]
+    assert [(r["file"], r["class"]) for r in batched] == [(r["file"], r["class"]) for r in small]
+    assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(batched, small))
+
+
+def test_an_interrupted_csv_keeps_the_rows_done_so_far(run, photos, tmp_path, capsys, monkeypatch):
+    real = inference.iter_predictions
+    def stop_after_four(*a, **k):
+        for i, row in enumerate(real(*a, **k)):
+            if i == 4: raise KeyboardInterrupt
+            yield row
+    monkeypatch.setattr(inference, "iter_predictions", stop_after_four)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(photos), "--model", str(run / "model.safetensors"), "--csv", str(out)]) == 130
+    assert "4 predictions made so far are in" in capsys.readouterr().err
+    assert not out.exists() and len(_rows(tmp_path / "preds.csv.partial")) == 4
+
+
+@pytest.mark.parametrize("case, match", [("empty_folder", "holds no image files"),
+                                         ("missing_csv_folder", "does not exist"),
+                                         ("csv_is_a_folder", "is a folder")])
+def test_bad_folders_and_csv_paths_exit_2(run, tmp_path, capsys, case, match, tiny_folder):
+    images, out = str(tiny_folder / "test"), tmp_path / "preds.csv"
+    if case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        images = str(tmp_path / "empty")
+    elif case == "missing_csv_folder": out = tmp_path / "nowhere" / "preds.csv"
+    else: out = tmp_path
+    assert main(["predict", images, "--model", str(run / "model.safetensors"), "--csv", str(out)]) == 2
+    assert match in capsys.readouterr().err
