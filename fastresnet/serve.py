@@ -10,6 +10,7 @@ Needs the optional extra: pip install -e ".[serve]"
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def run_facts(model_path: Path) -> str:
     lines = [f"**Model:** `{model_path}`"]
     if final:
         tta = f" (flip-TTA {final['accuracy_tta']:.2%})" if final.get("accuracy_tta") is not None else ""
-        lines.append(f"**Test accuracy:** {final['accuracy']:.2%}{tta} on {final.get('n_images', '?')} images")
+        lines.append(f"**Test accuracy:** {final['accuracy']:.2%}{tta} on {final.get('n_images', 0):,} test images")
     if (d / SETTINGS).is_file():
         from .config import load_settings
         try:
@@ -56,8 +57,8 @@ def run_facts(model_path: Path) -> str:
                          f"width {r.width:g}")
         except Exception: pass  # facts are a courtesy: a foreign settings file must not stop the page
     if info:
-        n = f"{info.get('n_train', '?')} training images"
-        if info.get("subset"): n += f" (a subset of {info['subset']})"
+        n = f"{info['n_train']:,} training images" if "n_train" in info else "training images: unknown"
+        if info.get("subset"): n += " (a subset of the data)"
         lines.append(f"**Data:** {n}")
     stamp = d / FINAL if (d / FINAL).is_file() else model_path
     lines.append(f"**Finished:** {time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp.stat().st_mtime))}")
@@ -66,7 +67,8 @@ def run_facts(model_path: Path) -> str:
 
 def example_images(model_path: Path, vocab: list[str], folder: str | Path | None = None, n: int = 4) -> list[str]:
     """Example uploads: the first images of `folder` (recursively), else one test image for each of the first `n`
-    classes of the run's own data, else `n` generated pictures (written to a temporary folder). Never bundled files."""
+    classes of the run's own data (copied to a temporary folder, named by class), else `n` generated pictures.
+    Never bundled files."""
     from fastai.data.transforms import get_image_files
     if folder is not None:
         files = sorted(get_image_files(folder))[:n]
@@ -74,10 +76,11 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
         return [str(f) for f in files]
     info = read_json_or_none(model_path.parent / RUN) or {}
     test = Path(info["data"]) / "test" if info.get("data") else None
-    if test is not None and test.is_dir():
-        files = [next(iter(sorted(get_image_files(test / c))), None) for c in vocab[:n] if (test / c).is_dir()]
-        if any(files): return [str(f) for f in files if f is not None]
     out = Path(tempfile.mkdtemp(prefix="fastresnet-examples-"))
+    if test is not None and test.is_dir():
+        found = {c: next(iter(sorted(get_image_files(test / c))), None) for c in vocab[:n] if (test / c).is_dir()}
+        paths = [shutil.copy(f, out / f"{c}{f.suffix}") for c, f in found.items() if f is not None]  # named by class
+        if paths: return [str(p) for p in paths]
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     paths = []
     for i in range(n):  # smooth colour fields: something to click, clearly not a photograph
@@ -123,7 +126,8 @@ def build_app(model: str | Path, examples: str | Path | None = None):
                 seen = gr.Image(label=f"What the model sees ({SIZE}x{SIZE}, enlarged)", interactive=False,
                                 elem_id="seen")
         shown = example_images(path, vocab, examples)
-        gr.Examples(examples=shown, inputs=upload, label="Examples")
+        gr.Examples(examples=shown, inputs=upload, outputs=[label, seen], fn=predict, run_on_click=True,
+                    cache_examples=False, label="Examples (click one)")
         facts = run_facts(path)
         if facts: gr.Markdown(facts, elem_id="facts")
         button.click(predict, inputs=upload, outputs=[label, seen])

@@ -36,13 +36,16 @@ def test_the_model_file_is_the_weights_when_both_exist(run_dir, tmp_path):
     shutil.copy(run_dir / "model.pkl", tmp_path / "model.pkl")
     assert resolve_model(tmp_path / "model.pkl") == tmp_path / "model.pkl"
     facts = run_facts(run_dir / "model.safetensors")
-    assert "Test accuracy" in facts and "2 epochs" in facts and "40 training images" in facts
+    assert "Test accuracy" in facts and "on 20 test images" in facts and "2 epochs" in facts
+    assert "40 training images" in facts
 
 
 def test_examples_come_from_the_runs_data_or_are_generated(run_dir, tiny_folder, tmp_path):
     vocab = list(load_learner(run_dir / "model.pkl").dls.vocab)
     ex = example_images(run_dir / "model.safetensors", vocab)
-    assert len(ex) == 4 and all(Path(f).is_relative_to(tiny_folder / "test") for f in ex)
+    assert [Path(f).name for f in ex] == [f"{c}.png" for c in vocab[:4]]             # the run's test images, by class
+    for f, c in zip(ex, vocab):
+        assert Path(f).read_bytes() == sorted((tiny_folder / "test" / c).iterdir())[0].read_bytes()
     shutil.copy(run_dir / "model.safetensors", tmp_path / "model.safetensors")   # not in a run folder: generated
     gen = example_images(tmp_path / "model.safetensors", vocab)
     assert len(gen) == 4 and all(Image.open(f).size == (32, 32) for f in gen)
@@ -158,7 +161,7 @@ def test_the_page_shows_what_learn_predict_says(page, run_dir, tiny_folder):
     print(f"screenshot: {ARTIFACTS / 'serve.png'}")
 
 
-@pytest.mark.parametrize("kind", ["not_an_image", "huge", "text_file"])
+@pytest.mark.parametrize("kind", ["not_an_image", "huge", "text_file", "over_20_mb"])
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, kind, tmp_path, tiny_folder, run_dir):
     if kind == "not_an_image":
         bad = tmp_path / "holiday.png"
@@ -169,6 +172,10 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, kind, tmp_
         side = int(MAX_PIXELS ** 0.5) + 200
         Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(bad)   # one colour: a small file, many pixels
         expect = f"{side}x{side} pixels"
+    elif kind == "over_20_mb":  # refused by Gradio before the upload
+        bad = tmp_path / "big.png"
+        bad.write_bytes(b"\0" * (21 * 2**20))
+        expect = "maximum allowed size"
     else:  # refused by Gradio itself, from the extension, before our code sees it
         bad = tmp_path / "notes.txt"
         bad.write_text("hello\n")
@@ -177,6 +184,16 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, kind, tmp_
     msg = _error_text(page)
     assert expect in msg and (bad.name in msg or kind == "text_file"), msg
     assert "/tmp/gradio" not in msg                                   # the user's file name, not the server's path
-    cls = {"not_an_image": "dog", "huge": "frog", "text_file": "ship"}[kind]   # a new image each time
+    cls = {"not_an_image": "dog", "huge": "frog", "text_file": "ship", "over_20_mb": "truck"}[kind]  # a new image
     img = tiny_folder / "test" / cls / sorted(os.listdir(tiny_folder / "test" / cls))[0]
     assert _predict_on_page(page, img) == load_learner(run_dir / "model.pkl").predict(img)[0]   # still serving
+
+
+def test_clicking_an_example_classifies_it(page, run_dir):
+    first = Path(example_images(run_dir / "model.safetensors", list(load_learner(run_dir / "model.pkl").dls.vocab))[0])
+    if page.locator("#upload input[type=file]").count() == 0:
+        page.locator("#upload button[aria-label='Clear']").click()
+    page.wait_for_function(f"() => !document.querySelector(\"{LABEL}\")", timeout=30_000)
+    page.get_by_text(first.name, exact=True).first.click()
+    page.wait_for_function(f"() => document.querySelector(\"{LABEL}\")?.innerText", timeout=60_000)
+    assert page.locator(LABEL).inner_text().strip() == load_learner(run_dir / "model.pkl").predict(first)[0]

@@ -1,0 +1,57 @@
+"""The benchmarks' arithmetic and that they run: FLOPs against a hand count of the spec, the busy-machine refusal,
+and a tiny per-step overhead run end to end."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fastresnet.model import CustomResNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def common():
+    spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flops_match_a_hand_count_of_the_spec():
+    # multiply-adds of one 32x32 image, layer by layer: output pixels x output channels x (input channels x 3 x 3)
+    prep = 32 * 32 * 64 * (3 * 9)
+    convs = [32 * 32 * 128 * (64 * 9),                       # layer1 conv (pooling comes after it)
+             2 * 16 * 16 * 128 * (128 * 9),                  # R1, twice
+             16 * 16 * 256 * (128 * 9),                      # layer2
+             8 * 8 * 512 * (256 * 9),                        # layer3 conv
+             2 * 4 * 4 * 512 * (512 * 9)]                    # R2, twice
+    macs = prep + sum(convs) + 512 * 10                      # + the fc layer
+    assert macs == 379_261_952
+    c = common()
+    fwd, layers = c.forward_flops(CustomResNet())
+    assert fwd == 2 * macs and len(layers) == 8
+    assert c.train_flops(CustomResNet()) == 3 * 2 * macs - 2 * prep   # no input gradient for the first layer
+
+
+def test_a_busy_machine_is_refused_unless_forced(monkeypatch):
+    c = common()
+    monkeypatch.setattr(c, "_load", lambda: (1.7, 1))
+    a = SimpleNamespace(max_load=0.5, wait=0, force=False)
+    with pytest.raises(SystemExit, match="machine is busy"):
+        c.wait_for_idle(a)
+    assert c.wait_for_idle(SimpleNamespace(max_load=0.5, wait=0, force=True)).startswith("BUSY MACHINE (--force)")
+    monkeypatch.setattr(c, "_load", lambda: (0.2, 0))
+    assert c.wait_for_idle(a).startswith("idle machine")
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_runs_and_prints_its_table():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--bs", "16", "--width",
+                          "0.02", "--steps", "3", "--warmup", "1", "--repeats", "1", "--force", "--wait", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "ms/step" not in line]
+    assert len(rows) == 4 and "other processes used" in res.stdout
