@@ -133,7 +133,8 @@ class RunCheckpoint(Callback):
 
     def after_batch(self):
         if self.training:
-            for k in self.hps: self.hps[k].append(float(self.opt.hypers[-1][k]))
+            h = self.opt.hypers[-1]  # built anew from the parameter groups on each read: once a step
+            for k in self.hps: self.hps[k].append(float(h[k]))
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
