@@ -130,9 +130,9 @@ def build_app(model: str | Path, examples: str | Path | None = None):
                     cache_examples=False, label="Examples (click one)")
         facts = run_facts(path)
         if facts: gr.Markdown(facts, elem_id="facts")
-        button.click(predict, inputs=upload, outputs=[label, seen])
-        upload.upload(predict, inputs=upload, outputs=[label, seen])
-        upload.clear(lambda: (None, None), outputs=[label, seen])  # no stale result beside another upload
+        button.click(predict, inputs=upload, outputs=[label, seen], api_name="predict")  # also for gradio_client
+        upload.upload(predict, inputs=upload, outputs=[label, seen], api_visibility="undocumented")
+        upload.clear(lambda: (None, None), outputs=[label, seen], api_visibility="private")  # no stale result
     app.example_folders = sorted({str(Path(f).parent) for f in shown})  # Gradio serves files from these only
     return app
 

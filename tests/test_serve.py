@@ -106,6 +106,14 @@ def server(run_dir):
         log.close()
 
 
+def test_the_api_endpoint_answers_like_learn_predict(server, run_dir, tiny_folder):
+    from gradio_client import Client, handle_file
+    img = tiny_folder / "test" / "bird" / sorted(os.listdir(tiny_folder / "test" / "bird"))[0]
+    label, _ = Client(server, verbose=False).predict(handle_file(str(img)), api_name="/predict")
+    assert label["label"] == load_learner(run_dir / "model.pkl").predict(img)[0]
+    assert len(label["confidences"]) == 3
+
+
 @pytest.fixture(scope="module")
 def page(server):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
