@@ -60,7 +60,8 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="a setting by its settings.ini name, e.g. --set decouple_wd=false (repeatable)")
 
 
-MODEL_HELP = "model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run"
+MODEL_HELP = ("model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run, or the "
+              "run folder (its model.safetensors is used when present)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", help="folder for lr_find.json (default: runs/lr-find-<date-time>)")
 
     e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
-    e.add_argument("--model", required=True, metavar="FILE", help=MODEL_HELP)
+    e.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP)
     e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image files and/or folders (searched recursively)")
     pr.add_argument("--csv", metavar="FILE", help="write path, class, probability and the top 3 to FILE (with a "
                     "progress bar) instead of printing one line per image")
-    pr.add_argument("--model", required=True, metavar="FILE", help=MODEL_HELP)
+    pr.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP)
     sv = sub.add_parser("serve", help="a Gradio page that classifies uploaded images (needs the [serve] extra)")
-    sv.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP + ", or a run folder (its "
-                    "model.safetensors is used when present: no pickle is loaded)")
+    sv.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP + "; a run's model.pkl is "
+                    "served from the model.safetensors beside it: no pickle is loaded")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                     "0.0.0.0 serves everyone who can reach this machine, with no password)")
     sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")

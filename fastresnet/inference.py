@@ -15,12 +15,12 @@ from fastai.learner import Learner, load_learner
 from .config import HintedError, Recipe
 from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
 from .learner import build_learner, unwrap
-from .run import atomic_write
+from .run import MODEL_PKL, WEIGHTS, atomic_write
 from .model import CustomResNet
 
 __all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",
            "predict_images", "top_classes", "iter_predictions", "image_files",
-           "labelled_dl", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
+           "labelled_dl", "model_file", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
@@ -131,9 +131,20 @@ def stub_learner(vocab: list[str], r: Recipe) -> Learner:
     return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
 
 
+def model_file(path: str | Path) -> Path:
+    "A model file as given; for a run folder its model.safetensors (weights only, safe) if present, else its model.pkl."
+    path = Path(path)
+    if not path.is_dir(): return path
+    for name in (WEIGHTS, MODEL_PKL):
+        if (path / name).is_file(): return path / name
+    raise ModelFileError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
+
+
 def load_model(path: str | Path) -> Learner:
-    "`.safetensors` → weights-only loading; anything else → `load_learner` (a pickle: trusted files only)."
-    return load_weights_learner(path) if str(path).endswith(".safetensors") else load_pickled_learner(path)
+    """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else →
+    `load_learner` (a pickle: trusted files only)."""
+    path = model_file(path)
+    return load_weights_learner(path) if path.suffix == ".safetensors" else load_pickled_learner(path)
 
 
 def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .data import SIZE, DataError, load_image
-from .inference import ModelFileError, load_model, predict_images, top_classes
+from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["resolve_model", "run_facts", "example_images", "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
@@ -29,12 +29,8 @@ MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself
 
 
 def resolve_model(path: str | Path) -> Path:
-    "A model file, or a run folder: its model.safetensors (weights only, safe) if present, else its model.pkl."
-    path = Path(path)
-    if path.is_dir():
-        for name in (WEIGHTS, MODEL_PKL):
-            if (path / name).is_file(): return path / name
-        raise ModelFileError(f"{path} holds neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
+    "`model_file`, and a run's model.pkl given with its model.safetensors beside it → the safetensors (no pickle)."
+    path = model_file(path)
     if path.is_file() and path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file():
         return path.parent / WEIGHTS  # the same weights without unpickling code
     return path

@@ -95,3 +95,15 @@ def test_bad_folders_and_csv_paths_exit_2(run, tmp_path, capsys, case, match, ti
     else: out = tmp_path
     assert main(["predict", images, "--model", str(run / "model.safetensors"), "--csv", str(out)]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_run_folder_is_a_model_its_safetensors_first(run, tmp_path, tiny_folder, capsys):
+    from fastresnet.inference import ModelFileError, model_file
+    assert model_file(run) == run / "model.safetensors" and model_file(run / "model.pkl") == run / "model.pkl"
+    img = str(sorted((tiny_folder / "test" / "cat").iterdir())[0])
+    assert main(["predict", img, "--model", str(run)]) == 0
+    by_folder = capsys.readouterr().out
+    assert main(["predict", img, "--model", str(run / "model.pkl")]) == 0
+    assert capsys.readouterr().out == by_folder
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="neither model.safetensors nor model.pkl"): model_file(tmp_path / "empty")
