@@ -241,8 +241,8 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
         raise
     partial.replace(path)
     for e in skipped: print(f"skipped: {e}", file=sys.stderr)
-    print(f"{done} predictions written to {path}" + (f"; {len(skipped)} file(s) skipped (listed above)."
-                                                     if skipped else "."))
+    print(f"{done} predictions written to {path}" + (f"; {len(skipped)} file(s) skipped (the `skipped:` lines)."
+                                                     if skipped else "."), flush=True)
     return len(skipped)
 
 
