@@ -50,6 +50,16 @@ def make_python_archive(root: Path, per_batch: int = 10, n_test: int = 10) -> Pa
     return folder
 
 
+def script_module(relpath: str):
+    "A script of the repository (not part of the package), imported from its file: `benchmarks/common.py`."
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_arrays(n_train: int = 40, n_valid: int = 20) -> CifarArrays:
     tr, ytr = synthetic_images(n_train, 0)
     va, yva = synthetic_images(n_valid, 1)

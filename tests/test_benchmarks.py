@@ -1,6 +1,5 @@
 """The benchmarks' arithmetic and that they run: FLOPs against a hand count of the spec, the busy-machine refusal,
 and a tiny per-step overhead run end to end."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,16 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import script_module
 from fastresnet.model import CustomResNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def common():
-    spec = importlib.util.spec_from_file_location("common", ROOT / "benchmarks" / "common.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def common(): return script_module("benchmarks/common.py")
 
 
 def test_flops_match_a_hand_count_of_the_spec():

@@ -1,20 +1,15 @@
 "The proxy comparison script: reads finished run folders, refuses unfinished ones."
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import script_module
 
 
-def compare_module():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "compare.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def compare_module(): return script_module("experiments/compare.py")
 
 
 def fake_run(root: Path, name: str, acc: float, tta: float | None) -> Path:
