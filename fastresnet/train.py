@@ -2,7 +2,6 @@
 everything a run produces written into its own folder, and `resume_run` to continue one."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import time
@@ -143,7 +142,7 @@ def resume_run(run_dir: Path, data_path: str | None = None, extra_cbs=None, log=
                        "cut short by a crash or a full disk. Start the run again, or restore the file from a copy.",
                        hint="(--overwrite starts it again in the same folder)") from None
     if "hypers" in ck["opt"] and r.adam_impl != "fastai":  # a run that began with fastai's Adam goes on with it
-        r = dataclasses.replace(r, adam_impl="fastai")
+        r = r.replace(adam_impl="fastai")
     start = ck["epoch"] + 1
     t0 = time.time()
     data = load_data(data_path, info.get("subset"))

@@ -62,8 +62,10 @@ def test_decay_groups_split_batchnorm_and_biases_from_weights():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_matches_fastais_adam_under_a_changing_lr_and_beta1(impl):
-    "Five steps with lr and beta1 changed before each, decay on weights only: the same weights to float rounding."
+@pytest.mark.parametrize("decouple", [True, False])
+def test_matches_fastais_adam_under_a_changing_lr_and_beta1(impl, decouple):
+    """Five steps with lr and beta1 changed before each, decay (decoupled, or L2 in the gradient) on weights only:
+    the same weights as fastai's Adam to float rounding."""
     torch.manual_seed(0)
     m0 = CustomResNet(width=0.25)
     grads = [[torch.randn_like(p) for p in m0.parameters()] for _ in range(5)]
@@ -77,11 +79,12 @@ def test_matches_fastais_adam_under_a_changing_lr_and_beta1(impl):
             opt.step()
         return torch.cat([p.detach().flatten() for p in m.parameters()])
     def fastai_adam(m):
-        opt = Adam(list(m.parameters()), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, decouple_wd=True)
+        opt = Adam(list(m.parameters()), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, decouple_wd=decouple)
         for p in norm_bias_params(m, True): opt.state[p]["do_wd"] = False
         return opt
     a = run(fastai_adam)
-    b = run(lambda m: TorchAdam(decay_groups(m), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, impl=impl, no_wd=(1,)))
+    b = run(lambda m: TorchAdam(decay_groups(m), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, decouple_wd=decouple,
+                                impl=impl, no_wd=(1,)))
     moved = (a - torch.cat([p.detach().flatten() for p in m0.parameters()])).abs().max()
     assert moved > 1e-3 and (a - b).abs().max() < 1e-6
 
