@@ -247,12 +247,12 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
 
 
 def cmd_serve(a) -> int:
-    try: import gradio  # noqa: F401
+    from .serve import gradio, resolve_model, serve
+    try: gradio()
     except ImportError:
         print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
               "(or pip install gradio).", file=sys.stderr)
         return 2
-    from .serve import resolve_model, serve
     if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
     print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
     try: serve(a.model, a.host, a.port, a.examples)

@@ -22,10 +22,17 @@ from .data import SIZE, DataError, load_image
 from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
-__all__ = ["resolve_model", "run_facts", "example_images", "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
+__all__ = ["gradio", "resolve_model", "run_facts", "example_images", "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
 
 MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
 MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself
+
+
+def gradio():
+    "Gradio, imported with its usage analytics off (a local page calls nowhere); ImportError if it is not installed."
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio
+    return gradio
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -96,8 +103,7 @@ def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.
 
 def build_app(model: str | Path, examples: str | Path | None = None):
     "The Gradio Blocks page for one model (a file or a run folder)."
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local page
-    import gradio as gr
+    gr = gradio()
     path = resolve_model(model)
     learn = load_model(path)
     vocab = list(learn.dls.vocab)
@@ -148,6 +154,5 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples
 
 def _local_theme():
     "Gradio's default theme with system fonts: the page loads nothing from the internet."
-    import gradio as gr
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+    return gradio().themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                              font_mono=["ui-monospace", "monospace"])
