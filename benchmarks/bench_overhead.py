@@ -8,7 +8,9 @@ all of them, but a forward pass that is one sum per parameter tensor. Side by si
   bare PyTorch   an in-memory uint8 batch, crop/flip/normalise/Cutout as tensor operations, the recipe's
                  loss, torch's fused AdamW with the LR and beta1 set every step: the least a step can do
   fastresnet     the recipe's fastai Learner (DataBlock, batch transforms, callbacks, one-cycle scheduler,
-                 checkpoint bookkeeping), with `adam_impl` = fused (the default), foreach and fastai
+                 checkpoint bookkeeping), with `adam_impl` = fused (the default), foreach and fastai; and
+                 the same Learner in a plain `fit` without the recipe's callbacks
+  data alone     fastresnet's DataLoader with its batch transforms against the bare loop's data lines
 
 Overhead = the step's milliseconds minus those of `NoCompute`'s own forward and backward (measured apart).
 
@@ -109,16 +111,31 @@ class Clock(Callback):
 
 
 def fastresnet_steps(data: CifarArrays, bs: int, steps: int, impl: str, run_dir: Path,
-                     width: float = 1.0) -> list[float]:
-    "Wall-clock stamps of `steps` steps of the recipe's Learner and callbacks, as `fastresnet train` runs them."
+                     width: float = 1.0, recipe_cbs: bool = True) -> list[float]:
+    """Wall-clock stamps of `steps` steps of the recipe's Learner and callbacks, as `fastresnet train` runs them;
+    `recipe_cbs=False`: a plain `learn.fit` (no scheduler, checkpoint bookkeeping or divergence check)."""
     torch.manual_seed(0)
     r = Recipe(bs=bs, adam_impl=impl)
     learn = build_learner(cifar_dls(data, r), r, path=run_dir)
     learn.model = NoCompute(width)
     clock = Clock(steps)
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle_peak(2, 1e-4, 1e-2, 1, cbs=[StopOnNaN(), RunCheckpoint(run_dir), clock])
+        if recipe_cbs: learn.fit_one_cycle_peak(2, 1e-4, 1e-2, 1, cbs=[StopOnNaN(), RunCheckpoint(run_dir), clock])
+        else: learn.fit(2, 1e-3, cbs=clock)
     return clock.stamps
+
+
+def data_ms(data: CifarArrays, bs: int, steps: int) -> tuple[float, float]:
+    "Milliseconds a batch for the data alone: fastresnet's DataLoader with its batch transforms, and the bare loop's."
+    dl, mean, std = cifar_dls(data, Recipe(bs=bs)).train, *(torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
+    t = time.perf_counter()
+    for _, (xb, yb) in zip(range(steps), dl): pass
+    fastai_ms = 1e3 * (time.perf_counter() - t) / steps
+    perm, t = torch.randperm(data.n_train), time.perf_counter()
+    for i in range(steps):
+        idx = perm[i * bs:(i + 1) * bs]
+        augment(data.images[idx], mean, std), data.labels[idx]
+    return fastai_ms, 1e3 * (time.perf_counter() - t) / steps
 
 
 def model_only_ms(bs: int, width: float = 1.0, reps: int = 20) -> float:
@@ -160,24 +177,33 @@ def main():
           f"random uint8 images; model: NoCompute (width {a.width:g}: "
           f"{sum(p.numel() for p in NoCompute(a.width).parameters()) / 1e6:.3f} M parameters, no convolutions)")
     other = OtherLoad()
-    res = {k: [] for k in ("bare",) + IMPLS}
+    res = {k: [] for k in ("bare",) + IMPLS + ("fit",)}
+    data_res = {"fastai": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.repeats):
             res["bare"].append(ms_per_step(bare_steps(data, a.bs, a.steps + a.warmup, a.width), a.warmup))
             for impl in IMPLS:
                 res[impl].append(ms_per_step(fastresnet_steps(data, a.bs, a.steps + a.warmup, impl, Path(tmp),
                                                               a.width), a.warmup))
+            res["fit"].append(ms_per_step(fastresnet_steps(data, a.bs, a.steps + a.warmup, "fused", Path(tmp),
+                                                           a.width, recipe_cbs=False), a.warmup))
+            for k, v in zip(("fastai", "bare"), data_ms(data, a.bs, a.steps)): data_res[k].append(v)
     base = model_only_ms(a.bs, a.width)
     print(other.report())
     m = {k: statistics.median(v) for k, v in res.items()}
     names = {"bare": "bare PyTorch (fused AdamW)", "fused": "fastresnet, adam_impl = fused (default)",
-             "foreach": "fastresnet, adam_impl = foreach", "fastai": "fastresnet, adam_impl = fastai (fastai's Adam)"}
+             "foreach": "fastresnet, adam_impl = foreach", "fastai": "fastresnet, adam_impl = fastai (fastai's Adam)",
+             "fit": "fastresnet's Learner, plain `fit` (no recipe callbacks, no scheduler), fused"}
     print(f"\nNoCompute forward + backward alone: {base:.1f} ms (subtracted below)\n")
     print("| step | ms/step | overhead ms/step | overhead / bare | all repeats (ms/step) |")
     print("|---|---|---|---|---|")
     for k, v in m.items():
         print(f"| {names[k]} | {v:.1f} | {v - base:.1f} | {(v - base) / (m['bare'] - base):.2f}x | "
               f"{', '.join(f'{x:.1f}' for x in res[k])} |")
+    d = {k: statistics.median(v) for k, v in data_res.items()}
+    print(f"\ndata alone, ms a batch: fastresnet's DataLoader + batch transforms {d['fastai']:.1f} "
+          f"({', '.join(f'{x:.1f}' for x in data_res['fastai'])}); the bare loop's gather + augmentation "
+          f"{d['bare']:.1f} ({', '.join(f'{x:.1f}' for x in data_res['bare'])})")
 
 
 if __name__ == "__main__":

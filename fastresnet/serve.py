@@ -22,7 +22,8 @@ from .data import SIZE, DataError, load_image
 from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
-__all__ = ["gradio", "resolve_model", "run_facts", "example_images", "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
+__all__ = ["gradio", "resolve_model", "run_facts", "example_images",
+           "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
 
 MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
 MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself

@@ -50,4 +50,4 @@ def test_the_overhead_benchmark_runs_and_prints_its_table():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "ms/step" not in line]
-    assert len(rows) == 4 and "other processes used" in res.stdout
+    assert len(rows) == 5 and "other processes used" in res.stdout and "data alone, ms a batch" in res.stdout
