@@ -1,11 +1,11 @@
 """Adam for the recipe: torch's fused (or multi-tensor) kernels behind fastai's `OptimWrapper`, or fastai's own.
 
-fastai's `Adam` runs a few Python-dispatched tensor operations per parameter and step (~60 parameters
-here: about 21 ms a step on this CPU); torch's fused AdamW updates every parameter in one kernel (about
-3 ms; `benchmarks/bench_optimizer.py`). fastai's schedulers still drive it: `OptimWrapper` maps fastai's `lr`, `mom` (beta1), `sqr_mom`
-(beta2) and `wd` onto torch's parameter-group keys, and its `state_dict` is torch's, so a checkpoint
-resumes exactly. The arithmetic is the same as fastai's Adam with `decouple_wd`: decay by `lr*wd`,
-bias-corrected moments, `eps` added to the root of the second moment.
+fastai's `Adam` runs a few Python-dispatched tensor operations per parameter and step (62 parameter
+tensors here: about 21 ms a step on this CPU); torch's fused AdamW updates every parameter in one kernel
+(about 3 ms; `benchmarks/bench_optimizer.py`). fastai's schedulers still drive it: `OptimWrapper` maps
+fastai's `lr`, `mom` (beta1), `sqr_mom` (beta2) and `wd` onto torch's parameter-group keys, and its
+`state_dict` is torch's, so a checkpoint resumes exactly. The arithmetic is the same as fastai's Adam
+with `decouple_wd`: decay by `lr*wd`, bias-corrected moments, `eps` added to the root of the second moment.
 """
 from __future__ import annotations
 
