@@ -54,7 +54,7 @@ class Recipe:
     beta2: float = setting("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
     eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
     adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach kernels, or fastai's own",
-                             choices=("fused", "foreach", "fastai"))  # optim.ADAM_IMPLS
+                             choices=("fused", "foreach", "fastai"))  # learner.build_learner picks
     # [schedule]
     shape: str = setting("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)

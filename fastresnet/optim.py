@@ -13,9 +13,7 @@ import torch
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
 
-__all__ = ["ADAM_IMPLS", "TorchAdam", "decay_groups"]
-
-ADAM_IMPLS = ("fused", "foreach", "fastai")  # the `adam_impl` setting
+__all__ = ["TorchAdam", "decay_groups"]
 
 
 def decay_groups(model: torch.nn.Module) -> list[list[torch.Tensor]]:

@@ -54,12 +54,12 @@ def run_facts(model_path: Path) -> str:
         tta = f" (flip-TTA {final['accuracy_tta']:.2%})" if final.get("accuracy_tta") is not None else ""
         lines.append(f"**Test accuracy:** {final['accuracy']:.2%}{tta} on {final.get('n_images', 0):,} test images")
     if (d / SETTINGS).is_file():
-        from .config import load_settings
+        from .config import SettingsError, load_settings
         try:
             r = load_settings(d / SETTINGS)
             lines.append(f"**Training:** {r.epochs} epochs, batch {r.bs}, peak at epoch {r.peak_epoch}, "
                          f"width {r.width:g}")
-        except Exception: pass  # facts are a courtesy: a foreign settings file must not stop the page
+        except (SettingsError, OSError): pass  # facts are a courtesy: a bad settings file must not stop the page
     if info:
         n = f"{info['n_train']:,} training images" if "n_train" in info else "training images: unknown"
         if info.get("subset"): n += " (a subset of the data)"
