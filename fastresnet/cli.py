@@ -255,6 +255,7 @@ def cmd_serve(a) -> int:
         return 2
     if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
     print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's stop closes the server like Ctrl-C
     try: serve(a.model, a.host, a.port, a.examples)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "

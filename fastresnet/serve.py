@@ -23,10 +23,11 @@ from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",
-           "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD"]
+           "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL"]
 
 MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
 MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself
+UPLOAD_TTL = 600          # seconds an upload is kept: a long-running page does not fill the disk
 
 
 def gradio():
@@ -69,10 +70,11 @@ def run_facts(model_path: Path) -> str:
     return "\n\n".join(lines)
 
 
-def example_images(model_path: Path, vocab: list[str], folder: str | Path | None = None, n: int = 4) -> list[str]:
+def example_images(model_path: Path, vocab: list[str], folder: str | Path | None = None, n: int = 4,
+                   out: str | Path | None = None) -> list[str]:
     """Example uploads: the first images of `folder` (recursively), else one test image for each of the first `n`
-    classes of the run's own data (copied to a temporary folder, named by class), else `n` generated pictures.
-    Never bundled files."""
+    classes of the run's own data (copied into `out`, named by class), else `n` generated pictures written there.
+    Never bundled files. `out` (a new temporary folder if not given) belongs to the caller, who removes it."""
     from fastai.data.transforms import get_image_files
     if folder is not None:
         files = sorted(get_image_files(folder))[:n]
@@ -80,7 +82,8 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
         return [str(f) for f in files]
     info = read_json_or_none(model_path.parent / RUN) or {}
     test = Path(info["data"]) / "test" if info.get("data") else None
-    out = Path(tempfile.mkdtemp(prefix="fastresnet-examples-"))
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fastresnet-examples-"))
+    out.mkdir(parents=True, exist_ok=True)
     if test is not None and test.is_dir():
         found = {c: next(iter(sorted(get_image_files(test / c))), None) for c in vocab[:n] if (test / c).is_dir()}
         paths = [shutil.copy(f, out / f"{c}{f.suffix}") for c, f in found.items() if f is not None]  # named by class
@@ -102,8 +105,8 @@ def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.
     return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
 
 
-def build_app(model: str | Path, examples: str | Path | None = None):
-    "The Gradio Blocks page for one model (a file or a run folder)."
+def build_app(model: str | Path, examples: str | Path | None = None, workdir: str | Path | None = None):
+    "The Gradio Blocks page for one model (a file or a run folder); copied or generated examples go to `workdir`."
     gr = gradio()
     path = resolve_model(model)
     learn = load_model(path)
@@ -116,7 +119,7 @@ def build_app(model: str | Path, examples: str | Path | None = None):
             raise gr.Error(_upload_message(str(e), file), print_exception=False) from None
         return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)
 
-    with gr.Blocks(title="fastresnet", analytics_enabled=False) as app:
+    with gr.Blocks(title="fastresnet", analytics_enabled=False, delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as app:
         gr.Markdown("# fastresnet: CIFAR-10 classifier\n"
                     f"Upload an image; it is resized to {SIZE}x{SIZE}, as the model was trained on "
                     f"({', '.join(vocab)}).")
@@ -128,7 +131,7 @@ def build_app(model: str | Path, examples: str | Path | None = None):
                 label = gr.Label(num_top_classes=3, label="Top 3 classes", elem_id="label")
                 seen = gr.Image(label=f"What the model sees ({SIZE}x{SIZE}, enlarged)", interactive=False,
                                 elem_id="seen")
-        shown = example_images(path, vocab, examples)
+        shown = example_images(path, vocab, examples, out=workdir)
         gr.Examples(examples=shown, inputs=upload, outputs=[label, seen], fn=predict, run_on_click=True,
                     cache_examples=False, label="Examples (click one)")
         facts = run_facts(path)
@@ -146,11 +149,14 @@ def _upload_message(message: str, file: str | None) -> str:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None) -> None:
-    "Build the page and serve it until interrupted."
-    app = build_app(model, examples)
-    app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
-    app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
-               footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
+    """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and uploads
+    live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs."""
+    with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
+        os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(workdir) / "uploads"))  # not Gradio's shared /tmp/gradio
+        app = build_app(model, examples, workdir)
+        app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
+        app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
+                   footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
 
 
 def _local_theme():

@@ -42,12 +42,12 @@ def test_the_model_file_is_the_weights_when_both_exist(run_dir, tmp_path):
 
 def test_examples_come_from_the_runs_data_or_are_generated(run_dir, tiny_folder, tmp_path):
     vocab = list(load_learner(run_dir / "model.pkl").dls.vocab)
-    ex = example_images(run_dir / "model.safetensors", vocab)
+    ex = example_images(run_dir / "model.safetensors", vocab, out=tmp_path)
     assert [Path(f).name for f in ex] == [f"{c}.png" for c in vocab[:4]]             # the run's test images, by class
     for f, c in zip(ex, vocab):
         assert Path(f).read_bytes() == sorted((tiny_folder / "test" / c).iterdir())[0].read_bytes()
     shutil.copy(run_dir / "model.safetensors", tmp_path / "model.safetensors")   # not in a run folder: generated
-    gen = example_images(tmp_path / "model.safetensors", vocab)
+    gen = example_images(tmp_path / "model.safetensors", vocab, out=tmp_path / "gen")
     assert len(gen) == 4 and all(Image.open(f).size == (32, 32) for f in gen)
 
 
@@ -86,8 +86,11 @@ def _chromium() -> str:
 def server(run_dir):
     port = _free_port()
     log = open(run_dir.parent / "serve.log", "w")
+    tmp = run_dir.parent / "server-tmp"   # the server's /tmp: it must be empty again once the server stops
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "serve", "--model", str(run_dir),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TMPDIR": str(tmp)})
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):  # up to 120 s: importing Gradio and fastai takes a while on two cores
@@ -100,10 +103,13 @@ def server(run_dir):
         assert proc.poll() is None, (run_dir.parent / "serve.log").read_text()
         yield url
     finally:
-        proc.terminate()
+        proc.terminate()   # SIGTERM, as a service manager stops it
         try: proc.wait(10)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
+    assert proc.returncode == 0, (run_dir.parent / "serve.log").read_text()
+    left = [str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file() or f.name.startswith("fastresnet")]
+    assert left == []   # examples and uploads went with the server (Gradio and torch leave only empty folders)
 
 
 def test_the_api_endpoint_answers_like_learn_predict(server, run_dir, tiny_folder):
@@ -197,8 +203,9 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(page, kind, tmp_
     assert _predict_on_page(page, img) == load_learner(run_dir / "model.pkl").predict(img)[0]   # still serving
 
 
-def test_clicking_an_example_classifies_it(page, run_dir):
-    first = Path(example_images(run_dir / "model.safetensors", list(load_learner(run_dir / "model.pkl").dls.vocab))[0])
+def test_clicking_an_example_classifies_it(page, run_dir, tmp_path):
+    vocab = list(load_learner(run_dir / "model.pkl").dls.vocab)
+    first = Path(example_images(run_dir / "model.safetensors", vocab, out=tmp_path)[0])
     if page.locator("#upload input[type=file]").count() == 0:
         page.locator("#upload button[aria-label='Clear']").click()
     page.wait_for_function(f"() => !document.querySelector(\"{LABEL}\")", timeout=30_000)
