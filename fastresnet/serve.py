@@ -151,12 +151,16 @@ def _upload_message(message: str, file: str | None) -> str:
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None) -> None:
     """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and uploads
     live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs."""
+    own_uploads = "GRADIO_TEMP_DIR" not in os.environ  # else the user chose where Gradio keeps uploads
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
-        os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(workdir) / "uploads"))  # not Gradio's shared /tmp/gradio
-        app = build_app(model, examples, workdir)
-        app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
-        app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
-                   footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
+        if own_uploads: os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
+        try:
+            app = build_app(model, examples, workdir)
+            app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
+            app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
+                       footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
+        finally:
+            if own_uploads: os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def _local_theme():
