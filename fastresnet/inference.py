@@ -149,8 +149,8 @@ def load_model(path: str | Path) -> Learner:
 
 def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Tensor:
     """Class probabilities, one row per image, for anything `learn.predict` takes (image paths, PIL images, uint8
-    arrays or tensors): the learner's own test pipeline in batches of `bs`, without autograd."""
-    with torch.no_grad(): return learn.get_preds(dl=learn.dls.test_dl(images, bs=bs))[0]
+    arrays or tensors): the learner's own test pipeline in batches of `bs` (`get_preds` runs without autograd)."""
+    return learn.get_preds(dl=learn.dls.test_dl(images, bs=bs))[0]
 
 
 def top_classes(probs: torch.Tensor, vocab: list[str], k: int = 3) -> list[tuple[str, float]]:
