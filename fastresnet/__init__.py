@@ -5,6 +5,6 @@ __all__ = ["cifar_learner"]
 
 def __getattr__(name):  # `from fastresnet import cifar_learner` without importing fastai for `fastresnet --help`
     if name == "cifar_learner":
-        from .train import cifar_learner
+        from .learner import cifar_learner
         return cifar_learner
     raise AttributeError(f"module 'fastresnet' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """`fastresnet` console script: train, lr-find, evaluate, predict, serve, report, summary.
 
-Every flag that changes the recipe maps onto a `Recipe` field; flags override `--settings`, which
-overrides nothing but the packaged defaults. Errors the user can fix print one paragraph and exit 2.
+Every recipe flag is a `Recipe` field (`--peak-epoch` for `peak_epoch`, `--tta/--no-tta` for a switch);
+flags override `--settings FILE`, which overrides the defaults. Errors the user can fix print one
+paragraph and exit 2.
 """
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ def _setting_type(f):
     return convert
 
 
-def _add_recipe(p: argparse.ArgumentParser) -> None:
-    "One flag per `Recipe` field (`--peak-epoch` for `peak_epoch`, `--tta/--no-tta` for a switch), help from the field."
-    g = p.add_argument_group("recipe (each flag overrides --settings; defaults from the packaged settings.ini)")
-    g.add_argument("--settings", metavar="FILE", help="settings file (default: the packaged settings.ini)")
+def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
+    "One flag per `Recipe` field the command uses, with the field's help, default and range."
+    g = p.add_argument_group("recipe (flags override --settings; defaults: fastresnet/settings.ini)")
+    g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini (over the defaults)")
     for f in fields(Recipe):
         md, default = f.metadata, getattr(Recipe(), f.name)
+        if command == "lr-find" and not md["lr_find"]: continue
         rng = f", one of {', '.join(md['choices'])}" if "choices" in md else ""
         rng += f", at least {md['min']:g}" if "min" in md else ""
         rng += f", at most {md['max']:g}" if "max" in md else ""
@@ -56,8 +58,6 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
         else:
             g.add_argument(_flag(f.name), dest=f.name, type=_setting_type(f), default=None, help=help,
                            metavar=(f.type if isinstance(f.type, str) else f.type.__name__).upper())
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting by its settings.ini name, e.g. --set decouple_wd=false (repeatable)")
 
 
 MODEL_HELP = ("model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run, or the "
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("lr-find", help="run the LR range test alone and print the bounds it gives")
     _add_data(f)
-    _add_recipe(f)
+    _add_recipe(f, "lr-find")
     f.add_argument("--out", metavar="DIR", help="folder for lr_find.json (default: runs/lr-find-<date-time>)")
 
     e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
@@ -109,11 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
-    "settings file (or the packaged one) → --set → flags, with the short-run peak rule of `with_changes`."
-    from .config import load_settings, parse_assignments, with_changes
-    changes = parse_assignments(a.set)
-    changes.update({name: getattr(a, name) for name in _recipe_dests() if getattr(a, name) is not None})
-    return with_changes(load_settings(a.settings), changes, note=lambda m: print(m, file=sys.stderr))
+    "The defaults, then --settings FILE, then the flags; says where a new length moved the peak."
+    from .config import load_settings
+    base = load_settings(a.settings) if a.settings else Recipe()
+    changes = {n: getattr(a, n) for n in _recipe_dests() if getattr(a, n, None) is not None}
+    r = base.replace(**changes)
+    if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch:
+        print(f"note: {r.epochs} epochs: the LR peaks at the end of epoch {r.peak_epoch} (5/24 of training, as "
+              "epoch 5 of 24; --peak-epoch to choose).", file=sys.stderr)
+    return r
 
 
 def _recipe_dests() -> list[str]: return [f.name for f in fields(Recipe)]
@@ -126,19 +130,19 @@ def _raise_interrupt(signum, frame): raise KeyboardInterrupt
 
 
 def cmd_train(a) -> int:
-    from .train import resume_run, train_run
+    from .train import run
     if a.resume:
         given = [_flag(n) for n in _recipe_dests() if getattr(a, n) is not None]
-        given += ["--set"] * bool(a.set) + ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
+        given += ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
         given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite
         if given:
             raise SettingsError(f"--resume continues a run with the settings it started with; "
                                 f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
                                 "with --out (only --data may be given, if the data moved).")
-        return _run_interruptible(lambda: resume_run(Path(a.resume), a.data), Path(a.resume))
+        return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/{_stamp()}")
-    return _run_interruptible(lambda: train_run(r, out, a.data, a.subset, a.overwrite), out)
+    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite), out)
 
 
 def _run_interruptible(fn, run_dir: Path) -> int:
@@ -160,12 +164,10 @@ def _run_interruptible(fn, run_dir: Path) -> int:
 
 
 def cmd_lr_find(a) -> int:
-    from .train import build_run_learner, find_bounds, load_data
+    from .train import lr_find_run
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/lr-find-{_stamp()}")
-    out.mkdir(parents=True, exist_ok=True)
-    learn = build_run_learner(r, load_data(a.data, a.subset), out)
-    b = find_bounds(learn, r, out)
+    b = lr_find_run(r, out, a.data, a.subset)
     print(f"LR bounds: {b.describe()}\nlr_find curve: {out/'lr_find.json'}")
     print(f"Reuse them with: fastresnet train --lr-max {b.lr_max:.4g} --lr-min {b.lr_min:.4g} ...")
     return 0

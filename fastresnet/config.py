@@ -1,7 +1,8 @@
-"""The recipe's settings: one dataclass of defaults, read from and checked against `settings.ini`.
+"""The recipe's settings: the `Recipe` dataclass is the one source of defaults.
 
-The dataclass is the single place defaults live in code; the packaged `settings.ini` states the
-same values for people to read and edit, and a test fails if the two ever disagree.
+The packaged `settings.ini` is generated from it (`python -m fastresnet.config > fastresnet/settings.ini`;
+a test fails if the shipped file differs), so a copy of it is a complete, commented recipe to edit
+and pass back with `--settings FILE`. Standard library only: `fastresnet --help` stays instant.
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings", "recipe_to_ini",
-           "with_changes", "parse_setting", "parse_assignments"]
+__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
+           "recipe_to_ini", "parse_setting", "peak_for"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 
 
 class HintedError(Exception):
-    """An error whose message states the problem in the library's terms; `hint`, if any, is the
-    command-line advice (which flag to use) that the `fastresnet` command adds to it."""
+    "An error stated in the library's terms; `hint` is the flag advice the `fastresnet` command adds."
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
@@ -30,38 +30,41 @@ class SettingsError(HintedError, ValueError):
     "A settings file or flag value that cannot be used; the message says which and why."
 
 
-def setting(section: str, default: Any, help: str, **check: Any) -> Any:
-    "A Recipe field: its settings.ini section, default, help text and allowed range or choices."
-    return field(default=default, metadata=dict(section=section, help=help, **check))
+def setting(section: str, default: Any, help: str, lr_find: bool = True, **check: Any) -> Any:
+    "A Recipe field: its settings.ini section, default, help, range or choices; `lr_find=False`: unused by lr-find."
+    return field(default=default, metadata=dict(section=section, help=help, lr_find=lr_find, **check))
 
 
 @dataclass
 class Recipe:
-    "Every number the recipe uses; `settings.ini` mirrors it section by section."
+    "Every number the recipe uses, by settings.ini section."
     # [train]
     bs: int = setting("train", 512, "batch size", min=1)
-    epochs: int = setting("train", 24, "total epochs", min=1)
-    peak_epoch: int = setting("train", 5, "epoch at whose end the LR peaks", min=1)
+    epochs: int = setting("train", 24, "total epochs (one up to LRMAX at least, one down)", lr_find=False, min=2)
+    peak_epoch: int = setting("train", 5, "the LR peaks at the end of this epoch; a run of other length "
+                              "without it peaks at 5/24 of the epochs, rounded half up", lr_find=False, min=1)
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
     # [optimizer]
-    wd: float = setting("optimizer", 0.8, "weight decay", min=0.0)
+    wd: float = setting("optimizer", 0.8, "weight decay; decoupled, it shrinks decayed weights by lr*wd a step "
+                        "(why 0.8: docs/experiments.md section 7)", min=0.0)
     decouple_wd: bool = setting("optimizer", True, "AdamW-style decoupled decay (true) or L2 in the gradient (false)")
-    wd_bn_bias: bool = setting("optimizer", False, "also decay BatchNorm weights and biases (fastai's `wd_bn_bias`)")
-    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at the LR minimum (cycled against the LR)",
+    wd_bn_bias: bool = setting("optimizer", False, "also decay BatchNorm weights and biases (fastai's wd_bn_bias)")
+    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at LRMIN; cycled down to beta1_min at LRMAX",
                                min=0.0, max=1.0)
-    beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at the LR peak; equal to beta1_max for no cycling",
+    beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at LRMAX; equal to beta1_max for no cycling",
                                min=0.0, max=1.0)
     beta2: float = setting("optimizer", 0.99, "Adam beta2", min=0.0, max=1.0)
     eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
-    adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach kernels, or fastai's own",
-                             choices=("fused", "foreach", "fastai"))  # learner.build_learner picks
+    adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach AdamW kernels, "
+                             "or fastai's own Adam (slower)", choices=("fused", "foreach", "fastai"))
     # [schedule]
-    shape: str = setting("schedule", "linear", "shape of both phases", choices=("linear", "cos"))
-    lr_max: float = setting("schedule", 0.0, "LRMAX; 0 means: take it from the LR range test", min=0.0)
-    lr_min: float = setting("schedule", 0.0, "LRMIN; 0 means: lr_max / lr_min_div", min=0.0)
-    lr_rule: str = setting("schedule", "min_loss", "lr_find point LRMAX derives from (min_loss: lowest smoothed loss)",
-                      choices=("min_loss", "minimum", "valley", "steep", "slide"))  # schedule.RULES
-    lr_max_div: float = setting("schedule", 10.0, "LRMAX = suggestion / lr_max_div", min=1e-9)
+    shape: str = setting("schedule", "linear", "shape of both phases", lr_find=False, choices=("linear", "cos"))
+    lr_max: float = setting("schedule", 0.0, "LRMAX; 0: take it from the LR range test by lr_rule", lr_find=False,
+                            min=0.0)
+    lr_min: float = setting("schedule", 0.0, "LRMIN; 0: LRMAX / lr_min_div", lr_find=False, min=0.0)
+    lr_rule: str = setting("schedule", "minimum", "fastai's lr_find suggestion taken as LRMAX: minimum (LR of the "
+                           "lowest smoothed loss / 10), steep, valley or slide",
+                           choices=("minimum", "steep", "valley", "slide"))
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6)
     lr_find_start: float = setting("schedule", 1e-6, "LR range test start", min=0.0)
@@ -72,21 +75,24 @@ class Recipe:
     flip: bool = setting("augment", True, "random horizontal flip")
     cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
+    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: a cheap "
+                           "CPU proxy)", min=0.01)
     logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
-    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; < 1: a cheaper proxy)",
-                           min=0.01)
     zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0")
-    label_smoothing: float = setting("model", 0.1, "label smoothing of the cross-entropy (0: plain cross-entropy)",
-                                     min=0.0, max=0.5)
+    label_smoothing: float = setting("model", 0.1, "label smoothing of the training loss (0: plain cross-entropy; "
+                                     "test losses are always plain cross-entropy)", min=0.0, max=0.5)
     channels_last: bool = setting("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
-    tta: bool = setting("eval", True, "also report accuracy with flip test-time augmentation (a second test pass)")
+    tta: bool = setting("eval", True, "also report flip test-time augmentation (a second test pass)", lr_find=False)
     # [runtime]
     precision: str = setting("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
-                        choices=("fp32", "bf16", "fp16"))
-    valid_every: int = setting("runtime", 1, "evaluate on the test set every N epochs (0: only after the last)", min=0)
-    sync_bn: bool = setting("runtime", False, "distributed runs: synchronise BatchNorm statistics across processes")
-    compile: bool = setting("runtime", False, "torch.compile the model for training (pays off on GPUs, not on CPUs)")
+                             choices=("fp32", "bf16", "fp16"))
+    valid_every: int = setting("runtime", 1, "test-set pass every N epochs (0: after the last only)", lr_find=False,
+                               min=0)
+    sync_bn: bool = setting("runtime", False, "distributed runs: BatchNorm statistics over the global batch",
+                            lr_find=False)
+    compile: bool = setting("runtime", False, "torch.compile the model for training (pays off on GPUs)",
+                            lr_find=False)
 
     def validate(self) -> "Recipe":
         "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."
@@ -114,17 +120,25 @@ class Recipe:
         return self
 
     def replace(self, **changes: Any) -> "Recipe":
-        "A copy with `changes` applied (None values ignored), validated."
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
+        """A validated copy with `changes` (None values ignored). A new `epochs` without a `peak_epoch`
+        keeps the peak at the same fraction of training (`peak_for`)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "epochs" in changes and "peak_epoch" not in changes and changes["epochs"] >= 2:
+            changes["peak_epoch"] = peak_for(changes["epochs"])
+        return dataclasses.replace(self, **changes).validate()
 
 
-_SECTION_ORDER = dict.fromkeys(f.metadata["section"] for f in fields(Recipe))
-SECTIONS: dict[str, list[str]] = {sec: [f.name for f in fields(Recipe) if f.metadata["section"] == sec]
-                                  for sec in _SECTION_ORDER}
+def peak_for(epochs: int) -> int:
+    "The spec's peak (epoch 5 of 24) for a run of `epochs`: 5/24 of them, rounded half up, at least 1."
+    return max(1, math.floor(epochs * 5 / 24 + 0.5))
+
+
+SECTIONS: dict[str, list[str]] = {}
+for _f in fields(Recipe): SECTIONS.setdefault(_f.metadata["section"], []).append(_f.name)
 
 
 def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
-    "One value as written in a settings file, `--set` or a flag, converted to the field's type."
+    "One value as written in a settings file or a flag, converted to the field's type."
     raw = raw.strip()
     try:
         if f.type in ("bool", bool):
@@ -139,22 +153,20 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
         raise SettingsError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
 
 
-def load_settings(path: str | Path | None = None) -> Recipe:
-    """Read a settings file into a `Recipe`. Missing keys keep their defaults; unknown sections or
-    keys and malformed values are errors, because a typo silently ignored changes the recipe."""
-    path = Path(path) if path is not None else PACKAGED_SETTINGS
+def load_settings(path: str | Path) -> Recipe:
+    """A settings file over the defaults. Unknown sections or keys and malformed values are errors:
+    a typo silently ignored would change the recipe."""
+    path = Path(path)
     if not path.is_file(): raise SettingsError(f"Settings file {path} does not exist.")
-    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)  # `%` is a plain character
+    cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)  # `%` is a character
     try: cp.read(path, encoding="utf-8")
     except configparser.Error as e:
         raise SettingsError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
     except UnicodeDecodeError as e:
         raise SettingsError(f"{path} is not UTF-8 text (byte {e.start}): is it a settings file?") from None
     if cp.defaults():  # configparser would copy [DEFAULT] into every section, past the unknown-key check
-        raise SettingsError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section "
-                            f"({', '.join(SECTIONS)}).")
-    byname = {f.name: f for f in fields(Recipe)}
-    values = {}
+        raise SettingsError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section.")
+    byname, values = {f.name: f for f in fields(Recipe)}, {}
     for sec in cp.sections():
         if sec not in SECTIONS:
             raise SettingsError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
@@ -162,43 +174,23 @@ def load_settings(path: str | Path | None = None) -> Recipe:
             if key not in SECTIONS[sec]:
                 raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
             values[key] = parse_setting(byname[key], raw, str(path))
-    try: return Recipe(**values).validate()
+    try: return Recipe().replace(**values)
     except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
 
 
-def parse_assignments(assignments: list[str]) -> dict:
-    "`KEY=VALUE` strings (the CLI's `--set`) as typed changes for `with_changes`; unknown keys are errors."
-    byname, out = {f.name: f for f in fields(Recipe)}, {}
-    for kv in assignments:
-        if "=" not in kv: raise SettingsError(f"--set {kv!r}: expected KEY=VALUE.")
-        k, v = (x.strip() for x in kv.split("=", 1))
-        if k not in byname: raise SettingsError(f"--set: unknown setting {k!r}; see settings.ini.")
-        out[k] = parse_setting(byname[k], v, "--set")
-    return out
-
-
-def with_changes(r: Recipe, changes: dict, note=print) -> Recipe:
-    """`r` with `changes` applied, keeping the recipe's shape in a short run: when `epochs` changes and
-    the peak would no longer fit (and `peak_epoch` is not among the changes), the LR peaks at the same
-    fraction of training instead (5/24 by default), at least after epoch 1. `note` hears about it."""
-    epochs = changes.get("epochs")
-    if epochs is not None and epochs < 2:
-        raise SettingsError(f"`epochs` is {epochs}: the recipe needs at least 2 epochs, one to climb to LRMAX "
-                            "and one to come back down.")
-    if epochs is not None and changes.get("peak_epoch") is None and r.peak_epoch >= epochs:
-        changes = {**changes, "peak_epoch": max(1, min(epochs - 1, round(epochs * r.peak_epoch / r.epochs)))}
-        note(f"note: {epochs} epochs with the peak at epoch {r.peak_epoch} is impossible; the LR peaks at the end "
-             f"of epoch {changes['peak_epoch']} instead (set peak_epoch to choose).")
-    return r.replace(**changes)
-
-
 def recipe_to_ini(r: Recipe) -> str:
-    "Render a Recipe as settings-file text (used to write the run folder's `settings.ini`)."
-    out = []
+    "A Recipe as a commented settings file: the packaged settings.ini, and each run folder's."
+    out = ["# fastresnet recipe. Copy and edit this file, then: fastresnet train --settings FILE; flags override it.",
+           "# Generated from fastresnet/config.py (python -m fastresnet.config). Why each value: docs/experiments.md.",
+           ""]
     for sec, names in SECTIONS.items():
         out.append(f"[{sec}]")
-        for n in names:
-            v = getattr(r, n)
-            out.append(f"{n} = {str(v).lower() if isinstance(v, bool) else v}")
+        for f in (f for f in fields(Recipe) if f.name in names):
+            v = getattr(r, f.name)
+            out.append(f"{f.name} = {str(v).lower() if isinstance(v, bool) else v}".ljust(27) + f" # {f.metadata['help']}")
         out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(recipe_to_ini(Recipe()), end="")

@@ -2,6 +2,7 @@
 matrix, and predictions for image files, from an exported `.pkl` or a live Learner."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import warnings
@@ -16,10 +17,11 @@ from .config import HintedError, Recipe
 from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
 from .learner import build_learner, unwrap
 from .run import MODEL_PKL, WEIGHTS, atomic_write
+from .legacy import named_state_dict
 from .model import CustomResNet
 
-__all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError", "predict_files",
-           "predict_images", "top_classes", "iter_predictions", "image_files",
+__all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError",
+           "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
            "labelled_dl", "model_file", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
 
 
@@ -44,11 +46,10 @@ def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
     return learn.dls.test_dl(items, with_labels=True, bs=INFER_BS)
 
 
-@torch.no_grad()
 def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> tuple[dict, torch.Tensor]:
     """Accuracy on `dl` (default: the validation set), with flip-TTA if asked (the mean of the
     softmax over the image and its mirror), per-class accuracy and the confusion matrix; and the
-    per-image losses, which `ClassificationInterpretation` needs for the top-loss plot."""
+    per-image test losses (plain cross-entropy), which `ClassificationInterpretation` needs for the top losses."""
     dl = dl if dl is not None else learn.dls.valid
     probs, targs, losses = learn.get_preds(dl=dl, with_loss=True)
     vocab = list(learn.dls.vocab)
@@ -93,18 +94,32 @@ def load_pickled_learner(path: str | Path) -> Learner:
 
 
 def save_weights(learn: Learner, path: str | Path) -> None:
-    "The weights alone as safetensors (no code inside), with the class names and logit scale as metadata."
+    "The weights alone as safetensors (no code inside), with the class names and the recipe as metadata."
     from safetensors.torch import save
-    sd = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    meta = {"vocab": json.dumps(list(learn.dls.vocab)), "logit_scale": str(getattr(learn.model, "logit_scale", 1.0)),
-            "width": str(getattr(learn.model, "width", 1.0)),
-            "format": "fastresnet-weights-1"}
+    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(learn.model).state_dict().items()}
+    r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width, logit_scale=learn.model.logit_scale)
+    meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
+            "recipe": json.dumps(dataclasses.asdict(r))}
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    "Weights from a `.safetensors` file into `model` (files from before the layers had names too)."
+    from safetensors.torch import load_file
+    model.load_state_dict(named_state_dict(load_file(path), model))
+
+
+def _recipe(meta: dict) -> Recipe:
+    "The recipe a weights file was trained with (only width and logit scale in files before format 2)."
+    if "recipe" in meta:
+        known = {f.name for f in dataclasses.fields(Recipe)}
+        return Recipe(**{k: v for k, v in json.loads(meta["recipe"]).items() if k in known})
+    return Recipe(logit_scale=float(meta.get("logit_scale", 1.0)), width=float(meta.get("width", 1.0)))
 
 
 def load_weights_learner(path: str | Path) -> Learner:
     """A Learner for inference from a `.safetensors` file: safe to load from anyone, since no code is
-    unpickled. The preprocessing (normalisation) is rebuilt from the code, not read from the file."""
+    unpickled. Its recipe (model shape, loss) comes from the file; the preprocessing from the code."""
     from safetensors import SafetensorError, safe_open
     path = Path(path)
     if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
@@ -116,9 +131,8 @@ def load_weights_learner(path: str | Path) -> Learner:
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
-    learn = stub_learner(vocab, Recipe(logit_scale=float(meta.get("logit_scale", 1.0)),  # channels_last: 1.25x faster
-                                       width=float(meta.get("width", 1.0))))
-    try: learn.model.load_state_dict(sd)
+    learn = stub_learner(vocab, _recipe(meta).replace(precision="fp32", compile=False))
+    try: learn.model.load_state_dict(named_state_dict(sd, learn.model))
     except RuntimeError as e:
         raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
     return learn
@@ -195,9 +209,3 @@ def image_files(paths: list[str | Path]) -> list[Path]:
             out += found
         else: out.append(p)
     return out
-
-
-def predict_files(learn: Learner, files: list[str | Path], bs: int = INFER_BS) -> tuple[list[dict], list[str]]:
-    "`iter_predictions` collected: the predictions, and the messages of the files that could not be read."
-    rows = list(iter_predictions(learn, files, bs))
-    return [r for r in rows if "error" not in r], [r["error"] for r in rows if "error" in r]

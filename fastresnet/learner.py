@@ -1,5 +1,5 @@
-"""The Learner of the recipe and the callbacks that make a long CPU run safe: an atomic per-epoch
-checkpoint that resumes exactly, and a stop on a diverging loss."""
+"""The recipe's Learner (`cifar_learner`: data, DataBlock, CustomResNet, Adam, loss) and the callbacks
+that make a long CPU run safe: a per-epoch checkpoint that resumes exactly, and a loud stop on divergence."""
 from __future__ import annotations
 
 import contextlib
@@ -11,47 +11,76 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches to_fp16/to_bf16 onto Learner)
+from fastai.callback.tracker import TerminateOnNaNCallback
+from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
-from fastai.callback.core import Callback, CancelValidException
-from fastai.callback.tracker import TerminateOnNaNCallback
-from fastai.data.core import DataLoaders
+from fastai.torch_core import default_device, rank_distrib, set_seed
 from fastcore.basics import noop
 
-from .config import HintedError, Recipe, SettingsError
-from .model import CustomResNet
-from .optim import TorchAdam, decay_groups
+from . import distributed as dist
+from .config import HintedError, Recipe, SettingsError, load_settings
+from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
+from .model import CustomResNet, resnet_split
+from .optim import TorchAdam
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
+from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
-__all__ = ["build_learner", "check_runtime", "CompileModel", "unwrap", "plain_output", "rng_state", "set_rng_state",
-           "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery", "StopOnNaN", "DivergedError"]
+__all__ = ["cifar_learner", "load_data", "build_learner", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
+           "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
+           "StopOnNaN", "DivergedError"]
 
+
+def load_data(data: str | Path | CifarArrays | None, subset: int | None = None) -> CifarArrays:
+    "CIFAR-10 from a folder (None: fastai's download), or arrays already loaded; a balanced `subset` if asked."
+    arrays = data if isinstance(data, CifarArrays) else load_cifar(data)
+    return balanced_subset(arrays, subset) if subset else arrays
+
+
+def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
+                  path: str | Path = ".", subset: int | None = None, **changes) -> Learner:
+    """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, CIFAR-10 from `data`
+    (a folder as for `fastresnet train --data`; `None` downloads it) through the recipe's DataBlock into
+    CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file; default: the
+    recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
+
+        learn = cifar_learner("PATH/TO/cifar10")
+        lrs = learn.lr_find(suggest_funcs=minimum)   # lrs.minimum = (LR at the lowest loss) / 10 = LRMAX
+        learn.fit_one_cycle_peak(24, lrs.minimum / 100, lrs.minimum, peak_epoch=5)
+        learn.export("model.pkl")
+    """
+    r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
+    r = r.replace(**changes)
+    check_runtime(r)
+    arrays = load_data(data, subset)
+    set_seed(r.seed, reproducible=True)
+    dls = cifar_dls(arrays, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # GPU if there is one
+    learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
+    if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
+    return learn
 
 
 def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learner:
-    "CustomResNet + cross-entropy + Adam, configured from the recipe. `path` is where fastai saves files."
-    loss = (LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing
-            else CrossEntropyLossFlat())
+    "CustomResNet + loss + Adam from the recipe, on `dls`. `path` is where fastai saves files; `learn.recipe` is `r`."
+    loss = LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing else CrossEntropyLossFlat()
     hyper = dict(mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
-    split = {}
-    if r.adam_impl == "fastai": opt = partial(Adam, **hyper)  # wd_bn_bias is honoured per parameter (`do_wd`)
-    else:  # torch's kernels: BatchNorm parameters and biases get a parameter group without decay
-        opt = partial(TorchAdam, impl=r.adam_impl, no_wd=() if r.wd_bn_bias else (1,), **hyper)
-        if not r.wd_bn_bias: split = dict(splitter=decay_groups)
+    opt = partial(Adam, **hyper) if r.adam_impl == "fastai" else partial(TorchAdam, impl=r.adam_impl, **hyper)
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
                          width=r.width)
-    # AccumMetric keeps every prediction and computes accuracy once over all of them; under a distributed
-    # launch fastai gathers them from every process (padding removed), so each test image counts once.
-    metric = AccumMetric(accuracy, flatten=False)
-    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=metric, wd=r.wd, wd_bn_bias=r.wd_bn_bias,
-                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), path=path, model_dir=".", **split)
+    # AccumMetric computes accuracy once over every prediction; under a distributed launch fastai gathers them
+    # from every process (padding removed), so each test image counts once.
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=AccumMetric(accuracy, flatten=False),
+                    splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, moms=(r.beta1_max, r.beta1_min, r.beta1_max),
+                    path=path, model_dir=".", cbs=PlainTestLoss() if r.label_smoothing else None)
+    learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
-    check_runtime(r)
     if r.precision != "fp32": learn.to_fp16() if r.precision == "fp16" else learn.to_bf16()
     if r.compile: learn.add_cb(CompileModel())
     return learn
@@ -62,6 +91,17 @@ def check_runtime(r: Recipe) -> None:
     if r.precision != "fp32" and not torch.cuda.is_available():
         raise SettingsError(f"precision = {r.precision} needs a CUDA GPU: fastai's mixed precision autocasts "
                             "for CUDA only, so on this CPU it would silently train in fp32. Use fp32 here.")
+
+
+class PlainTestLoss(Callback):
+    """The test loss as plain cross-entropy while the Learner's `loss_func` (the training loss) is smoothed:
+    smoothed losses cannot fall below ~0.5 nats and do not compare across smoothing settings. Covers the
+    Recorder's `valid_loss` and `get_preds(with_loss=True)` (top losses)."""
+    order = -1
+    def after_loss(self):
+        if self.training or not self.yb: return          # no labels (test_dl, predict): no loss
+        reduction = getattr(self.loss_func, "reduction", "mean")  # fastai's get_preds asks for 'none'
+        self.learn.loss = F.cross_entropy(self.pred.float(), self.y.long(), reduction=reduction)
 
 
 class CompileModel(Callback):
@@ -123,18 +163,11 @@ def set_rng_state(learn: Learner, s: dict) -> None:
 # ---------------------------------------------------------------- callbacks
 class RunCheckpoint(Callback):
     """After every epoch: append the epoch's row to the metrics history, write `metrics.csv` /
-    `metrics.json`, and save model + optimizer + RNG + history atomically to `checkpoint.pth`."""
+    `metrics.json` / `schedule.json`, and save model + optimizer + RNG + history + schedule to `checkpoint.pth`."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
-                 hps: dict | None = None):
+    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None):
         self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
-        self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}  # per-batch, as applied
-
-    def after_batch(self):
-        if self.training:
-            h = self.opt.hypers[-1]  # built anew from the parameter groups on each read: once a step
-            for k in self.hps: self.hps[k].append(float(h[k]))
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
@@ -153,9 +186,9 @@ class RunCheckpoint(Callback):
         ck = {"epoch": self.epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
-              "hps": self.hps}
+              "hps": self.one_cycle_peak.hps}  # the LR and beta1 of every step so far, as the schedule set them
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
-        write_metrics(self.run_dir, self.history, self.hps)
+        write_metrics(self.run_dir, self.history, ck["hps"])
 
 
 class MuteSkippedEpochs(Callback):

@@ -2,8 +2,8 @@
 named layers (`prep`, `layer1`, `layer2`, `layer3`, `pool`, `gap`, `flatten`, `fc`) as in the spec.
 
 Convolutions carry no bias because every one is followed by BatchNorm, whose shift makes a
-conv bias redundant. The network ends in raw logits: softmax lives in the loss
-(`CrossEntropyLossFlat` applies it at predict time), so it is never applied twice.
+conv bias redundant. The network ends in raw logits: softmax lives in the loss (fastai's
+`LabelSmoothingCrossEntropyFlat` or `CrossEntropyLossFlat`, whose activation `predict` applies), never twice.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["conv_bn", "Residual", "CustomResNet"]
+__all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split"]
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
@@ -74,42 +74,13 @@ class CustomResNet(nn.Sequential):
         out = super().forward(x)
         return out * self.logit_scale if self.logit_scale != 1.0 else out
 
-    def __setstate__(self, state):
-        "A learner exported before the layers had names unpickles into the named layout, weights unchanged."
+    def __setstate__(self, state):  # learners pickled before the layers had names (fastresnet.legacy)
         super().__setstate__(state)
-        if "0" in self._modules: _name_layers(self)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Weights saved before the layers had names (keys like `1.1.res.0.0.weight`) are mapped by
-        position onto the named keys; anything that does not line up is an error that says so."""
-        keys = list(state_dict)
-        if keys and keys[0][:1].isdigit():
-            own = self.state_dict()
-            if len(own) != len(keys) or any(own[k].shape != state_dict[o].shape for k, o in zip(own, keys)):
-                raise RuntimeError("These weights have positional keys (an older fastresnet) that do not line up "
-                                   "with this CustomResNet's layers: a different width or number of classes?")
-            state_dict = OrderedDict((k, state_dict[o]) for k, o in zip(own, keys))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if "0" in self._modules:
+            from .legacy import name_positional_layers
+            name_positional_layers(self)
 
 
-_BLOCK_NAMES = {nn.Conv2d: "conv", nn.MaxPool2d: "pool", nn.BatchNorm2d: "bn", nn.ReLU: "relu"}
-
-
-def _name_layers(model: CustomResNet) -> None:
-    "Rename an old positional CustomResNet's children in place: `0` → `prep`, `1.1.res.0` → `layer1.res.branch.a`..."
-    def name_block(seq: nn.Sequential):
-        seq._modules = OrderedDict((_BLOCK_NAMES[type(m)], m) for m in seq._modules.values())
-    top = list(model._modules.values())
-    model._modules = OrderedDict(zip(["prep", "layer1", "layer2", "layer3", "pool", "gap", "flatten", "fc"], top))
-    name_block(model.prep)
-    name_block(model.layer2)
-    for layer in (model.layer1, model.layer3):
-        conv, res = layer._modules.values()
-        layer._modules = OrderedDict(conv=conv, res=res)
-        name_block(conv)
-        res._modules = OrderedDict(branch=res._modules.pop("res"))
-        a, b = res.branch._modules.values()
-        res.branch._modules = OrderedDict(a=a, b=b)
-        for block in (a, b): name_block(block)
-    model.__dict__.setdefault("width", model.fc.in_features / 512)
-    model.__dict__.setdefault("logit_scale", 1.0)
+def resnet_split(m: CustomResNet) -> list[list[nn.Parameter]]:
+    "fastai's `splitter`: two layer groups, the body and the `fc` head (`freeze` trains the head alone)."
+    return [[p for n, p in m.named_parameters() if not n.startswith("fc.")], list(m.fc.parameters())]

@@ -11,7 +11,7 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
-from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, read_json_or_none
+from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, atomic_write, read_json_or_none
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "write_report", "make_report", "PLOTS"]
@@ -22,7 +22,7 @@ PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per b
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -69,8 +69,8 @@ def plot_metrics(run_dir: Path) -> Path | None:
     epochs = [row["epoch"] + 1 for row in history]
     def column(key): return [np.nan if row.get(key) is None else row[key] for row in history]  # None: no test pass
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    loss_ax.plot(epochs, column("train_loss"), "o-", label="train (augmented, smoothed)")
-    loss_ax.plot(epochs, column("valid_loss"), "o-", label="test")
+    loss_ax.plot(epochs, column("train_loss"), "o-", label="train (augmented; the training loss)")
+    loss_ax.plot(epochs, column("valid_loss"), "o-", label="test (plain cross-entropy)")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.plot(epochs, column("train_accuracy"), "o-", label="train (augmented)")
     acc_ax.plot(epochs, column("valid_accuracy"), "o-", label="test")
@@ -124,7 +124,7 @@ def write_report(run_dir: Path) -> Path:
     lines += [f"- data: `{info.get('data')}`{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
     if bounds: lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "
-                            f"(rule: {bounds['rule']}, suggestion {bounds['suggestion']:.4g})")
+                            f"(rule: {bounds['rule']})")
     lines.append("")
     if final:
         lines += ["| class | accuracy |", "|---|---|"]
@@ -133,7 +133,7 @@ def write_report(run_dir: Path) -> Path:
         if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if (run_dir / SETTINGS).exists():
         lines += ["## Settings", "", "```ini", (run_dir / SETTINGS).read_text().strip(), "```", ""]
-    (run_dir / REPORT).write_text("\n".join(lines))
+    atomic_write(run_dir / REPORT, lambda f: f.write("\n".join(lines).encode()))
     return run_dir / REPORT
 
 

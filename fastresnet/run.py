@@ -1,8 +1,10 @@
 """The run folder: every file a run writes, its name and format, and how it is written. Every
-file goes through `atomic_write` (temporary file, fsync, rename, the umask's mode), so a crash or a
-full disk leaves the previous version intact, never a half-written one."""
+file, the exported learner and the plots included, goes through `atomic_path` (temporary file, fsync,
+rename, the umask's mode), so a crash or a full disk leaves the previous version intact, never a
+half-written one; a new run's first files appear together (`start_run_dir`)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -18,7 +20,8 @@ from fastcore.foundation import L
 from .config import HintedError
 
 __all__ = ["RunError", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
-           "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_write",
+           "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_path", "atomic_write",
+           "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
            "run_data", "to_plain", "load_checkpoint", "write_metrics"]
 
@@ -40,20 +43,29 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash or a full disk
-    leaves the previous file intact, never a half-written one. The file gets the umask's mode."""
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    "A temporary path beside `path` to write to; when the block succeeds it is fsynced and renamed onto `path`."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, umask_mode())
+        with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+
+def atomic_write(path: Path, write) -> None:
+    "`write(f)` into a binary file object; the file appears at `path` only complete (`atomic_path`)."
+    with atomic_path(path) as tmp, open(tmp, "wb") as f: write(f)
+
+
+def atomic_export(learn, path: Path) -> None:
+    "fastai's `learn.export`, through `atomic_path`: a full disk never leaves a half-written model.pkl."
+    with atomic_path(path) as tmp: learn.export(tmp)
 
 
 def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))

@@ -9,7 +9,9 @@ from fastresnet.config import PACKAGED_SETTINGS, Recipe, SettingsError, load_set
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_packaged_settings_equal_code_defaults():
+def test_packaged_settings_file_is_generated_from_the_recipe():
+    "Recipe is the one source of defaults; the shipped settings.ini is its rendering (python -m fastresnet.config)."
+    assert PACKAGED_SETTINGS.read_text() == recipe_to_ini(Recipe())
     assert load_settings(PACKAGED_SETTINGS) == Recipe()
 
 
@@ -34,7 +36,7 @@ def test_round_trip_through_ini(tmp_path):
     ("[train]\nbatch = 3\n", "unknown key `batch`"),
     ("[trian]\nbs = 3\n", r"unknown section \[trian\]"),
     ("[train]\nbs = many\n", "not a valid int"),
-    ("[train]\nepochs = 0\n", "at least 1"),
+    ("[train]\nepochs = 1\n", "at least 2"),
     ("[train]\nbs = -4\n", "at least 1"),
     ("[train]\nepochs = 5\npeak_epoch = 5\n", "peak_epoch"),
     ("[schedule]\nlr_max = 0.01\nlr_min = 0.02\n", "LRMIN"),
@@ -56,23 +58,25 @@ def test_missing_settings_file(tmp_path):
 
 def test_flags_override_settings_file(tmp_path):
     p = tmp_path / "s.ini"
-    p.write_text("[train]\nbs = 64\nepochs = 10\n")
-    a = build_parser().parse_args(["train", "--settings", str(p), "--epochs", "7", "--set", "cutout=0"])
-    r = recipe_from_args(a)
-    assert (r.bs, r.epochs, r.cutout, r.peak_epoch) == (64, 7, 0, 5)
+    p.write_text("[train]\nbs = 64\nepochs = 10\npeak_epoch = 4\n")
+    r = recipe_from_args(build_parser().parse_args(["train", "--settings", str(p), "--cutout", "0"]))
+    assert (r.bs, r.epochs, r.cutout, r.peak_epoch) == (64, 10, 0, 4)
+    r = recipe_from_args(build_parser().parse_args(["train", "--settings", str(p), "--epochs", "7"]))
+    assert (r.bs, r.epochs, r.peak_epoch) == (64, 7, 1)              # a new length: the peak at 5/24 of it
 
 
-def test_bad_set_flag():
-    a = build_parser().parse_args(["train", "--set", "colour=red"])
-    with pytest.raises(SettingsError, match="unknown setting"):
-        recipe_from_args(a)
-
-
-def test_short_runs_scale_the_peak_unless_it_is_given(capsys):
-    r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "2"]))
-    assert (r.epochs, r.peak_epoch) == (2, 1) and "peaks at the end of epoch 1" in capsys.readouterr().err
-    r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "12"]))
-    assert r.peak_epoch == 5                                      # still possible: unchanged
+def test_the_short_run_peak_is_one_continuous_rule(capsys):
+    """docs/reliability.md: without --peak-epoch, N epochs peak at round-half-up(5N/24), at least 1. Known answers:
+    5N/24 for N = 6 is 1.25 → 1, for N = 12 is 2.5 → 3, for N = 17 is 3.54 → 4, for N = 24 is 5."""
+    known = {2: 1, 3: 1, 5: 1, 6: 1, 7: 1, 8: 2, 12: 3, 13: 3, 17: 4, 24: 5, 29: 6, 30: 6}
+    peaks = {n: recipe_from_args(build_parser().parse_args(["train", "--epochs", str(n)])).peak_epoch
+             for n in range(2, 31)}
+    assert {n: peaks[n] for n in known} == known
+    assert all(0 <= peaks[n + 1] - peaks[n] <= 1 for n in range(2, 30))   # never jumps, never goes back
+    assert all(1 <= peaks[n] < n for n in peaks)
+    assert "peaks at the end of epoch 1 (5/24 of training" in capsys.readouterr().err
+    r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "12", "--peak-epoch", "5"]))
+    assert r.peak_epoch == 5                                          # given: kept
     with pytest.raises(SettingsError, match="peak_epoch"):
         recipe_from_args(build_parser().parse_args(["train", "--epochs", "4", "--peak-epoch", "4"]))
 
@@ -86,6 +90,18 @@ def test_every_recipe_field_is_a_flag():
     r = recipe_from_args(build_parser().parse_args(
         ["train", "--wd-bn-bias", "--width", "0.5", "--pad-mode", "reflect", "--no-tta", "--lr-find-end", "2"]))
     assert (r.wd_bn_bias, r.width, r.pad_mode, r.tta, r.lr_find_end) == (True, 0.5, "reflect", False, 2.0)
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--peak-epoch", "--lr-max", "--lr-min", "--tta", "--compile",
+                                  "--valid-every", "--shape", "--sync-bn"])
+def test_lr_find_takes_only_the_flags_it_uses(flag, capsys):
+    "The range test ignores the schedule, the evaluation and compilation: lr-find refuses their flags."
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["lr-find", flag, "1"] if flag not in ("--tta", "--compile", "--sync-bn")
+                                  else ["lr-find", flag])
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    a = build_parser().parse_args(["lr-find", "--bs", "64", "--wd", "0.4", "--cutout", "0", "--lr-rule", "valley"])
+    assert (a.bs, a.wd, a.cutout, a.lr_rule) == (64, 0.4, 0, "valley")
 
 
 def test_a_malformed_flag_value_names_the_flag(capsys):

@@ -15,10 +15,11 @@ import torch
 from fastai.learner import Learner
 
 from fastresnet.config import Recipe
-from fastresnet.train import cifar_learner, find_bounds
+from fastresnet.learner import cifar_learner
+from fastresnet.train import _bounds
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1", "--set", "tta=false"]
+FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 
 
 def cli(args, cwd, timeout=600):
@@ -35,7 +36,7 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)                    # fastai's lr_find then reads the curve
     learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
-    b = find_bounds(learn, Recipe(lr_find_iters=141))               # the packaged defaults' rule
+    b = _bounds(learn, learn.recipe, None)                          # the run path, with the defaults' rule
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
 
 
@@ -130,8 +131,8 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
 
 def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
     "The width travels with the weights: a proxy's model.safetensors rebuilds a model of its own width."
-    from fastresnet.inference import load_weights_learner, predict_files
-    from fastresnet.train import train_run
+    from fastresnet.inference import iter_predictions, load_weights_learner
+    from fastresnet.train import run as train_run
     r = Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25, tta=False)
     train_run(r, tmp_path / "w", str(tiny_folder), log=lambda *a: None)
     learn = load_weights_learner(tmp_path / "w" / "model.safetensors")
@@ -139,6 +140,35 @@ def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
     imgs = sorted((tiny_folder / "test").rglob("*.png"))[:4]
     from fastai.learner import load_learner
     with learn.no_bar():
-        a, _ = predict_files(learn, imgs)
-        b, _ = predict_files(load_learner(tmp_path / "w" / "model.pkl"), imgs)
+        a = list(iter_predictions(learn, imgs))
+        b = list(iter_predictions(load_learner(tmp_path / "w" / "model.pkl"), imgs))
     assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported, tmp_path):
+    """A fastai user's habit on the exported learner: new data, `fine_tune`. fastai freezes all layer groups but
+    the last (the fc head) for the first fit, then unfreezes and gives the body LRs 100x below the head's."""
+    from fastai.callback.core import Callback
+    from fastai.learner import load_learner
+    from conftest import make_arrays
+    from fastresnet.data import cifar_dls
+    learn = load_learner(exported)
+    learn.dls = cifar_dls(make_arrays(30, 10), learn.recipe.replace(bs=10))     # new data, same classes
+    learn.path = tmp_path
+    fits = []
+    class Watch(Callback):
+        def before_fit(self):
+            fits.append({"body": self.model.prep.conv.weight.requires_grad, "head": self.model.fc.weight.requires_grad,
+                         "w": self.model.layer2.conv.weight.detach().clone(), "fc": self.model.fc.weight.detach().clone()})
+        def after_batch(self):
+            if self.training and "lrs" not in fits[-1]: fits[-1]["lrs"] = [h["lr"] for h in self.opt.hypers]
+        def after_fit(self):
+            fits[-1]["w_after"] = self.model.layer2.conv.weight.detach().clone()
+            fits[-1]["fc_after"] = self.model.fc.weight.detach().clone()
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, base_lr=1e-3, cbs=Watch())
+    frozen, whole = fits
+    assert (frozen["body"], frozen["head"], whole["body"], whole["head"]) == (False, True, True, True)
+    assert torch.equal(frozen["w"], frozen["w_after"]) and not torch.equal(frozen["fc"], frozen["fc_after"])
+    assert not torch.equal(whole["w"], whole["w_after"])                         # then the body trains too
+    assert whole["lrs"][1] / whole["lrs"][0] == pytest.approx(100)               # slice(base_lr / 100, base_lr)

@@ -96,11 +96,12 @@ def test_named_layers_and_weights_saved_with_positional_keys():
     assert [n for n, _ in m.named_children()] == ["prep", "layer1", "layer2", "layer3", "pool", "gap", "flatten", "fc"]
     old = {f"k{i}": v for i, v in enumerate(m.state_dict().values())}   # same order, positional-style names
     old = {k.replace("k", "0.", 1): v for k, v in old.items()}
+    from fastresnet.legacy import named_state_dict                      # what the weights loader calls
     fresh = CustomResNet()
-    fresh.load_state_dict(old)
+    fresh.load_state_dict(named_state_dict(old, fresh))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
     with pytest.raises(RuntimeError, match="do not line up"):
-        CustomResNet(width=0.5).load_state_dict(old)
+        named_state_dict(old, CustomResNet(width=0.5))
 
 
 def test_a_learner_pickled_before_the_layers_had_names_still_loads():

@@ -14,9 +14,9 @@ from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
 from fastresnet.model import CustomResNet
-from fastresnet.optim import TorchAdam, decay_groups
+from fastresnet.optim import TorchAdam
 from fastresnet.run import load_checkpoint
-from fastresnet.train import resume_run, train_run
+from fastresnet.train import run as train_run
 
 from conftest import make_arrays
 from test_train import Interrupt
@@ -53,12 +53,17 @@ def test_decay_reaches_batchnorm_only_with_wd_bn_bias(impl, wd_bn_bias):
     assert len(nb) > 0 and any(id(p) not in nb for p in learn.model.parameters())
 
 
-def test_decay_groups_split_batchnorm_and_biases_from_weights():
-    m = CustomResNet(width=0.125)
-    decayed, plain = decay_groups(m)
-    assert {id(p) for p in plain} == {id(p) for p in norm_bias_params(m, with_bias=True)}
-    assert all(p.dim() == 4 or p is m.fc.weight for p in decayed)   # conv kernels and the fc weight
-    assert len(decayed) + len(plain) == len(list(m.parameters()))
+def test_layer_groups_are_the_splitters_and_freeze_trains_the_head(arrays, tmp_path):
+    "splitter = fastai's layer groups (body, head): freeze trains fc alone (and BatchNorm, fastai's train_bn)."
+    learn = build_learner(cifar_dls(arrays, Recipe(bs=10)), Recipe(bs=10, width=0.125), tmp_path)
+    learn.freeze()
+    assert len(learn.opt.param_lists) == 2 and len(learn.opt.hypers) == 2
+    trains = {n for n, p in learn.model.named_parameters() if p.requires_grad}
+    assert trains == {n for n, p in learn.model.named_parameters() if n.startswith("fc.") or ".bn." in n}
+    learn.opt.set_hypers(lr=slice(1e-5, 1e-3))                      # discriminative LRs: body, head
+    lr_of = {id(p): g["lr"] for g in learn.opt.opt.param_groups for p in g["params"]}
+    assert lr_of[id(learn.model.prep.conv.weight)] == lr_of[id(learn.model.layer3.res.branch.b.bn.bias)] == 1e-5
+    assert lr_of[id(learn.model.fc.weight)] == lr_of[id(learn.model.fc.bias)] == 1e-3
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -83,8 +88,12 @@ def test_matches_fastais_adam_under_a_changing_lr_and_beta1(impl, decouple):
         for p in norm_bias_params(m, True): opt.state[p]["do_wd"] = False
         return opt
     a = run(fastai_adam)
-    b = run(lambda m: TorchAdam(decay_groups(m), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, decouple_wd=decouple,
-                                impl=impl, no_wd=(1,)))
+    def torch_adam(m):
+        opt = TorchAdam(list(m.parameters()), lr=1e-3, mom=0.95, sqr_mom=0.99, eps=1e-5, decouple_wd=decouple,
+                        impl=impl)
+        for p in norm_bias_params(m, True): opt.state[p]["do_wd"] = False   # what fastai's Learner does
+        return opt
+    b = run(torch_adam)
     moved = (a - torch.cat([p.detach().flatten() for p in m0.parameters()])).abs().max()
     assert moved > 1e-3 and (a - b).abs().max() < 1e-6
 
@@ -108,8 +117,8 @@ def test_fastais_one_cycle_drives_torchs_param_groups():
     lrs = [s[0][0] for s in spy.seen]
     assert lrs[0] == pytest.approx(1e-4) and lrs[4] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
     assert spy.seen[4][0][1] == pytest.approx(0.85) and spy.seen[0][0][1] == pytest.approx(0.95)  # beta1 cycles
-    assert all(s[0][2] == 0.8 and s[1][2] == 0.0 for s in spy.seen)                           # decay: weights only
-    assert all(s[0][:2] == s[1][:2] for s in spy.seen)
+    assert all([g[2] for g in s] == [0.8, 0.0, 0.8, 0.0] for s in spy.seen)   # body, head: decay on weights only
+    assert all(len({g[:2] for g in s}) == 1 for s in spy.seen)
 
 
 def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_path):
@@ -121,5 +130,5 @@ def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_p
     settings.write_text(re.sub(r"(?m)^adam_impl\b.*\n", "", settings.read_text()))
     assert "adam_impl" not in settings.read_text()
     assert "hypers" in load_checkpoint(tmp_path / "old" / "checkpoint.pth")["opt"]   # fastai's optimizer state
-    res = resume_run(tmp_path / "old", log=lambda *a: None)
+    res = train_run(None, tmp_path / "old", resume=True, log=lambda *a: None)
     assert res["n_images"] == 20 and json.loads((tmp_path / "old" / "run.json").read_text())["status"] == "finished"

@@ -11,7 +11,7 @@ from PIL import Image
 from fastresnet import inference
 from fastresnet.cli import main
 from fastresnet.config import Recipe
-from fastresnet.train import train_run
+from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.learner import DivergedError
 from fastresnet.run import atomic_torch_save, load_checkpoint
-from fastresnet.train import train_run
+from fastresnet.train import run as train_run
 
 QUIET = dict(log=lambda *a: None)
 
@@ -36,7 +36,7 @@ def run_cli(args, capsys):
     (["--lr-max", "0.01", "--lr-min", "0.1"], "LRMIN"),
     (["--lr-min", "0.001"], "without `lr_max`"),
     (["--subset", "1000"], "larger than the 40 training images"),
-    (["--set", "nonsense=1"], "unknown setting"),
+    (["--nonsense", "1"], "unknown setting"),
     (["--precision", "bf16"], "needs a CUDA GPU"),
     (["--precision", "fp8"], "choose one of"),
 ])

@@ -15,7 +15,7 @@ import fastresnet.train as T
 from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.data import load_cifar
-from fastresnet.train import train_run
+from fastresnet.train import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a: None)
@@ -51,7 +51,7 @@ def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path
     assert code == 2 and snapshot(run) == before                    # a bad subset is found after the flags parse
     code, _, _ = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--bs", "10",
                           "--epochs", "2", "--lr-max", "0.002"], capsys)
-    assert code == 0 and json.loads((run / "run.json").read_text())["lr_max"] == 0.002       # replaced when valid
+    assert code == 0 and json.loads((run / "lr_bounds.json").read_text())["lr_max"] == 0.002  # replaced when valid
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]                     # no leftovers
 
 
@@ -59,9 +59,9 @@ def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path
 def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     def interrupted(*a, **k): raise KeyboardInterrupt
-    monkeypatch.setattr(T, "find_bounds", interrupted)
+    monkeypatch.setattr(T, "find_bounds", interrupted)                            # the range test, as the run calls it
     code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(out), "--bs", "10", "--epochs", "2",
-                            "--lr-find-iters", "6", "--set", "lr_find_end=1"], capsys)
+                            "--lr-find-iters", "6", "--lr-find-end", "1"], capsys)
     assert code == 130 and f"fastresnet train --resume {out}" in err
     monkeypatch.undo()
     code, out_text, err = run_cli(["train", "--resume", str(out)], capsys)       # the command it named works
@@ -72,7 +72,7 @@ def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, c
 # ---------------------------------------------------------------- one paragraph, exit 2, no traceback
 @pytest.mark.parametrize("args, match", [
     (["--lr-max", "nan"], "finite"), (["--lr-max", "inf"], "finite"), (["--wd", "nan"], "finite"),
-    (["--label-smoothing", "nan"], "finite"), (["--set", "eps=inf"], "finite"),
+    (["--label-smoothing", "nan"], "finite"), (["--eps", "inf"], "finite"),
 ])
 def test_non_finite_values_are_refused_before_any_work(tiny_folder, tmp_path, capsys, args, match):
     code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *args], capsys)
@@ -149,17 +149,17 @@ def test_resume_refuses_recipe_flags(finished, capsys):
 def test_one_short_run_rule_for_flags_and_set(capsys):
     from fastresnet.cli import build_parser, recipe_from_args
     a = recipe_from_args(build_parser().parse_args(["train", "--epochs", "3"]))
-    b = recipe_from_args(build_parser().parse_args(["train", "--set", "epochs=3"]))
+    b = recipe_from_args(build_parser().parse_args(["train", "--epochs", "3"]))
     assert (a.epochs, a.peak_epoch) == (b.epochs, b.peak_epoch) == (3, 1)
     assert capsys.readouterr().err.count("peaks at the end of epoch 1") == 2
-    for bad in (["--epochs", "1"], ["--epochs", "-3"], ["--set", "epochs=1"]):
+    for bad in (["--epochs", "1"], ["--epochs", "-3"], ["--epochs", "1"]):
         code, _, err = run_cli(["train", *bad], capsys)
         assert code == 2 and "at least 2 epochs" in err and "note:" not in err
 
 
 def test_subset_says_what_it_took(tiny_folder, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--subset", "15",
-                            "--bs", "10", "--epochs", "2", "--lr-max", "0.001", "--set", "tta=false"], capsys)
+                            "--bs", "10", "--epochs", "2", "--lr-max", "0.001", "--no-tta"], capsys)
     assert code == 0 and "took 10 images (1 per class)" in err
     assert err.count("fastresnet: warning:") >= 1 and "warnings.warn" not in err       # one line, no source
 
@@ -177,7 +177,7 @@ def test_run_files_honour_the_umask(finished):
 def test_piped_output_has_one_line_per_epoch_and_no_bars(tiny_folder, tmp_path):
     p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out",
                         str(tmp_path / "r"), "--bs", "10", "--epochs", "3", "--lr-find-iters", "6",
-                        "--set", "lr_find_end=1"], capture_output=True, text=True, timeout=600,
+                        "--lr-find-end", "1"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "\r" not in p.stdout and "█" not in p.stdout
@@ -206,7 +206,7 @@ def test_small_messages(finished, tiny_folder, tmp_path, capsys):
 
 def test_resume_prints_no_rows_for_the_epochs_it_skips(tiny_folder, tmp_path, capsys, monkeypatch):
     from fastai.callback.core import Callback
-    from fastresnet.train import resume_run
+    from fastresnet.train import run as train_run
     class StopAfterFirstEpoch(Callback):
         order = 70                                                  # after RunCheckpoint has saved epoch 1
         def after_epoch(self):
@@ -219,7 +219,7 @@ def test_resume_prints_no_rows_for_the_epochs_it_skips(tiny_folder, tmp_path, ca
         shutil.copytree(tmp_path / "r", run)
         capsys.readouterr()
         monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
-        resume_run(run, **QUIET)
+        train_run(None, run, resume=True, **QUIET)
         monkeypatch.undo()
         captured = capsys.readouterr().out
         rows = [l.split()[:2] for l in captured.replace("\r", "\n").splitlines() if l[:1].isdigit()

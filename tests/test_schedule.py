@@ -6,7 +6,7 @@ from fastai.callback.core import CancelFitException, Callback
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
-from fastresnet.schedule import lr_bounds_from_finder, min_loss, run_lr_find
+from fastresnet.schedule import find_bounds, piecewise
 
 
 def tiny_learner(arrays, tmp_path, bs=10, **kw):
@@ -32,12 +32,13 @@ def test_lr_peaks_at_end_of_peak_epoch_and_returns_to_lr_min(arrays, tmp_path, s
 
 
 def test_default_24_epoch_schedule_peaks_after_five_epochs():
-    from fastresnet.schedule import peak_scheds
     n_iter = 98                                                  # 50,000 / 512, last batch kept
-    n = 24 * n_iter
-    f = peak_scheds(0.001, 0.1, 5 * n_iter / (n - 1))["lr"]
-    lrs = np.array([f(i / (n - 1)) for i in range(n)])
+    knots = [0, 5 * n_iter, 24 * n_iter - 1]
+    lrs = np.array([piecewise(i, knots, [0.001, 0.1, 0.001]) for i in range(24 * n_iter)])
     assert lrs.argmax() == 5 * n_iter and lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.001)
+    assert lrs[5 * n_iter // 2] == pytest.approx((0.001 + 0.1) / 2)                         # straight lines
+    cos = piecewise(5 * n_iter / 4, knots, [0.001, 0.1, 0.001], "cos")                   # a quarter up: 1 - cos(pi/4)
+    assert cos == pytest.approx(0.001 + (0.1 - 0.001) * (1 - np.cos(np.pi / 4)) / 2)
 
 
 def test_bad_schedule_arguments(arrays, tmp_path):
@@ -51,29 +52,44 @@ def test_bad_schedule_arguments(arrays, tmp_path):
 def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
     learn = tiny_learner(arrays, tmp_path)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    b, found = run_lr_find(learn, "min_loss", 10, 100, num_it=8)
+    b, found = find_bounds(learn, "minimum", 100, num_it=8)
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(learn.recorder.lrs) == 8 and learn.recorder.lrs[0] < learn.recorder.lrs[-1]
-    assert set(found) == {"min_loss", "minimum", "steep", "valley", "slide"}
-    assert b.lr_max == pytest.approx(found["min_loss"] / 10) and b.lr_min == pytest.approx(b.lr_max / 100)
+    assert set(found) == {"minimum", "steep", "valley", "slide"}
+    assert b.lr_max == pytest.approx(found["minimum"]) and b.lr_min == pytest.approx(b.lr_max / 100)
     assert not any("grad_avg" in st or "sqr_avg" in st for st in learn.opt.state_dict()["state"])  # Adam reset
 
 
-def test_bounds_rule():
-    b = lr_bounds_from_finder(0.2, "minimum", 10, 100)
-    assert (b.lr_max, b.lr_min) == pytest.approx((0.02, 0.0002))
-    with pytest.raises(ValueError, match="no usable .valley. point"):
-        lr_bounds_from_finder(float("nan"), "valley", 10, 100)
+def known_curve():
+    "A range-test curve: steepest fall between LR 10^-3.05 and 10^-3, lowest loss just past 10^-1.5, then a sharp rise."
+    lrs = np.logspace(-6, 1, 141)                                   # 0.05 decades apart
+    x = np.log10(lrs)
+    return lrs, 2 - 1 / (1 + np.exp(-4 * (x + 3.025))) + 5 * np.clip(x + 1.5, 0, None) ** 2
 
 
-def test_suggestions_on_a_known_curve():
-    from fastai.callback.schedule import SuggestionMethod
-    lrs = torch.tensor(np.logspace(-6, 1, 100))
-    losses = torch.tensor([2.0 - 0.1 * np.log10(l / 1e-6) if l < 0.1 else 1.5 + 5 * (l - 0.1) for l in lrs.tolist()])
-    i_min = int(np.argmin(losses.numpy()))
-    assert min_loss(lrs, losses, 100)[0] == pytest.approx(float(lrs[i_min]))          # the bottom of the curve
-    assert SuggestionMethod.Minimum(lrs, losses, 100)[0] == pytest.approx(float(lrs[i_min]) / 10)  # fastai's: / 10
+@pytest.mark.parametrize("rule", ["minimum", "steep", "valley", "slide"])
+def test_every_lr_rule_gives_lrmax_directly(arrays, tmp_path, monkeypatch, rule):
+    """README: LRMAX is fastai's suggestion itself, never divided again; LRMIN = LRMAX / lr_min_div. The formulas
+    on fastai's part of the curve (it drops the first tenth and the last five points): minimum = LR of the lowest
+    loss / 10; steep = LR where the loss falls fastest per decade; valley and slide as fastai computes them."""
+    from fastai.callback import schedule as fs
+    from fastai.learner import Learner
+    lrs, losses = known_curve()
+    def fake_fit(self, n_epoch, cbs=None, **kwargs):                # what fastai's finder leaves in the recorder
+        self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
+    monkeypatch.setattr(Learner, "fit", fake_fit)
+    learn = tiny_learner(arrays, tmp_path)
+    b, _ = find_bounds(learn, rule, 100, num_it=141)
+    l, y = lrs[14:-5], losses[14:-5]
+    slope = np.diff(y) / np.diff(np.log(l))
+    want = {"minimum": l[np.argmin(y)] / 10, "steep": l[np.argmin(slope)],
+            "valley": fs.valley(torch.tensor(l), torch.tensor(y), 141)[0],
+            "slide": fs.slide(torch.tensor(l), torch.tensor(y), 141)[0]}[rule]
+    assert b.lr_max == pytest.approx(want, rel=1e-6) and b.lr_min == pytest.approx(want / 100, rel=1e-6)
+    assert b.rule == rule
+    if rule == "minimum": assert b.lr_max == pytest.approx(10 ** -1.5 / 10, rel=0.13)   # one grid step off at most
+    if rule == "steep": assert b.lr_max == pytest.approx(1e-3, rel=0.13)
 
 
 def test_compiled_training_saves_plain_weights(arrays, tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fastresnet.config import Recipe
 from fastresnet.serve import MAX_PIXELS, example_images, resolve_model, run_facts
-from fastresnet.train import train_run
+from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("FASTRESNET_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))

@@ -17,7 +17,7 @@ import fastresnet.train as T
 from fastresnet.cli import main
 
 pytestmark = pytest.mark.slow
-ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--set", "lr_find_end=1", "--set", "tta=false"]
+ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 
 
 class SigtermAt(Callback):
@@ -46,7 +46,7 @@ def next_point(rng: random.Random, i: int, range_test_ahead: bool) -> tuple[str,
 def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypatch, capsys):
     base = tmp_path / "uninterrupted"
     assert main(["train", "--data", str(tiny_folder), "--out", str(base), *ARGS]) == 0
-    run, build = tmp_path / "interrupted", T.build_run_learner
+    run, build = tmp_path / "interrupted", T.cifar_learner
     rng, codes = random.Random(0), []
     for i in range(10):
         kind, n = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
@@ -61,7 +61,7 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
             learn = build(*a, **k)
             if kind != "checkpoint_write": learn.add_cb(SigtermAt(kind, n))
             return learn
-        monkeypatch.setattr(T, "build_run_learner", setup_with_sigterm)
+        monkeypatch.setattr(T, "cifar_learner", setup_with_sigterm)
         monkeypatch.setattr(learner_mod, "atomic_torch_save", save_then_sigterm)
         start = ["train", "--data", str(tiny_folder), "--out", str(run), *ARGS]
         args = ["train", "--resume", str(run)] if run.exists() else start

@@ -13,16 +13,16 @@ from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.data import load_image
 from fastresnet.run import load_checkpoint
-from fastresnet.train import RunError, resume_run, train_run
+from fastresnet.train import RunError, run as train_run
 
-TINY = ["--bs", "10", "--lr-find-iters", "6", "--set", "lr_find_end=1"]
+TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1"]
 
 
 @pytest.mark.slow
 def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--epochs", "2",
-           "--peak-epoch", "1", "--out", str(out), "--set", "tta=true", *TINY]
+           "--peak-epoch", "1", "--out", str(out), "--tta", *TINY]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "LR bounds: LRMAX" in p.stdout and "Test accuracy" in p.stdout
@@ -33,7 +33,8 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     assert [h["epoch"] for h in hist] == [0, 1]
     assert all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "finished" and run["lr_max"] > run["lr_min"] > 0
+    bounds = json.loads((out / "lr_bounds.json").read_text())
+    assert run["status"] == "finished" and bounds["lr_max"] > bounds["lr_min"] > 0 and bounds["rule"] == "minimum"
     assert 0 <= run["accuracy_tta"] <= 1                         # asked for with tta=true
     learn = load_learner(out / "model.pkl")
     img = tiny_folder / "test" / "cat" / "0003.png"
@@ -99,7 +100,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2)], log=lambda *a: None)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
-    resume_run(tmp_path / "cut", log=lambda *a: None)
+    train_run(None, tmp_path / "cut", resume=True, log=lambda *a: None)
     schedule = lambda run: json.loads((tmp_path / run / "schedule.json").read_text())
     assert schedule("cut") == schedule("full") and len(schedule("full")["lr"]) == 4 * 4   # per-batch LR and beta1
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
@@ -117,3 +118,26 @@ def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
     assert [h["valid_accuracy"] is None for h in hist] == [True, True, False]
     assert all(h["train_loss"] > 0 for h in hist)
     assert "accuracy_tta" in json.loads((tmp_path / "r" / "final.json").read_text())  # flip-TTA is on by default
+
+
+def test_test_loss_is_plain_cross_entropy_while_training_is_smoothed(tiny_folder, tmp_path):
+    """Label smoothing is the training loss only: the reported test loss (metrics, top losses) is -mean(log p_y),
+    and the weights file remembers the smoothing. Smoothed CE would be (1 - eps)·CE + eps·mean_c(-log p_c)."""
+    from fastresnet.inference import evaluate_learner, load_weights_learner
+    from fastresnet.train import learner_for_run
+    out = tmp_path / "r"
+    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, label_smoothing=0.2, tta=False), out,
+              str(tiny_folder), log=lambda *a: None)
+    learn = learner_for_run(out)
+    with learn.no_bar():
+        probs, y = learn.get_preds()
+        _, losses = evaluate_learner(learn, tta=False)
+    logp = probs.log()
+    plain = -logp[torch.arange(len(y)), y]
+    smoothed = 0.8 * plain - 0.2 * logp.mean(1)
+    assert (smoothed.mean() - plain.mean()).abs() > 1e-3                 # the two can be told apart here
+    reported = json.loads((out / "metrics.json").read_text())[-1]["valid_loss"]
+    assert reported == pytest.approx(float(plain.mean()), rel=1e-4)
+    assert torch.allclose(losses, plain, rtol=1e-4, atol=1e-5)          # what ranks top_losses
+    assert learn.loss_func.eps == 0.2                                   # training still smoothed
+    assert load_weights_learner(out / "model.safetensors").loss_func.eps == 0.2

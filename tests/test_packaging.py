@@ -1,0 +1,26 @@
+"What pyproject.toml allows must run: its floors are at least the versions the code needs."
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDS = {"torch": (2, 4),       # torch.optim.AdamW(fused=True) on the CPU: the default adam_impl
+         "torchvision": (0, 19),  # built for torch 2.4
+         "gradio": (6, 0)}      # serve.py: api_visibility= on events, launch(footer_links=, theme=)
+
+
+def floors() -> dict:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]
+    out = {}
+    for req in reqs:
+        m = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", req)
+        if m: out.setdefault(m.group(1).lower(), []).append(tuple(int(x) for x in (m.group(2) + ".0").split(".")[:2]))
+    return out
+
+
+def test_dependency_floors_cover_what_the_code_uses():
+    found = floors()
+    for name, need in NEEDS.items():
+        assert name in found, f"{name} has no floor in pyproject.toml"
+        assert all(v >= need for v in found[name]), f"{name} floor {found[name]} below {need}"
