@@ -39,7 +39,6 @@ from fastresnet.config import Recipe  # noqa: E402
 from fastresnet.data import CifarArrays, balanced_subset, cifar_dls, load_cifar  # noqa: E402
 from fastresnet.learner import build_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
-from fastresnet.optim import decay_groups  # noqa: E402
 
 
 class BatchClock(Callback):
@@ -60,7 +59,7 @@ def bench_floor(bs: int, n_batches: int, warmup: int) -> float:
     "The least a training step can be: the model, the recipe's loss and fused AdamW on tensors made in advance."
     torch.manual_seed(0)
     model = CustomResNet().to(memory_format=torch.channels_last).train()
-    decay, plain = decay_groups(model)
+    decay, plain = [p for p in model.parameters() if p.ndim > 1], [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=1e-4,
                             betas=(0.95, 0.99), eps=1e-5, weight_decay=0.8, fused=True)
     x = torch.randn(bs, 3, 32, 32).contiguous(memory_format=torch.channels_last)

@@ -22,7 +22,6 @@ from fastai.torch_core import set_seed
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls, load_cifar
 from fastresnet.learner import build_learner
-import fastresnet.schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
 GFLOP_PER_IMAGE = 2.3  # forward 0.76 GFLOP x 3 for forward + backward (benchmarks/bench_epoch.py)
 

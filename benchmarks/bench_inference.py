@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import OtherLoad, add_machine_args, forward_flops, header, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
 from fastresnet.data import CifarArrays, load_cifar  # noqa: E402
-from fastresnet.inference import evaluate_learner, labelled_dl, load_model, predict_files, save_weights  # noqa: E402
+from fastresnet.inference import evaluate_learner, labelled_dl, iter_predictions, load_model, save_weights  # noqa: E402
 from fastresnet.inference import stub_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
 
@@ -91,7 +91,7 @@ def main():
         with learn.no_bar(): s, (ev, _) = timed(lambda: evaluate_learner(learn, labelled_dl(learn, data), tta=False))
         res["evaluate"].append(s)
         res["bare_f"].append(timed(lambda: bare_probs(bare, decode(files), a.bs))[0])
-        with learn.no_bar(): s, (rows, errors) = timed(lambda: predict_files(learn, files))
+        with learn.no_bar(): s, rows = timed(lambda: list(iter_predictions(learn, files)))
         res["predict"].append(s)
     print(other.report())
     same = sum(r["class"] == full.vocab[int(i)] for r, i in zip(rows, p_bare.argmax(1)))

@@ -1,4 +1,4 @@
-"""One optimizer step alone on CustomResNet's 62 parameter tensors (6.57 M numbers), random gradients, side by side:
+"""One optimizer step alone on CustomResNet's 26 parameter tensors (6.57 M numbers), random gradients, side by side:
 fastai's `Adam` (per-parameter Python) and torch's AdamW with its for-loop, foreach and fused kernels.
 
     python benchmarks/bench_optimizer.py [--steps 20] [--repeats 3]
@@ -43,7 +43,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     add_machine_args(ap)
     a = ap.parse_args()
-    print(header("one optimizer step, 62 tensors / 6.57 M parameters", wait_for_idle(a)))
+    print(header("one optimizer step, 26 tensors / 6.57 M parameters", wait_for_idle(a)))
     other = OtherLoad()
     res = {k: [] for k in KINDS}
     for _ in range(a.repeats):

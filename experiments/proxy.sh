@@ -8,7 +8,7 @@
 #   DATA=../shared/data/cifar10-jpeg SUBSET=0 WIDTH=0.5 experiments/proxy.sh wd0.4 --wd 0.4
 #
 # Subset proxies take fewer steps than the full run (120 against 2,352), so a full-run decay needs
-# --set wd=<that decay × 19.6> (× 9.8 with SUBSET=5000); docs/experiments.md §2 explains why. Width
+# --wd <that decay × 19.6> (× 9.8 with SUBSET=5000); docs/experiments.md §2 explains why. Width
 # proxies take the full run's steps, schedule and decay unchanged. Cost on 2 CPU cores: a width-0.25
 # run ~0.4 h, width 0.5 ~1.5 h (experiments/width_cost.py). Continue an interrupted proxy with
 # `fastresnet train --resume OUT/NAME`.
@@ -18,7 +18,7 @@ data=${DATA:-../shared/data/cifar10-jpeg}
 subset=${SUBSET:-2500}
 width=${WIDTH:-1}
 out=${OUT:-runs/proxy}/$name
-cut=(); [ "$subset" != 0 ] && cut+=(--subset "$subset"); [ "$width" != 1 ] && cut+=(--set width="$width")
+cut=(); [ "$subset" != 0 ] && cut+=(--subset "$subset"); [ "$width" != 1 ] && cut+=(--width "$width")
 start=$(date +%s)
 fastresnet train --data "$data" "${cut[@]}" --out "$out" "$@"
 secs=$(( $(date +%s) - start ))

@@ -45,7 +45,7 @@ def _setting_type(f):
 def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
     "One flag per `Recipe` field the command uses, with the field's help, default and range."
     g = p.add_argument_group("recipe (flags override --settings; defaults: fastresnet/settings.ini)")
-    g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini (over the defaults)")
+    g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini")
     for f in fields(Recipe):
         md, default = f.metadata, getattr(Recipe(), f.name)
         if command == "lr-find" and not md["lr_find"]: continue

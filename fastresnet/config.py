@@ -40,7 +40,7 @@ class Recipe:
     "Every number the recipe uses, by settings.ini section."
     # [train]
     bs: int = setting("train", 512, "batch size", min=1)
-    epochs: int = setting("train", 24, "total epochs (one up to LRMAX at least, one down)", lr_find=False, min=2)
+    epochs: int = setting("train", 24, "total epochs (at least one up to LRMAX and one down)", lr_find=False, min=2)
     peak_epoch: int = setting("train", 5, "the LR peaks at the end of this epoch; a run of other length "
                               "without it peaks at 5/24 of the epochs, rounded half up", lr_find=False, min=1)
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
@@ -187,7 +187,8 @@ def recipe_to_ini(r: Recipe) -> str:
         out.append(f"[{sec}]")
         for f in (f for f in fields(Recipe) if f.name in names):
             v = getattr(r, f.name)
-            out.append(f"{f.name} = {str(v).lower() if isinstance(v, bool) else v}".ljust(27) + f" # {f.metadata['help']}")
+            line = f"{f.name} = {str(v).lower() if isinstance(v, bool) else v}"
+            out.append(f"{line:27} # {f.metadata['help']}")
         out.append("")
     return "\n".join(out)
 

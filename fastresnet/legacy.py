@@ -12,7 +12,7 @@ _BLOCK_NAMES = {nn.Conv2d: "conv", nn.MaxPool2d: "pool", nn.BatchNorm2d: "bn", n
 
 
 def name_positional_layers(model: nn.Module) -> None:
-    "Rename an unpickled positional CustomResNet's children in place: `0` → `prep`, `1.1.res.0` → `layer1.res.branch.a`."
+    "An unpickled positional CustomResNet renamed in place: `0` → `prep`, `1.1.res.0` → `layer1.res.branch.a`..."
     def name_block(seq: nn.Sequential):
         seq._modules = OrderedDict((_BLOCK_NAMES[type(m)], m) for m in seq._modules.values())
     model._modules = OrderedDict(zip(["prep", "layer1", "layer2", "layer3", "pool", "gap", "flatten", "fc"],

@@ -11,7 +11,8 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
-from .run import FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, atomic_write, read_json_or_none
+from .run import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, atomic_write,
+                  read_json_or_none)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "write_report", "make_report", "PLOTS"]

@@ -66,7 +66,8 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
                 print(f"process {rank_distrib()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
                       f"(global batch {r.bs})", flush=True)
             cbs = [StopOnNaN(), *extra_cbs]
-            if dist.is_main(): cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"]))
+            if dist.is_main():
+                cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"]))
             if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
@@ -114,7 +115,7 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
     "LRMIN/LRMAX as given, or from the LR range test on the training pipeline (its curve saved in the run folder)."
     if r.lr_max: bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
     else:
-        if dist.is_main(): log(f"LR range test: {r.lr_find_iters} batches from {r.lr_find_start:g} to {r.lr_find_end:g} ...")
+        if dist.is_main(): log(f"LR range test: {r.lr_find_iters} batches, LR {r.lr_find_start:g} to {r.lr_find_end:g}")
         try: bounds, found = find_bounds(learn, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start,
                                          r.lr_find_end)
         except ValueError as e: raise RunError(f"{e} Give LRMAX yourself to skip the range test.",
@@ -146,7 +147,7 @@ def _finish(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float
     write_json(run_dir / RUN, info)
     make_report(run_dir, learn, losses)
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
-    log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Learner exported to {run_dir/MODEL_PKL}")
+    log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
     return res
 
 

@@ -159,8 +159,9 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     fits = []
     class Watch(Callback):
         def before_fit(self):
-            fits.append({"body": self.model.prep.conv.weight.requires_grad, "head": self.model.fc.weight.requires_grad,
-                         "w": self.model.layer2.conv.weight.detach().clone(), "fc": self.model.fc.weight.detach().clone()})
+            m = self.model
+            fits.append({"body": m.prep.conv.weight.requires_grad, "head": m.fc.weight.requires_grad,
+                         "w": m.layer2.conv.weight.detach().clone(), "fc": m.fc.weight.detach().clone()})
         def after_batch(self):
             if self.training and "lrs" not in fits[-1]: fits[-1]["lrs"] = [h["lr"] for h in self.opt.hypers]
         def after_fit(self):

@@ -32,11 +32,10 @@ def run_cli(args, capsys):
     (["--epochs", "0"], "`epochs` is 0"),
     (["--bs", "-5"], "`bs` is -5"),
     (["--epochs", "5", "--peak-epoch", "5"], "peak_epoch"),
-    (["--epochs", "1"], "at least 2 epochs"),
+    (["--epochs", "1"], "`epochs` is 1, but it must be at least 2"),
     (["--lr-max", "0.01", "--lr-min", "0.1"], "LRMIN"),
     (["--lr-min", "0.001"], "without `lr_max`"),
     (["--subset", "1000"], "larger than the 40 training images"),
-    (["--nonsense", "1"], "unknown setting"),
     (["--precision", "bf16"], "needs a CUDA GPU"),
     (["--precision", "fp8"], "choose one of"),
 ])
