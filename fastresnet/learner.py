@@ -76,8 +76,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     # AccumMetric computes accuracy once over every prediction; under a distributed launch fastai gathers them
     # from every process (padding removed), so each test image counts once.
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=AccumMetric(accuracy, flatten=False),
-                    splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path,
-                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), model_dir=".", cbs=PlainTestLoss() if r.label_smoothing else None)
+                    splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
+                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), cbs=PlainTestLoss() if r.label_smoothing else None)
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     if r.channels_last: learn.add_cb(ChannelsLast())
