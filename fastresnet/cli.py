@@ -7,6 +7,7 @@ paragraph and exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -15,7 +16,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Recipe, SettingsError, parse_setting  # stdlib only: `fastresnet --help` stays instant
+from .config import HintedError, Recipe, SettingsError, parse_setting  # stdlib only: `fastresnet --help` stays instant
 
 __all__ = ["main", "build_parser"]
 
@@ -174,16 +175,14 @@ def cmd_lr_find(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .data import load_cifar
+    from .data import DataError, load_cifar
     from .inference import evaluate_learner, labelled_dl, load_model
     learn = load_model(a.model)
     data = load_cifar(a.data)
     if list(data.vocab) != list(learn.dls.vocab):
-        from .data import DataError
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
-    if a.json:  # machine-readable stdout: no progress bar in it
-        with learn.no_bar(): res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
-    else: res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
+    with learn.no_bar() if a.json else contextlib.nullcontext():  # machine-readable stdout: no progress bar in it
+        res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -267,31 +266,26 @@ def cmd_serve(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from .inference import evaluate_learner
     from .report import make_report
-    from .train import learner_for_run
-    run_dir = Path(a.run_dir)
     from .run import RUN, RunError
-    if not (run_dir / RUN).is_file():
-        raise RunError(f"{run_dir} is not a fastresnet run folder (no run.json).")
+    from .train import learner_for_run
+    if not (Path(a.run_dir) / RUN).is_file():
+        raise RunError(f"{a.run_dir} is not a fastresnet run folder (no run.json).")
+    learn = losses = None
     try:
-        learn = learner_for_run(run_dir, a.data)
+        learn = learner_for_run(a.run_dir, a.data)
+        _, losses = evaluate_learner(learn, tta=False)
     except Exception as e:  # no data here, no weights yet: the file-based plots still come out
         print(f"note: top-loss and augmentation plots skipped ({e})", file=sys.stderr)
-        learn = None
-    losses = None
-    if learn is not None:
-        from .inference import evaluate_learner
-        _, losses = evaluate_learner(learn, tta=False)
-    print(f"Report: {make_report(run_dir, learn, losses)}")
+    print(f"Report: {make_report(a.run_dir, learn, losses)}")
     return 0
 
 
 def cmd_summary(a) -> int:
-    from .config import Recipe
     from .data import CIFAR_CLASSES
     from .inference import stub_learner
-    r = Recipe(channels_last=False)
-    learn = stub_learner(CIFAR_CLASSES, r)
+    learn = stub_learner(CIFAR_CLASSES, Recipe(channels_last=False))
     with learn.no_bar(): print(learn.summary())
     return 0
 
@@ -308,15 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*load_learner` uses Python's insecure pickle.*")
             warnings.showwarning = _show_warning
-            from .data import DataError
-            from .inference import ModelFileError
-            from .learner import DivergedError
-            from .run import RunError
             commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
                         "serve": cmd_serve, "report": cmd_report, "summary": cmd_summary}
             try:
                 return commands[a.command](a)
-            except (SettingsError, DataError, ModelFileError, RunError, DivergedError) as e:
+            except HintedError as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
                 print(f"fastresnet: error: {e}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing
