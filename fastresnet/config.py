@@ -85,8 +85,10 @@ class Recipe:
     # [eval]
     tta: bool = setting("eval", True, "also report flip test-time augmentation (a second test pass)", lr_find=False)
     # [runtime]
-    precision: str = setting("runtime", "fp32", "fp32, or bf16/fp16 mixed precision (fastai's AMP: CUDA only)",
-                             choices=("fp32", "bf16", "fp16"))
+    precision: str = setting("runtime", "fp32", "fp32, or mixed precision: bf16 (GPUs, and CPUs with bf16 units) "
+                             "or fp16 (GPUs)", choices=("fp32", "bf16", "fp16"))
+    deterministic: bool = setting("runtime", False, "GPUs: bit-exact cuDNN kernels (slower) instead of autotuned ones; "
+                                  "CPU runs are exact either way")
     valid_every: int = setting("runtime", 1, "test-set pass every N epochs (0: after the last only)", lr_find=False,
                                min=0)
     sync_bn: bool = setting("runtime", False, "distributed runs: BatchNorm statistics over the global batch",

@@ -14,15 +14,17 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback, CancelValidException
-from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches to_fp16/to_bf16 onto Learner)
-from fastai.callback.tracker import TerminateOnNaNCallback
+from fastai.callback.fp16 import AMPMode, MixedPrecision
+from fastai.callback.progress import ProgressCallback
+from fastcore.foundation import L
+from torch.amp import GradScaler
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner
+from fastai.learner import AvgSmoothLoss, Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import default_device, rank_distrib, set_seed
-from fastcore.basics import noop
+from fastcore.basics import noop, patch
 
 from . import distributed as dist
 from .config import HintedError, Recipe, SettingsError, load_settings
@@ -32,21 +34,15 @@ from .optim import TorchAdam
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
-__all__ = ["cifar_learner", "load_data", "build_learner", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
+__all__ = ["cifar_learner", "build_learner", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
            "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
            "StopOnNaN", "DivergedError"]
-
-
-def load_data(data: str | Path | CifarArrays | None, subset: int | None = None) -> CifarArrays:
-    "CIFAR-10 from a folder (None: fastai's download), or arrays already loaded; a balanced `subset` if asked."
-    arrays = data if isinstance(data, CifarArrays) else load_cifar(data)
-    return balanced_subset(arrays, subset) if subset else arrays
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
                   path: str | Path = ".", subset: int | None = None, **changes) -> Learner:
     """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, CIFAR-10 from `data`
-    (a folder as for `fastresnet train --data`; `None` downloads it) through the recipe's DataBlock into
+    (a folder as for `fastresnet train --data`, arrays, or `None` to download it) through the recipe's DataBlock into
     CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file; default: the
     recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
 
@@ -58,8 +54,11 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
     r = r.replace(**changes)
     check_runtime(r)
-    arrays = load_data(data, subset)
-    set_seed(r.seed, reproducible=True)
+    arrays = data if isinstance(data, CifarArrays) else load_cifar(data)
+    if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
+    set_seed(r.seed)
+    torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
+    torch.backends.cudnn.benchmark = not r.deterministic
     dls = cifar_dls(arrays, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # GPU if there is one
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
@@ -75,22 +74,77 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
                          width=r.width)
     # AccumMetric computes accuracy once over every prediction; under a distributed launch fastai gathers them
     # from every process (padding removed), so each test image counts once.
-    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=AccumMetric(accuracy, flatten=False),
+    learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),
                     splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max), cbs=PlainTestLoss() if r.label_smoothing else None)
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
+    learn.recorder.smooth_loss = SmoothLossOnDevice(learn.recorder.smooth_loss.beta)
     if r.channels_last: learn.add_cb(ChannelsLast())
-    if r.precision != "fp32": learn.to_fp16() if r.precision == "fp16" else learn.to_bf16()
+    if r.precision == "bf16": learn.add_cb(BF16())
+    if r.precision == "fp16": learn.to_fp16()
     if r.compile: learn.add_cb(CompileModel())
     return learn
 
 
+def cpu_native_bf16() -> bool:
+    "Whether this CPU computes bf16 in hardware (flags avx512_bf16 or amx_bf16); elsewhere oneDNN emulates it."
+    try: flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError: return False  # not Linux: unknown, so no
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def check_runtime(r: Recipe) -> None:
     "Refuse settings this machine cannot honour, before any data is loaded."
-    if r.precision != "fp32" and not torch.cuda.is_available():
-        raise SettingsError(f"precision = {r.precision} needs a CUDA GPU: fastai's mixed precision autocasts "
-                            "for CUDA only, so on this CPU it would silently train in fp32. Use fp32 here.")
+    if r.precision == "fp16" and not torch.cuda.is_available():
+        raise SettingsError("precision = fp16 needs a CUDA GPU (fp16 with loss scaling is a GPU format). Use fp32, "
+                            "or bf16 on a CPU with bf16 units.")
+    if r.precision == "bf16" and not torch.cuda.is_available() and not cpu_native_bf16():
+        raise SettingsError("precision = bf16 needs a GPU or a CPU with bf16 units (the avx512_bf16 or amx_bf16 flag); "
+                            "this CPU would emulate it, slower than fp32. Use fp32 here.")
+
+
+class BF16(MixedPrecision):
+    "fastai's mixed precision in bf16 on the data's device (CPU too; fastai's autocasts for CUDA only); fp32 weights."
+    def __init__(self): super().__init__(AMPMode.BF16)
+    def before_fit(self):  # bf16 has fp32's range: no loss scaling (a disabled GradScaler, as fastai's bf16 has)
+        device = getattr(self.dls.device, "type", "cpu")
+        self.autocast, self.scales = torch.autocast(device, torch.bfloat16), L()
+        self.learn.scaler = GradScaler(device, enabled=False)
+
+
+# ---------------------------------------------------------------- no waiting on the device
+SYNC_EVERY = 50  # training batches between the host's reads of values on the device (loss shown, NaN check)
+
+
+class SmoothLossOnDevice(AvgSmoothLoss):
+    "fastai's smoothed training loss, kept where the loss is: fastai's copies it to the host every batch (a sync)."
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().mean().float()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class Accuracy(AccumMetric):
+    """fastai's accuracy over every prediction; on training batches counted on the device (fastai copies every
+    batch's predictions to the host). Under a distributed launch the training figure is rank 0's share."""
+    def __init__(self): super().__init__(accuracy, flatten=False)
+    def reset(self): super().reset(); self.hits = self.seen = None
+    def accumulate(self, learn):
+        if not learn.training: return super().accumulate(learn)
+        hits = (learn.pred.argmax(-1) == learn.y).sum()
+        first = self.hits is None
+        self.hits, self.seen = (hits, len(learn.y)) if first else (self.hits + hits, self.seen + len(learn.y))
+    @property
+    def value(self): return super().value if self.hits is None else self.hits.float() / self.seen
+
+
+@patch
+def after_batch(self: ProgressCallback):
+    "fastai's bar, its loss read with the NaN check (every SYNC_EVERY batches) and at the last, not every batch."
+    self.pbar.update(self.iter + 1)
+    if hasattr(self, "smooth_loss") and ((self.iter + 1) % SYNC_EVERY == 0 or self.iter + 1 == self.n_iter):
+        self.pbar.comment = f"{self.smooth_loss.item():.4f}"
 
 
 class PlainTestLoss(Callback):
@@ -219,17 +273,26 @@ class DivergedError(HintedError, RuntimeError):
     "Training produced a non-finite loss."
 
 
-class StopOnNaN(TerminateOnNaNCallback):
-    """fastai's `TerminateOnNaNCallback`, but loud: it stops at the first non-finite training loss with
-    an error naming the epoch, batch and LR, and whether a checkpoint exists (fastai's stops silently)."""
+class StopOnNaN(Callback):
+    """Stop within SYNC_EVERY batches of the first non-finite training loss, and always before the epoch's
+    checkpoint, with an error naming the epoch, batch and LR. The check is a flag on the device, read
+    every SYNC_EVERY batches and after each epoch's training, so the host never waits on it per batch."""
     order = -5
-
+    def before_fit(self): self.first = None  # the first bad step, -1 while there is none
     def after_batch(self):
-        if self.training and not math.isfinite(float(self.loss.detach())):
-            lr = self.opt.hypers[-1]["lr"]
-            kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
-                    else "No epoch had completed, so there is no checkpoint yet.")
-            raise DivergedError(
-                f"Training diverged: the loss became {float(self.loss.detach())} in epoch {self.epoch + 1} "
-                f"(batch {self.iter + 1}) at LR {lr:.4g}. {kept} Try a smaller LRMAX, for example {lr / 3:.3g}.",
-                hint=f"(--lr-max {lr / 3:.3g})")
+        if not self.training: return
+        bad = torch.where(torch.isfinite(self.loss.detach()), -1, self.epoch * self.n_iter + self.iter)
+        self.first = bad if self.first is None else torch.where(self.first >= 0, self.first, bad)
+        if (self.iter + 1) % SYNC_EVERY == 0: self._check()
+    def after_train(self): self._check()
+
+    def _check(self):
+        step = int(self.first) if self.first is not None else -1
+        if step < 0: return
+        sched = getattr(self.learn, "one_cycle_peak", None)
+        lr = sched.hps["lr"][step] if sched is not None and step < len(sched.hps["lr"]) else self.opt.hypers[-1]["lr"]
+        kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
+                else "No epoch had completed, so there is no checkpoint yet.")
+        raise DivergedError(f"Training diverged: the loss became non-finite in epoch {step // self.n_iter + 1} "
+                            f"(batch {step % self.n_iter + 1}) at LR {lr:.4g}. {kept} Try a smaller LRMAX, for "
+                            f"example {lr / 3:.3g}.", hint=f"(--lr-max {lr / 3:.3g})")
