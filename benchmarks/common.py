@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "header"]
+__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "cpu_name", "header"]
 
 
 def add_machine_args(ap) -> None:
@@ -93,7 +93,18 @@ def train_flops(model: nn.Module) -> float:
     return 3 * fwd - convs[0]["flops"]
 
 
+def cpu_name() -> str:
+    "The processor as the kernel names it, with family/model and whether it has bf16 units (the flags fastresnet reads)."
+    try: info = open("/proc/cpuinfo").read()
+    except OSError: return platform.processor() or "unknown CPU"
+    field = lambda k: next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(k)), "?")
+    flags = field("flags").split()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or ["no bf16 flags"]
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{field('model name')} (family {field('cpu family')}, model {field('model')}; {isa}; {', '.join(bf16)})"
+
+
 def header(title: str, condition: str) -> str:
     return (f"# {title} — {time.strftime('%Y-%m-%d %H:%M')}\n"
-            f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}\n{condition}")

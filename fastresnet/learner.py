@@ -161,8 +161,9 @@ class PlainTestLoss(Callback):
 class CompileModel(Callback):
     "Train through `torch.compile(model)`; the plain module is put back after fit, so saving and export are unchanged."
     order = 0
-    def __init__(self, backend: str = "inductor"): self.backend = backend
-    def before_fit(self): self.plain, self.learn.model = self.model, torch.compile(self.model, backend=self.backend)
+    def __init__(self, backend: str = "inductor", mode: str | None = None): self.backend, self.mode = backend, mode
+    def before_fit(self):
+        self.plain, self.learn.model = self.model, torch.compile(self.model, backend=self.backend, mode=self.mode)
     def after_fit(self): self.learn.model = self.plain
 
 

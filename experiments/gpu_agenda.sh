@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Everything one lent GPU should measure, in one call of at most 10 minutes (the device tool's `run`):
+#   1. the speed ladder fp32 / TF32 / bf16 / +channels_last / +compile / +CUDA graphs, with the matmul peak
+#      and a torch.profiler summary of one epoch (benchmarks/bench_gpu.py)          -> $OUT/ladder.json
+#   2. full-data runs side by side on the one GPU: every line of RUNS (experiments/gpu_runs.txt: a name and
+#      `fastresnet train` flags), N at a time                                        -> $OUT/runs.json
+# with the device, the commands and the log in $OUT/agenda.log. At most 8 files come back from $OUT.
+#
+# Prepare here, once per fastai release (the device has torch but not fastai; it cannot download):
+#   experiments/gpu_wheels.sh                   # fastai and the packages it needs there -> .gpu-wheels/
+#   tar -C ../shared/data -cf .gpu-data.tar cifar10-jpeg  (or carry the cached .npz: see README's GPU section)
+# On the device (the `run` tool; carry .gpu-wheels and the data):
+#   bash experiments/gpu_agenda.sh DATA_DIR "$OUT"
+# Dry run on this CPU (a few batches a rung, two tiny runs; checks the script and the figures it prints):
+#   DRY=1 bash experiments/gpu_agenda.sh ../shared/data/cifar10-jpeg /tmp/agenda
+set -uo pipefail
+data=$1; out=$2; runs=${RUNS:-experiments/gpu_runs.txt}; parallel=${PARALLEL:-8}
+mkdir -p "$out"
+log="$out/agenda.log"
+say() { echo "[$(date +%T)] $*" | tee -a "$log"; }
+
+if [ -d .gpu-wheels ] && ! python3 -c "import fastai" 2>/dev/null; then
+    say "installing fastai and its packages from .gpu-wheels (no network there)"
+    python3 -m pip install -q --no-index --no-deps .gpu-wheels/*.whl >>"$log" 2>&1 || say "wheel install failed"
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$log" 2>&1 || export PYTHONPATH=$PWD
+python3 -c "import torch, fastai; print('torch', torch.__version__, 'fastai', fastai.__version__,
+'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$log" 2>&1
+
+if [ "${DRY:-0}" = 1 ]; then
+    ladder=(--device cpu --subset 1000 --epochs 2 --bs 100 --rungs fp32,bf16,bf16+cl)
+    train=(--subset 500 --epochs 2 --bs 100 --lr-find-iters 10); parallel=2
+else
+    ladder=(--epochs 4); train=()
+fi
+
+say "1. speed ladder"
+python3 benchmarks/bench_gpu.py --data "$data" "${ladder[@]}" --profile --json "$out/ladder.json" 2>&1 | tee -a "$log"
+
+say "2. full-data runs, $parallel at a time, from $runs"
+mkdir -p "$out/runs"
+n=0
+while read -r name flags; do
+    case "$name" in ""|\#*) continue ;; esac
+    [ "${DRY:-0}" = 1 ] && [ "$n" -ge 2 ] && break
+    # shellcheck disable=SC2086  # the flags are words
+    fastresnet train --data "$data" --out "$out/runs/$name" "${train[@]}" $flags >"$out/runs/$name.log" 2>&1 &
+    n=$((n + 1))
+    if [ $((n % parallel)) = 0 ]; then wait; fi
+done <"$runs"
+wait
+python3 experiments/collect_runs.py "$out/runs" --device "$(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")')" \
+    --out "$out/runs.json" 2>&1 | tee -a "$log"
+rm -rf "$out/runs"  # run folders are large; runs.json keeps what the docs need
+say "done"
