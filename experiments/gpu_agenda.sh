@@ -6,11 +6,11 @@
 #      `fastresnet train` flags), N at a time                                        -> $OUT/runs.json
 # with the device, the commands and the log in $OUT/agenda.log. At most 8 files come back from $OUT.
 #
-# Prepare here, once per fastai release (the device has torch but not fastai; it cannot download):
-#   experiments/gpu_wheels.sh                   # fastai and the packages it needs there -> .gpu-wheels/
-#   tar -C ../shared/data -cf .gpu-data.tar cifar10-jpeg  (or carry the cached .npz: see README's GPU section)
-# On the device (the `run` tool; carry .gpu-wheels and the data):
-#   bash experiments/gpu_agenda.sh DATA_DIR "$OUT"
+# Prepare here (the device has torch but not fastai, cannot download, and takes at most 64 MiB along):
+#   experiments/gpu_wheels.sh                                                  # 3 MiB of wheels -> .gpu-wheels/
+#   python experiments/pack_cifar.py pack ../shared/data/cifar10-jpeg .gpu-data.npz   # 60,000 JPEGs in 54 MiB
+# On the device (the device tool's `run`, carry [".gpu-wheels", ".gpu-data.npz"], timeout 600):
+#   bash experiments/gpu_agenda.sh .gpu-data.npz "$OUT"
 # Dry run on this CPU (a few batches a rung, two tiny runs; checks the script and the figures it prints):
 #   DRY=1 bash experiments/gpu_agenda.sh ../shared/data/cifar10-jpeg /tmp/agenda
 set -uo pipefail
@@ -24,6 +24,10 @@ if [ -d .gpu-wheels ] && ! python3 -c "import fastai" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps .gpu-wheels/*.whl >>"$log" 2>&1 || say "wheel install failed"
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$log" 2>&1 || export PYTHONPATH=$PWD
+if [ "${data##*.}" = npz ]; then  # packed image files: unpack them, then decode once into fastresnet's cache
+    python3 experiments/pack_cifar.py unpack "$data" /tmp/cifar10 >>"$log" 2>&1 && data=/tmp/cifar10
+fi
+python3 -c "from fastresnet.data import load_cifar; print(load_cifar('$data'))" 2>&1 | tee -a "$log"
 python3 -c "import torch, fastai; print('torch', torch.__version__, 'fastai', fastai.__version__,
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$log" 2>&1

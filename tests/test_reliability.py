@@ -12,6 +12,7 @@ import torch
 from fastai.callback.core import Callback
 from PIL import Image
 
+import fastresnet.learner as learner_mod
 import fastresnet.run as run_files
 from fastresnet.cli import main
 from fastresnet.config import Recipe
@@ -36,11 +37,13 @@ def run_cli(args, capsys):
     (["--lr-max", "0.01", "--lr-min", "0.1"], "LRMIN"),
     (["--lr-min", "0.001"], "without `lr_max`"),
     (["--subset", "1000"], "larger than the 40 training images"),
-    (["--precision", "bf16"], "needs a CUDA GPU"),
+    (["--precision", "bf16"], "avx512_bf16 or amx_bf16"),
+    (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
     (["--precision", "fp8"], "choose one of"),
 ])
 def test_bad_flags_exit_2_with_a_message(tiny_folder, tmp_path, capsys, monkeypatch, args, match):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the bf16 case is about CPU-only machines
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the bf16/fp16 cases: CPU-only machines,
+    monkeypatch.setattr(learner_mod, "cpu_native_bf16", lambda: False)  # without bf16 units
     code, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *args], capsys)
     assert code == 2 and match in err and "Traceback" not in err
 
