@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -23,7 +24,7 @@ __all__ = ["RunError", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", 
            "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
-           "run_data", "to_plain", "load_checkpoint", "write_metrics"]
+           "run_data", "run_lock", "to_plain", "load_checkpoint", "write_metrics"]
 
 CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # model + optimizer + RNG; facts; recipe
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
@@ -102,6 +103,32 @@ def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -
 
 
 # ---------------------------------------------------------------- the folder itself
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """This process's hold on a run folder: a second `fastresnet train` on it (a new run or `--resume`) is refused
+    with the holder's pid. The lock is the kernel's (`flock` on `.NAME.lock` beside the folder): it dies with its
+    process, so a run killed with SIGKILL leaves no stale lock, and the file goes when the run ends."""
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
+                       hint="Choose another with --out.") from None
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunError(f"Run folder {run_dir} is in use by process {holder} (another fastresnet train).",
+                       hint="Wait for it to end or stop it, or choose another folder with --out.") from None
+    f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
+    try: yield
+    finally:
+        os.unlink(path)  # before the lock goes: a process that opens the name afterwards makes a new file
+        f.close()
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     """Check, before any work, that the run folder can be made: an existing non-empty one is refused
     unless `overwrite`, and even then it is left alone until `start_run_dir` has the new run's first

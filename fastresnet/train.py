@@ -4,6 +4,7 @@ checkpoint (nanoGPT's `init_from = 'resume'`): same settings, weights, optimizer
 and random streams, so the result equals an uninterrupted run's."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -21,7 +22,8 @@ from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, c
                       set_rng_state)
 from .report import make_report
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, RunError, atomic_export,
-                  load_checkpoint, prepare_run_dir, read_json, run_data, start_run_dir, write_json, write_metrics)
+                  load_checkpoint, prepare_run_dir, read_json, run_data, run_lock, start_run_dir, write_json,
+                  write_metrics)
 from .schedule import LRBounds, find_bounds
 
 __all__ = ["RunError", "run", "lr_find_run", "learner_for_run"]
@@ -31,6 +33,11 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
         overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print) -> dict:
     "A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results."
     run_dir = Path(run_dir).absolute()
+    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
+        return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log)
+
+
+def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
     ck = None
     if resume:
         r, info, ck = _open_run(run_dir)

@@ -129,8 +129,9 @@ def test_cache_folder_that_is_a_file(tiny_folder, tmp_path, capsys, monkeypatch)
 def test_ctrl_c_while_importing(capsys, monkeypatch):
     class Importing(types.ModuleType):
         def __getattr__(self, name): raise KeyboardInterrupt
-    monkeypatch.setitem(sys.modules, "fastresnet.run", Importing("fastresnet.run"))
+    monkeypatch.setitem(sys.modules, "fastresnet.inference", Importing("fastresnet.inference"))  # summary imports it
     code, _, err = run_cli(["summary"], capsys)
+    monkeypatch.undo()
     assert code == 130 and "Interrupted" in err
 
 
