@@ -1,7 +1,7 @@
 """The speed ladder of the recipe's training step on one GPU, each rung the whole fastresnet step (fastai
 Learner, in-memory data, on-device augmentation, fused Adam) at the recipe's batch:
 
-  fp32 (no TF32) → tf32 → bf16 → bf16 + channels_last → + torch.compile → + mode="reduce-overhead" (CUDA graphs)
+  fp32 (no TF32) → tf32 → bf16 → + channels_last → + torch.compile → + mode="reduce-overhead" (CUDA graphs)
 
 each in s/epoch, images/s, TFLOP/s and % of the device's peak, the peak measured in the same run (a large
 matmul in the rung's precision). Each rung trains `--epochs` epochs without a test pass; the first (cuDNN

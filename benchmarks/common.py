@@ -94,7 +94,7 @@ def train_flops(model: nn.Module) -> float:
 
 
 def cpu_name() -> str:
-    "The processor as the kernel names it, with family/model and whether it has bf16 units (the flags fastresnet reads)."
+    "The processor as the kernel names it, its family/model and whether it has bf16 units (the flags fastresnet reads)."
     try: info = open("/proc/cpuinfo").read()
     except OSError: return platform.processor() or "unknown CPU"
     field = lambda k: next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(k)), "?")

@@ -17,7 +17,8 @@ def run_record(d: Path) -> dict:
     r = load_settings(d / "settings.ini")
     final, info = json.loads((d / "final.json").read_text()), json.loads((d / "run.json").read_text())
     bounds, history = json.loads((d / "lr_bounds.json").read_text()), json.loads((d / "metrics.json").read_text())
-    return {**dataclasses.asdict(r), "lr_max": bounds["lr_max"], "lr_min": bounds["lr_min"], "lr_source": bounds["rule"],
+    return {**dataclasses.asdict(r), "lr_max": bounds["lr_max"], "lr_min": bounds["lr_min"],
+            "lr_source": bounds["rule"],
             "accuracy": final["accuracy"], "accuracy_tta": final.get("accuracy_tta"),
             "train_accuracy": history[-1].get("train_accuracy"), "final_train_loss": history[-1]["train_loss"],
             "seconds": info.get("seconds"), "torch": info.get("torch"), "history": history}
