@@ -109,9 +109,10 @@ def profile_epoch(learn, device) -> dict:
     ev = prof.key_averages()
     dev = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     top = sorted(ev, key=lambda e: getattr(e, dev), reverse=True)[:12]
-    syncs = sum(e.count for e in ev if any(s in e.key for s in ("Synchronize", "aten::item", "aten::_local_scalar")))
     steps = len(learn.dls.train)
-    return {"steps": steps, "syncs_per_step": round(syncs / steps, 2),
+    count = lambda *names: round(sum(e.count for e in ev if any(n in e.key for n in names)) / steps, 2)
+    return {"steps": steps, "cuda_syncs_per_step": count("cudaStreamSynchronize", "cudaDeviceSynchronize"),
+            "scalar_reads_per_step": count("aten::_local_scalar_dense"),  # .item() and friends: a sync on a GPU
             "host_ms_per_step": round(sum(e.self_cpu_time_total for e in ev) / 1e3 / steps, 2),
             "device_ms_per_step": round(sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e3 / steps, 2),
             "top": [{"name": e.key[:80], "ms": round(getattr(e, dev) / 1e3, 1), "calls": e.count} for e in top]}

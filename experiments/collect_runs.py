@@ -30,10 +30,10 @@ def main(argv=None):
     ap.add_argument("--device", default="unknown")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    runs, failed = {}, []
+    runs, failed = {}, {}
     for d in sorted(p for p in Path(a.runs_dir).iterdir() if p.is_dir()):
         if (d / "final.json").is_file(): runs[d.name] = run_record(d)
-        else: failed.append(d.name)
+        else: failed[d.name] = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else []
     Path(a.out).write_text(json.dumps({"device": a.device, "data": "see the agenda's command", "runs": runs,
                                        "unfinished": failed}, indent=1))
     for name, r in runs.items():

@@ -15,6 +15,7 @@
 #   DRY=1 bash experiments/gpu_agenda.sh ../shared/data/cifar10-jpeg /tmp/agenda
 set -uo pipefail
 data=$1; out=$2; runs=${RUNS:-experiments/gpu_runs.txt}; parallel=${PARALLEL:-8}
+deadline=$(( $(date +%s) + ${BUDGET_S:-570} ))  # the tool stops a call at 600 s: leave time to collect
 mkdir -p "$out"
 log="$out/agenda.log"
 say() { echo "[$(date +%T)] $*" | tee -a "$log"; }
@@ -36,7 +37,7 @@ if [ "${DRY:-0}" = 1 ]; then
     ladder=(--device cpu --subset 1000 --epochs 2 --bs 100 --rungs fp32,bf16,bf16+cl)
     train=(--subset 500 --epochs 2 --bs 100 --lr-find-iters 10); parallel=2
 else
-    ladder=(--epochs 4); train=()
+    ladder=(--epochs 3); train=()
 fi
 
 say "1. speed ladder"
@@ -49,12 +50,16 @@ while read -r name flags; do
     case "$name" in ""|\#*) continue ;; esac
     [ "${DRY:-0}" = 1 ] && [ "$n" -ge 2 ] && break
     # shellcheck disable=SC2086  # the flags are words
-    fastresnet train --data "$data" --out "$out/runs/$name" "${train[@]}" $flags >"$out/runs/$name.log" 2>&1 &
+    left=$(( deadline - $(date +%s) - 20 ))
+    [ "$left" -gt 60 ] || { say "no time left for $name"; continue; }
+    timeout -s TERM "$left" python3 -m fastresnet.cli train --data "$data" --out "$out/runs/$name" "${train[@]}" $flags \
+        >"$out/runs/$name.log" 2>&1 &
     n=$((n + 1))
     if [ $((n % parallel)) = 0 ]; then wait; fi
 done <"$runs"
 wait
 python3 experiments/collect_runs.py "$out/runs" --device "$(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")')" \
     --out "$out/runs.json" 2>&1 | tee -a "$log"
-rm -rf "$out/runs"  # run folders are large; runs.json keeps what the docs need
+tail -n 3 "$out"/runs/*.log >>"$log" 2>&1
+rm -rf "$out/runs"  # run folders are large; runs.json keeps what the docs need (unfinished runs: their curves so far)
 say "done"
