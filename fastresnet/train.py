@@ -83,7 +83,9 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
         else: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
         res = {}
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
-            with dist.alone(): res = _finish(learn, r, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+            with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
+    if dist.is_main():  # exported outside plain_output: the learner goes out with fastai's own logger
+        _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
     dist.leave()
     return res
 
@@ -143,9 +145,8 @@ def lr_find_run(r: Recipe, out: str | Path, data: str | None = None, subset: int
     with plain_output(learn): return _bounds(learn, r.replace(lr_max=0.0, lr_min=0.0), out, log=lambda *a: None)
 
 
-def _finish(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float, log) -> dict:
-    "Final evaluation on the test set, export of the learner and its weights, run record and report."
-    res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
+def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, seconds: float, log) -> None:
+    "The test results, the exported learner and its weights, the run record and the report."
     write_json(run_dir / FINAL, res)
     atomic_export(learn, run_dir / MODEL_PKL)
     save_weights(learn, run_dir / WEIGHTS)
@@ -155,7 +156,6 @@ def _finish(learn: Learner, r: Recipe, run_dir: Path, info: dict, seconds: float
     make_report(run_dir, learn, losses)
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
-    return res
 
 
 def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:

@@ -154,6 +154,7 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     from conftest import make_arrays
     from fastresnet.data import cifar_dls
     learn = load_learner(exported)
+    assert learn.logger is print                                                 # fastai's, not the run's log lines
     learn.dls = cifar_dls(make_arrays(30, 10), learn.recipe.replace(bs=10))     # new data, same classes
     learn.path = tmp_path
     fits = []
