@@ -8,6 +8,7 @@ exactly LRMIN at the last step: no annihilation. As data, cifar10-fast style:
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import NamedTuple
 
 import numpy as np
@@ -16,6 +17,8 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastcore.basics import patch, store_attr
 from fastcore.foundation import L
+
+from .config import Recipe
 
 __all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "LRBounds", "find_bounds"]
 
@@ -72,7 +75,7 @@ class LRBounds(NamedTuple):
     def describe(self) -> str: return f"LRMAX = {self.lr_max:.3g} ({self.rule}), LRMIN = {self.lr_min:.3g}"
 
 
-RULES = ("minimum", "steep", "valley", "slide")  # fastai's suggestion functions, by the names of `lr_rule`
+RULES = next(f for f in fields(Recipe) if f.name == "lr_rule").metadata["choices"]  # fastai's suggestion functions
 
 
 def find_bounds(learn: Learner, rule: str = "minimum", min_div: float = 100.0, num_it: int = 100,

@@ -85,7 +85,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
             with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
     if dist.is_main():  # exported outside plain_output: the learner goes out with fastai's own logger
-        _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+        with dist.alone(): _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
     dist.leave()
     return res
 
