@@ -255,3 +255,10 @@ def test_top_loss_titles_do_not_reach_the_row_above(finished, tiny_folder, monke
         assert not any(t.overlaps(b.get_window_extent(r)) or t.overlaps(b.title.get_window_extent(r))
                        for b in axes if b is not a)
     plt.close(fig)
+
+
+def test_output_piped_into_head_stops_quietly():
+    "`| true` closes the pipe before anything is written: every print then meets a broken pipe."
+    p = subprocess.run(f"{sys.executable} -m fastresnet.cli summary | true", shell=True, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr[-2000:]
