@@ -76,7 +76,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     # from every process (padding removed), so each test image counts once.
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),
                     splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
-                    moms=(r.beta1_max, r.beta1_min, r.beta1_max), cbs=PlainTestLoss() if r.label_smoothing else None)
+                    moms=(r.beta1_max, r.beta1_min, r.beta1_max),
+                    cbs=[LossesToHost()] + ([PlainTestLoss()] if r.label_smoothing else []))
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     learn.recorder.smooth_loss = SmoothLossOnDevice(learn.recorder.smooth_loss.beta)
@@ -123,6 +124,19 @@ class SmoothLossOnDevice(AvgSmoothLoss):
         self.count += 1
         loss = learn.loss.detach().mean().float()
         self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class LossesToHost(Callback):
+    "The Recorder's per-batch losses, left on the device while an epoch runs, copied to the host after it in one go."
+    order = 51  # after the Recorder
+    def after_epoch(self): self._move()
+    def after_fit(self): self._move()  # lr_find's fit ends without a completed epoch
+
+    def _move(self):
+        losses = self.recorder.losses
+        i = next((k for k, x in enumerate(losses) if getattr(x, "device", None) not in (None, torch.device("cpu"))),
+                 None)
+        if i is not None: losses[i:] = list(torch.stack(losses[i:]).cpu())  # plot_loss and lr_find read them
 
 
 class Accuracy(AccumMetric):
