@@ -71,8 +71,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     opt = partial(Adam, **hyper) if r.adam_impl == "fastai" else partial(TorchAdam, impl=r.adam_impl, **hyper)
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
                          width=r.width)
-    # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch fastai gathers them
-    # from every process (padding removed), so each test image counts once.
+    # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch
+    # fastai gathers them from every process (padding removed), so each test image counts once.
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),
                     splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max),
