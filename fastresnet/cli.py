@@ -238,6 +238,14 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
                 done += 1
     except FileNotFoundError:
         raise SettingsError(f"--csv {path}: the folder {path.parent} does not exist.") from None
+    except OSError as e:
+        from .run import disk_full_error, is_disk_full
+        if not is_disk_full(e): raise
+        size = partial.stat().st_size if partial.exists() else 0
+        partial.unlink(missing_ok=True)
+        full = disk_full_error(path, size * n // done if done else None)
+        raise type(full)(f"{full.message} Nothing was written to {path}; free space or give "
+                         "--csv a path on another disk.") from None
     except KeyboardInterrupt:
         print(f"\nInterrupted: the {done} predictions made so far are in {partial}.", file=sys.stderr)
         raise
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return commands[a.command](a)
             except HintedError as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
-                print(f"fastresnet: error: {e}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
+                print(f"fastresnet: error: {e.message}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing
         print("\nInterrupted.", file=sys.stderr)

@@ -23,7 +23,7 @@ class HintedError(Exception):
     "An error stated in the library's terms; `hint` is the flag advice the `fastresnet` command adds."
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
-        self.hint = hint
+        self.message, self.hint = message, hint  # `message` survives fastai prefixing the callback's name to args
 
 
 class SettingsError(HintedError, ValueError):

@@ -25,7 +25,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
-from .run import atomic_write
+from .run import DiskFullError, atomic_write
 from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
@@ -146,12 +146,13 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     key = _fingerprint(root, [f for f, _ in files])
     cpath = _cache_path(key)
     if cache and cpath.exists():
-        try:
+        try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
             with np.load(cpath) as z:
                 return CifarArrays(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long(),
                                    [str(v) for v in z["vocab"]], int(z["n_train"]))
-        except Exception:
-            warnings.warn(f"Ignoring unreadable cache {cpath}; decoding the images again.")
+        except Exception as e:
+            warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
+                          "decoding the images again and rewriting it.")
     images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
     bad = []
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
@@ -174,7 +175,9 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     if cache:
         arrays = dict(images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train))
         try: atomic_write(cpath, lambda f: np.savez(f, **arrays))
-        except OSError as e: warnings.warn(f"Could not write the cache {cpath} ({e}); the next run decodes again.")
+        except (OSError, DiskFullError) as e:  # a cache is a convenience: training goes on without it
+            warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the next "
+                          "run decodes them again.")
     return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), vocab, n_train)
 
 

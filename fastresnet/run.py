@@ -1,11 +1,14 @@
 """The run folder: every file a run writes, its name and format, and how it is written. Every
 file, the exported learner and the plots included, goes through `atomic_path` (temporary file, fsync,
 rename, the umask's mode), so a crash or a full disk leaves the previous version intact, never a
-half-written one; a new run's first files appear together (`start_run_dir`)."""
+half-written one, and a full disk is a `DiskFullError` naming the disk and the space the file needs;
+a new run's first files appear together (`start_run_dir`); what a killed process left half-done is
+cleared when the folder is next taken (`run_lock`)."""
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -20,11 +23,11 @@ from fastcore.foundation import L
 
 from .config import HintedError
 
-__all__ = ["RunError", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
+__all__ = ["RunError", "DiskFullError", "is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
            "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
-           "run_data", "run_lock", "to_plain", "load_checkpoint", "write_metrics"]
+           "run_data", "run_lock", "clear_leftovers", "to_plain", "load_checkpoint", "write_metrics"]
 
 CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # model + optimizer + RNG; facts; recipe
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
@@ -36,7 +39,45 @@ class RunError(HintedError, RuntimeError):
     "A run that cannot start or continue as asked; the message says what to do."
 
 
+class DiskFullError(RunError):
+    "The disk filled up while a file was written; the message names the disk, the file and the space it needs."
+
+
 # ---------------------------------------------------------------- writing files
+def _free(path: Path) -> tuple[Path, int]:
+    "The mount point holding `path` and the bytes free there for this user."
+    path = next(p for p in (path, *path.parents) if p.exists())
+    st = os.statvfs(path)
+    while not os.path.ismount(path): path = path.parent
+    return path, st.f_bavail * st.f_frsize
+
+
+def is_disk_full(e: BaseException, folder: Path | None = None) -> bool:
+    """Whether `e` (or an error it came from) is a full disk: ENOSPC/EDQUOT, or torch's file writer failing
+    (it drops the errno) while `folder`'s disk has under 64 MiB left."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        if folder is not None and isinstance(e, RuntimeError) and "unexpected pos" in str(e):
+            return _free(Path(folder))[1] < 64 * 2**20
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _mb(n: int) -> str: return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{-(-n // 1024)} kB"
+
+
+def disk_full_error(path: Path, needed: int | None = None, what: str | None = None) -> DiskFullError:
+    "The one paragraph a full disk gets: which disk, which file (`what`), how much it needs, how much is free."
+    path = Path(path).absolute()
+    mount, free = _free(path.parent)
+    need = f", which needs about {_mb(needed)}," if needed else ""
+    more = f"; free at least {_mb(needed - free)} more there" if needed and needed > free else "; free some space there"
+    return DiskFullError(f"The disk holding {path.parent} (mounted at {mount}) is full: writing {what or path.name}"
+                         f"{need} failed with {_mb(free)} free{more}.")
+
+
 def umask_mode(mode: int = 0o666) -> int:
     "`mode` as the user's umask would leave it for a new file (temporary files are created 0600)."
     mask = os.umask(0)
@@ -44,29 +85,45 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
+TMP_SUFFIX = ".tmp"  # `.NAME.XXXXXXXX.tmp`: what a killed writer leaves behind (cleared by `clear_leftovers`)
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path):
-    "A temporary path beside `path` to write to; when the block succeeds it is fsynced and renamed onto `path`."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def atomic_path(path: Path, needed: int | None = None):
+    """A temporary path beside `path` to write to; when the block succeeds it is fsynced and renamed onto `path`.
+    A full disk removes the temporary file and raises `DiskFullError` (`needed`: the file's size, if known)."""
+    path, full = Path(path), False
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        os.close(fd)
+    except OSError as e:
+        if is_disk_full(e): raise disk_full_error(path, needed) from None
+        raise
     try:
         yield Path(tmp)
         os.chmod(tmp, umask_mode())
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        if not is_disk_full(e, path.parent): raise
+        full = True
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+    if full: raise disk_full_error(path, needed)
 
 
 def atomic_write(path: Path, write) -> None:
-    "`write(f)` into a binary file object; the file appears at `path` only complete (`atomic_path`)."
-    with atomic_path(path) as tmp, open(tmp, "wb") as f: write(f)
+    """`write(f)` into a binary file object; the file appears at `path` only complete (`atomic_path`). It is
+    made in memory first, so a full disk is reported with the exact size the file needs."""
+    buf = io.BytesIO()
+    write(buf)
+    with atomic_path(path, buf.tell()) as tmp, open(tmp, "wb") as f: f.write(buf.getbuffer())
 
 
 def atomic_export(learn, path: Path) -> None:
     "fastai's `learn.export`, through `atomic_path`: a full disk never leaves a half-written model.pkl."
-    with atomic_path(path) as tmp: learn.export(tmp)
+    weights = sum(t.numel() * t.element_size() for t in learn.model.state_dict().values())  # most of the pickle
+    with atomic_path(path, weights) as tmp: learn.export(tmp)
 
 
 def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
@@ -123,10 +180,22 @@ def run_lock(run_dir: Path):
         raise RunError(f"Run folder {run_dir} is in use by process {holder} (another fastresnet train).",
                        hint="Wait for it to end or stop it, or choose another folder with --out.") from None
     f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
+    clear_leftovers(run_dir)
     try: yield
     finally:
         os.unlink(path)  # before the lock goes: a process that opens the name afterwards makes a new file
         f.close()
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """Remove what a process killed mid-write left (SIGKILL, power loss): temporary files in the run folder and
+    half-made new/old folders beside it. Called holding the folder's lock, so no live writer owns them."""
+    stale = list(run_dir.glob(f".*{TMP_SUFFIX}")) if run_dir.is_dir() else []
+    stale += run_dir.parent.glob(f".{run_dir.name}.new-*")
+    stale += run_dir.parent.glob(f".{run_dir.name}.old-*")
+    for p in stale:
+        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:

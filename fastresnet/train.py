@@ -21,8 +21,8 @@ from .inference import evaluate_learner, save_weights
 from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
                       set_rng_state)
 from .report import make_report
-from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, RunError, atomic_export,
-                  load_checkpoint, prepare_run_dir, read_json, run_data, run_lock, start_run_dir, write_json,
+from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, DiskFullError, RunError,
+                  atomic_export, disk_full_error, is_disk_full, load_checkpoint, prepare_run_dir, read_json, run_data, run_lock, start_run_dir, write_json,
                   write_metrics)
 from .schedule import LRBounds, find_bounds
 
@@ -34,7 +34,15 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
     "A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results."
     run_dir = Path(run_dir).absolute()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
-        return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log)
+        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log)
+        except Exception as e:
+            if not is_disk_full(e, run_dir): raise
+            full = e if isinstance(e, DiskFullError) else disk_full_error(run_dir / "x", what="into the run folder")
+    ck = run_dir / CHECKPOINT
+    kept = (f"the checkpoint of epoch {load_checkpoint(ck)['epoch'] + 1}" if ck.is_file() else
+            "no epoch had completed, so the run starts again" if (run_dir / RUN).is_file() else "nothing was written")
+    raise DiskFullError(f"{full.message} The files written before are intact ({kept}); once there is space, "
+                        f"continue the run with: fastresnet train --resume {run_dir}") from None
 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
