@@ -1,68 +1,35 @@
-"""A soak that proves resume: one tiny run is stopped by SIGTERM at ten points (drawn at random, and
-always including the LR range test, the validation pass and the middle of a checkpoint write) and
-resumed after each; its final weights must equal an uninterrupted run's bit for bit."""
+"""Soaks that prove resume: one tiny run is stopped by SIGTERM (in this process), another by SIGKILL (a real
+`kill -9` of a child process) at ten points each (drawn at random, and always including the LR range test, the
+validation pass and the middle of a checkpoint write) and resumed after each; the final weights must equal an
+uninterrupted run's bit for bit."""
 import json
 import os
 import random
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from fastai.callback.core import Callback
+from interrupt import install, next_point
 from safetensors.torch import load_file
 
-import fastresnet.learner as learner_mod
-import fastresnet.run as run_files
-import fastresnet.train as T
 from fastresnet.cli import main
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
-
-
-class SigtermAt(Callback):
-    "Send this process SIGTERM at the n-th event of one kind: what `kill -TERM` does at that moment."
-    order = -20
-    def __init__(self, kind: str, n: int): self.kind, self.n, self.seen = kind, n, 0
-
-    def _tick(self, kind):
-        if kind == self.kind:
-            self.seen += 1
-            if self.seen == self.n: os.kill(os.getpid(), signal.SIGTERM)
-
-    def after_batch(self):
-        self._tick("range_test_batch" if hasattr(self.learn, "lr_finder") else
-                   "train_batch" if self.training else "valid_batch")
-
-
-def next_point(rng: random.Random, i: int, range_test_ahead: bool) -> tuple[str, int]:
-    "The i-th interruption: the three that must be covered first, then random ones the rest of the run still reaches."
-    must = [("range_test_batch", 3), ("valid_batch", 1), ("checkpoint_write", 1)]
-    if i < len(must): return must[i]
-    kinds = ["train_batch", "valid_batch", "checkpoint_write"] + ["range_test_batch"] * range_test_ahead
-    return rng.choice(kinds), rng.randint(1, 2)   # per epoch: 4 training batches, 2 test batches, 1 checkpoint
 
 
 def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypatch, capsys):
     base = tmp_path / "uninterrupted"
     assert main(["train", "--data", str(tiny_folder), "--out", str(base), *ARGS]) == 0
-    run, build = tmp_path / "interrupted", T.cifar_learner
+    run = tmp_path / "interrupted"
     rng, codes = random.Random(0), []
     for i in range(10):
         kind, n = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
-        calls = {"n": 0}
-        def save_then_sigterm(obj, path, kind=kind, n=n):           # the signal lands mid-way through atomic_write
-            calls["n"] += 1
-            def write(f):
-                torch.save(obj, f)
-                if kind == "checkpoint_write" and calls["n"] == n: os.kill(os.getpid(), signal.SIGTERM)
-            run_files.atomic_write(path, write)
-        def setup_with_sigterm(*a, kind=kind, n=n, **k):
-            learn = build(*a, **k)
-            if kind != "checkpoint_write": learn.add_cb(SigtermAt(kind, n))
-            return learn
-        monkeypatch.setattr(T, "cifar_learner", setup_with_sigterm)
-        monkeypatch.setattr(learner_mod, "atomic_torch_save", save_then_sigterm)
+        install(monkeypatch.setattr, kind, n, signal.SIGTERM)
         start = ["train", "--data", str(tiny_folder), "--out", str(run), *ARGS]
         args = ["train", "--resume", str(run)] if run.exists() else start
         codes.append(main(args))
@@ -75,3 +42,29 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
     accuracy = lambda folder: json.loads((folder / "final.json").read_text())["accuracy"]
     assert accuracy(run) == accuracy(base)
+
+
+def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_path):
+    """`kill -9` for real, at the same kinds of points: no handler runs, temporary files stay where the process
+    died. Each `--resume` clears them, and the final weights equal an uninterrupted run's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    def fastresnet(*args, point=None):
+        pre = [str(ROOT / "tests" / "interrupt.py"), point[0], str(point[1]), "SIGKILL", "--"] if point else \
+            ["-m", "fastresnet.cli"]
+        return subprocess.run([sys.executable, *pre, *map(str, args)], capture_output=True, text=True, env=env,
+                              timeout=600)
+    base, run = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert fastresnet("train", "--data", tiny_folder, "--out", base, *ARGS).returncode == 0
+    rng, left = random.Random(1), []
+    for i in range(10):
+        point = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
+        args = ["--resume", run] if run.exists() else ["--data", tiny_folder, "--out", run, *ARGS]
+        p = fastresnet("train", *args, point=point)
+        assert p.returncode == -signal.SIGKILL, (i, point, p.stderr[-2000:])       # died at the point, by the signal
+        if point[0] == "checkpoint_write": left += [f.name for f in run.glob(".checkpoint.pth.*.tmp")]
+    assert left, "no kill landed inside a checkpoint write"
+    assert fastresnet("train", "--resume", run).returncode == 0
+    a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
+    assert [f.name for f in run.iterdir() if f.name.startswith(".")] == []               # the killed writers' temp files
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []          # no lock, no half-made folder
