@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "cpu_name", "header"]
+__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "cpu_name", "header", "untrained_model", "rss_mb"]
 
 
 def add_machine_args(ap) -> None:
@@ -108,3 +108,21 @@ def header(title: str, condition: str) -> str:
     return (f"# {title} — {time.strftime('%Y-%m-%d %H:%M')}\n"
             f"machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}\n{condition}")
+
+
+def untrained_model(folder) -> "Path":
+    "A full-width model with random weights, exported as a run's model.pkl: inference costs what a trained one's does."
+    from pathlib import Path
+
+    from fastresnet.config import Recipe
+    from fastresnet.data import CIFAR_CLASSES
+    from fastresnet.inference import stub_learner
+    learn = stub_learner(CIFAR_CLASSES, Recipe())
+    learn.export(Path(folder) / "model.pkl")
+    return Path(folder) / "model.pkl"
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    "A process's resident memory (`VmHWM`: its peak so far), from /proc, in MB."
+    line = next(x for x in open(f"/proc/{pid}/status") if x.startswith(field + ":"))
+    return int(line.split()[1]) / 1024

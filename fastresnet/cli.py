@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                     "0.0.0.0 serves everyone who can reach this machine, with no password)")
     sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    sv.add_argument("--max-queue", type=int, metavar="N", help="requests that may wait while one is "
+                    "answered (default 64); beyond that a client is told the queue is full and to try again")
     sv.add_argument("--examples", metavar="DIR", help="folder of example images for the page (default: one test "
                     "image per class from the run's data, else generated pictures)")
     rp = sub.add_parser("report", help="regenerate a run folder's plots and report.md without retraining")
@@ -257,7 +259,7 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .serve import gradio, resolve_model, serve
+    from .serve import MAX_QUEUE, gradio, resolve_model, serve
     try: gradio()
     except ImportError:
         print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
@@ -266,7 +268,9 @@ def cmd_serve(a) -> int:
     if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
     print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's stop closes the server like Ctrl-C
-    try: serve(a.model, a.host, a.port, a.examples)
+    if a.max_queue is not None and a.max_queue < 1:
+        raise SettingsError(f"--max-queue {a.max_queue}: at least one request must be able to wait.")
+    try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
               "(another --port or --host)", file=sys.stderr)

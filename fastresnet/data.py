@@ -147,7 +147,7 @@ def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
     cpath = _cache_path(key)
     if cache and cpath.exists():
         try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
-            with np.load(cpath) as z:
+            with open(cpath, "rb") as fh, np.load(fh) as z:
                 return CifarArrays(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long(),
                                    [str(v) for v in z["vocab"]], int(z["n_train"]))
         except Exception as e:

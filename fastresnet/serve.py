@@ -23,11 +23,12 @@ from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",
-           "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL"]
+           "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL", "MAX_QUEUE"]
 
 MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
 MAX_UPLOAD = "20mb"       # Gradio refuses larger files itself
 UPLOAD_TTL = 600          # seconds an upload is kept: a long-running page does not fill the disk
+MAX_QUEUE = 64            # requests waiting at most; the next gets Gradio's "Queue is full! Please try again."
 
 
 def gradio():
@@ -148,15 +149,19 @@ def _upload_message(message: str, file: str | None) -> str:
     return message.replace(str(file), Path(file).name) if file else message
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None) -> None:
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None,
+          max_queue: int = MAX_QUEUE) -> None:
     """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and uploads
-    live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs."""
+    live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs.
+    Queue policy: one prediction at a time (the model uses every core; more at once only share them), at most
+    `max_queue` waiting; a request beyond that is refused at once with "Queue is full! Please try again.", never
+    left hanging (docs/benchmarks.md: the page under load)."""
     own_uploads = "GRADIO_TEMP_DIR" not in os.environ  # else the user chose where Gradio keeps uploads
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
         if own_uploads: os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
         try:
             app = build_app(model, examples, workdir)
-            app.queue(default_concurrency_limit=1)  # one prediction at a time: the model uses every core
+            app.queue(default_concurrency_limit=1, max_size=max_queue)
             app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
                        footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
         finally:

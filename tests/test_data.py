@@ -35,6 +35,29 @@ def test_folder_is_cached_and_cache_invalidated(tmp_path, monkeypatch):
     assert load_cifar(root).n_train == 21                     # new file → new fingerprint
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit flipped in the images", "bit flipped in the labels"])
+def test_a_damaged_cache_is_detected_rebuilt_and_never_used(tmp_path, monkeypatch, damage):
+    root = make_folder(tmp_path / "c", n_train=20, n_test=10)
+    fresh = load_cifar(root)
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    raw = bytearray(cache.read_bytes())
+    if damage == "truncated": raw = raw[:len(raw) // 2]
+    else:  # the images are stored first, then the labels: one bit in the middle of either
+        at = len(raw) // 3 if "images" in damage else raw.index(b"labels.npy", len(raw) // 2 - 100) + 200
+        raw[at] ^= 0x04
+    cache.write_bytes(bytes(raw))
+    import fastresnet.data as D
+    decoded = []
+    monkeypatch.setattr(D, "load_image", lambda f, *a, **k: decoded.append(f) or load_image(f, *a, **k))
+    with pytest.warns(UserWarning, match=r"is damaged \(.*\); not using it: decoding the images again") as w:
+        again = load_cifar(root)
+    assert len([x for x in w if "npz is damaged (" in str(x.message)]) == 1, [str(x.message) for x in w]
+    assert len(decoded) == 30                                      # rebuilt from every image file
+    assert torch.equal(again.images, fresh.images) and torch.equal(again.labels, fresh.labels)
+    decoded.clear()
+    assert torch.equal(load_cifar(root).labels, fresh.labels) and decoded == []   # the rewritten cache is whole
+
+
 def test_python_archive(tmp_path):
     folder = make_python_archive(tmp_path)
     for p in (folder, tmp_path):                               # the archive folder or its parent

@@ -15,6 +15,7 @@ import pytest
 from fastai.learner import load_learner
 from PIL import Image
 
+from conftest import script_module
 from fastresnet.config import Recipe
 from fastresnet.serve import MAX_PIXELS, example_images, resolve_model, run_facts
 from fastresnet.train import run as train_run
@@ -212,3 +213,16 @@ def test_clicking_an_example_classifies_it(page, run_dir, tmp_path):
     page.get_by_text(first.name, exact=True).first.click()
     page.wait_for_function(f"() => document.querySelector(\"{LABEL}\")?.innerText", timeout=60_000)
     assert page.locator(LABEL).inner_text().strip() == load_learner(run_dir / "model.pkl").predict(first)[0]
+
+
+def test_four_clients_at_once_each_get_learn_predicts_answer(server, run_dir, tmp_path):
+    "The load benchmark's clients, small: 4 users x 10 distinct uploads at once; every answer is `learn.predict`'s."
+    bench = script_module("benchmarks/bench_serve.py")
+    files = bench.make_images(tmp_path / "uploads", 40, seed=1)
+    records = bench.load(server, [files[i::4] for i in range(4)], timeout=120)
+    assert len(records) == 40 and [r for r in records if "error" in r] == []
+    learn = load_learner(run_dir / "model.pkl")
+    for r in records:
+        label, _, probs = learn.predict(r["file"])
+        top = {c["label"]: c["confidence"] for c in r["confidences"]}
+        assert r["label"] == label and abs(top[label] - float(probs.max())) < 1e-4, r
