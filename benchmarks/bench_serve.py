@@ -173,7 +173,8 @@ def main() -> None:
     print(f"model: {a.model or 'untrained full-width (random weights)'}; {a.rounds} rounds of {a.clients} clients x "
           f"{a.requests} uploads (32x32 PNG, each distinct), localhost")
     print(f"answered {res['answered']}, errors {res['errors']} {res['error_examples'] or ''}")
-    print(f"latency p50 {res['p50_s'] * 1000:.0f} ms, p95 {res['p95_s'] * 1000:.0f} ms, max {res['max_s'] * 1000:.0f} ms;"
+    print(f"latency p50 {res['p50_s'] * 1000:.0f} ms, p95 {res['p95_s'] * 1000:.0f} ms, "
+          f"max {res['max_s'] * 1000:.0f} ms;"
           f" {res['requests_per_s']:.1f} requests/s over {wall:.1f} s")
     print(f"server resident memory {rss0:.0f} MB after warm-up; after each round: "
           f"{', '.join(f'{m:.0f} MB' for m in rss)} ({rss1 - rss0:+.0f} MB in all)")

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "cpu_name", "header", "untrained_model", "rss_mb"]
+__all__ = ["add_machine_args", "wait_for_idle", "OtherLoad", "train_flops", "forward_flops", "cpu_name", "header",
+           "untrained_model", "rss_mb"]
 
 
 def add_machine_args(ap) -> None:

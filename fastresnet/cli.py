@@ -181,7 +181,8 @@ def cmd_evaluate(a) -> int:
     from .data import DataError, load_cifar
     from .inference import evaluate_learner, labelled_dl, load_model
     learn = load_model(a.model)
-    data = load_cifar(a.data)
+    r = getattr(learn, "recipe", None) or Recipe()
+    data = load_cifar(a.data, r.valid_pct, r.seed)  # a folder of class folders: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
     with learn.no_bar() if a.json else contextlib.nullcontext():  # machine-readable stdout: no progress bar in it

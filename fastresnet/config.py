@@ -44,6 +44,8 @@ class Recipe:
     peak_epoch: int = setting("train", 5, "the LR peaks at the end of this epoch; a run of other length "
                               "without it peaks at 5/24 of the epochs, rounded half up", lr_find=False, min=1)
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
+    valid_pct: float = setting("train", 0.2, "data as one folder of class folders (no train/ and test/): the share "
+                               "of each class held out for testing, drawn with `seed`", min=0.01, max=0.9)
     # [optimizer]
     wd: float = setting("optimizer", 0.8, "weight decay; decoupled, it shrinks decayed weights by lr*wd a step "
                         "(why 0.8: docs/experiments.md section 7)", min=0.0)

@@ -1,8 +1,8 @@
-"""CIFAR-10 as one in-memory uint8 tensor, served through a fastai DataBlock.
+"""CIFAR-10, or any folder of class folders, as one in-memory uint8 tensor served through a fastai DataBlock.
 
-Images are decoded once (from fastai's folder layout or the official python archive) and cached
-as a `.npz`; after that a batch is a gather from memory plus a few tensor operations on the
-training device (see `augment.py`), with no per-image PIL work in the training loop.
+Images are decoded once (from fastai's folder layout, a folder of class folders, or the official python archive),
+resized to 32x32 where they are not, and cached as a `.npz`; after that a batch is a gather from memory plus a few
+tensor operations on the training device (see `augment.py`), with no per-image PIL work in the training loop.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
            "pil_to_tensor", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset",
-           "load_image", "CIFAR_CLASSES"]
+           "load_image", "split_by_class", "channel_stats", "CIFAR_CLASSES"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
@@ -42,11 +42,18 @@ class DataError(HintedError, ValueError):
 
 @dataclass
 class CifarArrays:
-    "All images as one (N, 3, 32, 32) uint8 tensor, labels as class indices; the first `n_train` are training."
+    """All images as one (N, 3, 32, 32) uint8 tensor, labels as class indices; the first `n_train` are training.
+    `stats`: the per-channel (mean, std) normalisation, None for CIFAR-10's; `valid_files`: the held-out files of a
+    random split (None when the data came split)."""
     images: torch.Tensor
     labels: torch.Tensor
     vocab: list[str]
     n_train: int
+    stats: tuple[list[float], list[float]] | None = None
+    valid_files: list[str] | None = None
+
+    @property
+    def norm_stats(self) -> tuple[list[float], list[float]]: return self.stats or cifar_stats
 
     @property
     def n_valid(self) -> int: return len(self.labels) - self.n_train
@@ -127,58 +134,113 @@ def _cache_path(key: str) -> Path:
     return cache / f"cifar-{key}.npz"
 
 
-def read_folder(root: str | Path, cache: bool = True) -> CifarArrays:
-    """Read fastai's layout `root/{train,test}/<class>/<image>`. Decoding 60,000 files takes a
-    minute, so the result is cached as one `.npz` keyed by the files' names, sizes and times."""
-    root = Path(root)
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root} has no `{split}/` folder. Expected fastai's CIFAR layout: "
-                            f"{root}/train/<class>/*.png and {root}/test/<class>/*.png, or the python archive "
-                            "folder `cifar-10-batches-py`.")
-    train, test = _class_files(root / "train"), _class_files(root / "test")
-    if list(train) != list(test):
-        only_tr, only_te = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-        raise DataError(f"The class folders of {root}/train and {root}/test differ "
-                        f"(only in train: {only_tr or 'none'}; only in test: {only_te or 'none'}).")
-    vocab = list(train)
-    files = [(f, i) for split in (train, test) for i, c in enumerate(vocab) for f in split[c]]
-    key = _fingerprint(root, [f for f, _ in files])
-    cpath = _cache_path(key)
-    if cache and cpath.exists():
-        try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
-            with open(cpath, "rb") as fh, np.load(fh) as z:
-                return CifarArrays(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]).long(),
-                                   [str(v) for v in z["vocab"]], int(z["n_train"]))
-        except Exception as e:
-            warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
-                          "decoding the images again and rewriting it.")
+def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
+    "The class files of `root`: (train, test) for train/ + test/ (or valid/); (all, None) for class folders alone."
+    held = next((root / n for n in ("test", "valid") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and held is not None:
+        train, test = _class_files(root / "train"), _class_files(held)
+        if list(train) != list(test):
+            only_tr, only_te = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+            raise DataError(f"The class folders of {root}/train and {held} differ "
+                            f"(only in train: {only_tr or 'none'}; only in {held.name}: {only_te or 'none'}).")
+        return train, test
+    if (root / "train").is_dir() or held is not None:
+        raise DataError(f"{root} has {'train/' if held is None else held.name + '/'} but no "
+                        f"{'test/ (or valid/)' if held is None else 'train/'} folder. Give both, each holding one "
+                        f"folder of images per class, or put the class folders directly in {root} (then "
+                        "valid_pct of each class is held out for testing).")
+    try: return _class_files(root), None
+    except DataError:
+        raise DataError(f"{root} is neither layout fastresnet reads: {root}/train/<class>/<images> with "
+                        f"{root}/test/<class>/<images> (or valid/), or {root}/<class>/<images> (one folder of images "
+                        "per class), or the python archive folder `cifar-10-batches-py`.") from None
+
+
+def _decode(root: Path, files: list[Path]) -> np.ndarray:
+    "Every file as a (3, 32, 32) uint8 image, resized and converted to RGB as needed, with one summary note of each."
     images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
     bad = []
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
         warnings.simplefilter("always")
-        for k, (f, _) in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
-            try:
-                images[k] = load_image(f).numpy()
-            except DataError as e:
-                bad.append(str(e))
-    converted = [str(n.message) for n in notes if "converted to RGB" in str(n.message)]
-    if converted:
-        warnings.warn(f"{len(converted)} image(s) under {root} were not RGB (grayscale, palette or RGBA) and were "
-                      f"converted to RGB, e.g. {converted[0]}")
+        for k, f in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
+            try: images[k] = load_image(f, resize=True).numpy()
+            except DataError as e: bad.append(str(e))
+    for what, how in (("converted to RGB", "were not RGB (grayscale, palette or RGBA) and were converted to RGB"),
+                      ("resized to", f"were not {SIZE}x{SIZE} and were resized (squashed) to {SIZE}x{SIZE}, as "
+                                     "`fastresnet predict` and `learn.predict` resize theirs")):
+        found = [str(n.message) for n in notes if what in str(n.message)]
+        if found: warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
     if bad:
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +
                         "\nRemove or replace them and run again.")
+    return images
+
+
+def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarray:
+    """Which items are held out (a bool mask): round(valid_pct x n) of each class's n items, at least one, at most
+    n - 1, drawn with `seed`. Stratified, so every class is in both parts."""
+    rng, valid = np.random.default_rng(seed), np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        valid[rng.permutation(idx)[:min(len(idx) - 1, max(1, int(valid_pct * len(idx) + 0.5)))]] = True
+    return valid
+
+
+def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, seed: int = 42) -> CifarArrays:
+    """Read `root/{train,test}/<class>/<image>` (fastai's CIFAR layout; `valid/` for `test/` too) or `root/<class>/
+    <image>`, whose classes are then split `valid_pct` held out (`split_by_class`, with `seed`). Images of any size
+    and mode are resized to 32x32 RGB. Decoding 60,000 files takes a minute, so the decoded images are cached as
+    one `.npz` keyed by the files' names, sizes and times. Normalisation: CIFAR-10's statistics for CIFAR-10's
+    classes, otherwise the training images' own."""
+    root = Path(root)
+    train, test = _layout(root)
+    vocab = list(train)
+    if test is None:
+        few = [c for c, fs in train.items() if len(fs) < 2]
+        if few: raise DataError(f"Class folder(s) {', '.join(str(root / c) for c in few)} hold a single image: a "
+                                "random split needs at least 2 per class (one to train on, one to test).")
+    if len(vocab) < 2: raise DataError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
+    files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
-    n_train = sum(len(v) for v in train.values())
-    if cache:
-        arrays = dict(images=images, labels=labels, vocab=np.array(vocab), n_train=np.array(n_train))
-        try: atomic_write(cpath, lambda f: np.savez(f, **arrays))
-        except (OSError, DiskFullError) as e:  # a cache is a convenience: training goes on without it
-            warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the next "
-                          "run decodes them again.")
-    return CifarArrays(torch.from_numpy(images), torch.from_numpy(labels), vocab, n_train)
+    key = _fingerprint(root, [f for f, _ in files])
+    cpath = _cache_path(key)
+    images = None
+    if cache and cpath.exists():
+        try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
+            with open(cpath, "rb") as fh, np.load(fh) as z:
+                images = z["images"]
+                if len(images) != len(files): raise ValueError(f"{len(images)} images for {len(files)} files")
+        except Exception as e:
+            images = None
+            warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
+                          "decoding the images again and rewriting it.")
+    if images is None:
+        images = _decode(root, [f for f, _ in files])
+        if cache:
+            try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
+            except (OSError, DiskFullError) as e:  # a cache is a convenience: training goes on without it
+                warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the "
+                              "next run decodes them again.")
+    valid_files = None
+    if test is None:
+        held = split_by_class(labels, valid_pct, seed)
+        order = np.concatenate([np.flatnonzero(~held), np.flatnonzero(held)])  # training first, in file order
+        images, labels = images[order], labels[order]
+        valid_files = [str(files[i][0].relative_to(root)) for i in np.flatnonzero(held)]
+    n_train = len(labels) - (len(valid_files) if valid_files is not None else sum(len(v) for v in test.values()))
+    stats = None if vocab == CIFAR_CLASSES else channel_stats(images[:n_train])
+    return CifarArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train, stats,
+                       valid_files)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    "Per-channel mean and standard deviation of (N, 3, H, W) uint8 images, on fastai's 0-1 scale (as `cifar_stats`)."
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    s = sum(images[i:i + chunk].astype(np.float64).sum((0, 2, 3)) for i in range(0, len(images), chunk))
+    ss = sum((images[i:i + chunk].astype(np.float64) ** 2).sum((0, 2, 3)) for i in range(0, len(images), chunk))
+    mean = s / n
+    return [float(m) / 255 for m in mean], [float(v) ** 0.5 / 255 for v in ss / n - mean ** 2]
 
 
 def _unpickle(path: Path) -> dict:
@@ -207,9 +269,10 @@ def read_python_archive(folder: str | Path) -> CifarArrays:
     return CifarArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train)
 
 
-def load_cifar(path: str | Path | None = None) -> CifarArrays:
-    """CIFAR-10 from `path` (fastai folder layout, or the python archive folder, or a folder holding
-    it); with no path, fastai downloads `URLs.CIFAR` (needs internet once)."""
+def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42) -> CifarArrays:
+    """Images from `path`: fastai's folder layout, a folder of class folders (split by `valid_pct` and `seed`, see
+    `read_folder`), the python archive folder, or a folder holding it; with no path, fastai downloads CIFAR-10
+    (`URLs.CIFAR`, needs internet once)."""
     if path is None:
         from fastai.data.external import URLs, untar_data
         try: path = untar_data(URLs.CIFAR)
@@ -219,10 +282,11 @@ def load_cifar(path: str | Path | None = None) -> CifarArrays:
                             hint="(--data PATH)") from None
     path = Path(path).expanduser()
     if not path.exists(): raise DataError(f"Data path {path} does not exist.")
-    if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/.")
+    if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
+                                          "or the class folders.")
     if (path / "batches.meta").exists(): return read_python_archive(path)
     if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py")
-    return read_folder(path)
+    return read_folder(path, valid_pct=valid_pct, seed=seed)
 
 
 def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
@@ -242,7 +306,7 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
                         f"{min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values
     idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
-    return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k)
+    return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k, data.stats, data.valid_files)
 
 
 # ---------------------------------------------------------------- fastai pipeline
@@ -293,20 +357,20 @@ def CifarImageBlock() -> TransformBlock:
     return TransformBlock(type_tfms=ToTensorImage(), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
 
 
-def batch_augment(r: Recipe) -> list:
-    "The recipe's augmentation, as fastai batch transforms (training split only) plus normalisation."
+def batch_augment(r: Recipe, stats=cifar_stats) -> list:
+    "The recipe's augmentation, as fastai batch transforms (training split only) plus normalisation by `stats`."
     tfms = [RandomPadCrop(r.pad, r.pad_mode)]
     if r.flip: tfms.append(RandomFlip(0.5))
-    tfms += [Normalize.from_stats(*cifar_stats), Cutout(r.cutout)]
+    tfms += [Normalize.from_stats(*stats), Cutout(r.cutout)]
     return tfms
 
 
 def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
-    "Items are (image, class) pairs; the validation split is the official 10,000 test images."
+    "Items are (image, class) pairs; the validation split is the test images (CIFAR-10's official 10,000)."
     return DataBlock(blocks=(CifarImageBlock(), CategoryBlock(vocab=data.vocab)),
                      get_items=CifarArrays.items, get_x=ItemGetter(0), get_y=ItemGetter(1),
                      splitter=IndexSplitter(range(data.n_train, len(data.labels))),
-                     batch_tfms=batch_augment(r))
+                     batch_tfms=batch_augment(r, data.norm_stats))
 
 
 def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None,

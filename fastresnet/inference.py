@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
+from fastai.data.transforms import Normalize
 from fastai.learner import Learner, load_learner
 
 from .config import HintedError, Recipe
@@ -22,7 +23,8 @@ from .model import CustomResNet
 
 __all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError",
            "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
-           "labelled_dl", "model_file", "save_weights", "load_weights_learner", "load_model", "stub_learner"]
+           "labelled_dl", "model_file", "save_weights", "norm_stats", "load_weights_learner", "load_model",
+           "stub_learner"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
@@ -99,8 +101,14 @@ def save_weights(learn: Learner, path: str | Path) -> None:
     sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(learn.model).state_dict().items()}
     r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width, logit_scale=learn.model.logit_scale)
     meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
-            "recipe": json.dumps(dataclasses.asdict(r))}
+            "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
+
+
+def norm_stats(learn: Learner) -> list[list[float]]:
+    "The (mean, std) per channel a learner's inputs are normalised with (its batch pipeline's `Normalize`)."
+    n = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
+    return [n.mean.flatten().tolist(), n.std.flatten().tolist()]
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -131,17 +139,19 @@ def load_weights_learner(path: str | Path) -> Learner:
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
-    learn = stub_learner(vocab, _recipe(meta).replace(precision="fp32", compile=False))
+    stats = json.loads(meta["stats"]) if "stats" in meta else None  # files before it: CIFAR-10's
+    learn = stub_learner(vocab, _recipe(meta).replace(precision="fp32", compile=False), stats)
     try: learn.model.load_state_dict(named_state_dict(sd, learn.model))
     except RuntimeError as e:
         raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
     return learn
 
 
-def stub_learner(vocab: list[str], r: Recipe) -> Learner:
-    "A Learner with the recipe's pipeline but a blank image per class as data: for inference and summaries."
+def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
+    """A Learner with the recipe's pipeline (normalised by `stats`, None: CIFAR-10's) but a blank image per class as
+    data: for inference and summaries."""
     stub = CifarArrays(torch.zeros(2 * len(vocab), 3, SIZE, SIZE, dtype=torch.uint8),
-                       torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab))
+                       torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
     return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
 
 

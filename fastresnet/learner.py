@@ -40,10 +40,10 @@ __all__ = ["cifar_learner", "build_learner", "check_runtime", "PlainTestLoss", "
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
                   path: str | Path = ".", subset: int | None = None, **changes) -> Learner:
-    """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, CIFAR-10 from `data`
-    (a folder as for `fastresnet train --data`, arrays, or `None` to download it) through the recipe's DataBlock into
-    CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file; default: the
-    recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
+    """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, the images of `data`
+    (a folder as for `fastresnet train --data`, arrays, or `None` to download CIFAR-10) through the recipe's
+    DataBlock into CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file;
+    default: the recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
 
         learn = cifar_learner("PATH/TO/cifar10")
         lrs = learn.lr_find(suggest_funcs=minimum)   # lrs.minimum = (LR at the lowest loss) / 10 = LRMAX
@@ -53,12 +53,13 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
     r = r.replace(**changes)
     check_runtime(r)
-    arrays = data if isinstance(data, CifarArrays) else load_cifar(data)
+    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed)
     if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
     set_seed(r.seed)
     torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
     torch.backends.cudnn.benchmark = not r.deterministic
     dls = cifar_dls(arrays, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # GPU if there is one
+    dls.valid_files = arrays.valid_files  # a random split's held-out files, for the run folder (not exported)
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
     return learn

@@ -23,8 +23,9 @@ from fastcore.foundation import L
 
 from .config import HintedError
 
-__all__ = ["RunError", "DiskFullError", "is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL", "METRICS_CSV",
-           "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "umask_mode", "atomic_path", "atomic_write",
+__all__ = ["RunError", "DiskFullError", "is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND",
+           "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT",
+           "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
            "run_data", "run_lock", "clear_leftovers", "to_plain", "load_checkpoint", "write_metrics"]
@@ -33,6 +34,7 @@ CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # 
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
 METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
+SPLIT = "split.json"  # a folder of class folders: valid_pct, seed and the held-out files (relative paths)
 
 
 class RunError(HintedError, RuntimeError):

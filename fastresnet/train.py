@@ -17,12 +17,13 @@ from fastai.torch_core import default_device, rank_distrib
 from . import __version__
 from . import distributed as dist
 from .config import Recipe, SettingsError, load_settings, recipe_to_ini
-from .inference import evaluate_learner, save_weights
+from .inference import evaluate_learner, norm_stats, save_weights
 from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
                       set_rng_state)
 from .report import make_report
-from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, WEIGHTS, DiskFullError, RunError,
-                  atomic_export, disk_full_error, is_disk_full, load_checkpoint, prepare_run_dir, read_json, run_data, run_lock, start_run_dir, write_json,
+from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS, DiskFullError,
+                  RunError, atomic_export, disk_full_error, is_disk_full, load_checkpoint, prepare_run_dir, read_json,
+                  read_json_or_none, run_data, run_lock, start_run_dir, write_json,
                   write_metrics)
 from .schedule import LRBounds, find_bounds
 
@@ -61,16 +62,22 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
     if ck is None and dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
     learn = cifar_learner(data, r, run_dir, subset)  # checks the machine can run `r`, then loads the data
-    vocab = list(learn.dls.vocab)
+    vocab, split = list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)
     if ck is None:
         info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
                 "machine": platform.platform(), "data": str(Path(data).resolve()) if data else None, "subset": subset,
                 "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": vocab,
-                "world_size": dist.world_size(), "status": "started"}
-        if dist.is_main(): start_run_dir(run_dir, {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"})
+                "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
+        files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
+        if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
+            files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
+        if dist.is_main(): start_run_dir(run_dir, files)
     elif info.get("vocab") and vocab != info["vocab"]:
         raise RunError(f"The data's classes {vocab} differ from the run's {info['vocab']}: "
                        f"resume {run_dir} with the data it started with.")
+    elif split is not None and split != (read_json_or_none(run_dir / SPLIT) or {}).get("valid"):
+        raise RunError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
+                       f"renamed since the run started): resume {run_dir} with the data it started with.")
     with plain_output(learn):
         if ck is not None: bounds, start = _restore(learn, ck, run_dir), ck["epoch"] + 1
         else: bounds, start = _bounds(learn, r, run_dir, log), 0

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ from PIL import Image
 
 from conftest import make_folder, make_python_archive, synthetic_images
 from fastresnet.config import Recipe
-from fastresnet.data import CIFAR_CLASSES, DataError, balanced_subset, cifar_dls, load_cifar, load_image
+from fastresnet.data import (CIFAR_CLASSES, DataError, balanced_subset, cifar_dls, load_cifar, load_image,
+                             split_by_class)
 
 
 def test_folder_layout_reads_exact_pixels(tmp_path):
@@ -35,16 +37,14 @@ def test_folder_is_cached_and_cache_invalidated(tmp_path, monkeypatch):
     assert load_cifar(root).n_train == 21                     # new file → new fingerprint
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit flipped in the images", "bit flipped in the labels"])
+@pytest.mark.parametrize("damage", ["truncated", "a bit flipped a third in", "a bit flipped two thirds in"])
 def test_a_damaged_cache_is_detected_rebuilt_and_never_used(tmp_path, monkeypatch, damage):
     root = make_folder(tmp_path / "c", n_train=20, n_test=10)
     fresh = load_cifar(root)
     cache = next((tmp_path / "cache").glob("*.npz"))
     raw = bytearray(cache.read_bytes())
     if damage == "truncated": raw = raw[:len(raw) // 2]
-    else:  # the images are stored first, then the labels: one bit in the middle of either
-        at = len(raw) // 3 if "images" in damage else raw.index(b"labels.npy", len(raw) // 2 - 100) + 200
-        raw[at] ^= 0x04
+    else: raw[len(raw) // 3 if "third" in damage else 2 * len(raw) // 3] ^= 0x04   # inside the pixels
     cache.write_bytes(bytes(raw))
     import fastresnet.data as D
     decoded = []
@@ -106,8 +106,12 @@ def test_missing_path(tmp_path):
 
 def test_wrong_layout(tmp_path):
     (tmp_path / "x" / "train").mkdir(parents=True)
-    with pytest.raises(DataError, match="no `test/` folder"):
+    with pytest.raises(DataError, match=r"has train/ but no test/ \(or valid/\) folder"):
         load_cifar(tmp_path / "x")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "notes.txt").write_text("no class folders")
+    with pytest.raises(DataError, match="is neither layout fastresnet reads"):
+        load_cifar(tmp_path / "y")
 
 
 def test_no_class_folders(tmp_path):
@@ -158,14 +162,19 @@ def test_grayscale_and_rgba_are_converted(tmp_path):
     assert torch.equal(load_image(root / "train" / "cat" / "0003.png"), torch.full((3, 32, 32), 100, dtype=torch.uint8))
 
 
-def test_wrong_size_is_refused_for_training_and_resized_for_prediction(tmp_path):
+def test_other_sizes_are_resized_as_prediction_resizes_them_with_one_note(tmp_path):
     root = make_folder(tmp_path / "c", 20, 10)
-    big = root / "train" / "cat" / "0003.png"
-    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(big)
-    with pytest.raises(DataError, match="48x64, not 32x32"):
-        load_cifar(root)
-    with pytest.warns(UserWarning, match="resized"):
-        assert load_image(big, resize=True).shape == (3, 32, 32)
+    big, tall = root / "train" / "cat" / "0003.png", root / "test" / "dog" / "0005.png"
+    Image.fromarray(np.tile(np.arange(48, dtype=np.uint8)[None, :, None], (64, 1, 3))).save(big)
+    Image.fromarray(np.full((300, 20, 3), 7, np.uint8)).save(tall)
+    with pytest.warns(UserWarning, match=r"2 image\(s\) under .* were not 32x32 and were resized") as w:
+        d = load_cifar(root)
+    assert len([x for x in w if "resized" in str(x.message)]) == 1
+    expect = np.asarray(Image.open(big).convert("RGB").resize((32, 32), Image.BILINEAR))   # predict's resize
+    i = next(k for k in range(d.n_train) if d.labels[k] == 3 and d.images[k].float().std() > 0)
+    assert torch.equal(d.images[i], torch.from_numpy(expect.copy()).permute(2, 0, 1))
+    seven = torch.full((3, 32, 32), 7, dtype=torch.uint8)
+    assert torch.equal(d.images[d.n_train:][d.labels[d.n_train:] == 5][0], seven)
 
 
 def test_gathered_batches_equal_fastais_per_item_batches(arrays):
@@ -195,3 +204,38 @@ def test_an_added_item_transform_is_applied_not_skipped(arrays):
     assert plain.valid._gatherable() and not brightened.valid._gatherable()
     x0, x1 = plain.valid.one_batch()[0], brightened.valid.one_batch()[0]   # test split: not augmented
     assert (x1 > x0).all()
+
+
+def test_the_random_split_holds_out_valid_pct_of_each_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    held = split_by_class(labels, 0.2, seed=3)
+    # round-half-up(0.2 n) of each class, at least 1 and at most n - 1: 2 of 10, 1 of 5, 1 of 2
+    assert [int(held[labels == c].sum()) for c in range(3)] == [2, 1, 1]
+    assert np.array_equal(held, split_by_class(labels, 0.2, seed=3))                  # the seed fixes it
+    assert any(not np.array_equal(held, split_by_class(labels, 0.2, seed=s)) for s in range(4, 10))
+    assert [int(split_by_class(labels, 0.5, 0)[labels == c].sum()) for c in range(3)] == [5, 3, 1]
+
+
+def test_a_folder_of_class_folders_is_split_and_normalised_by_its_own_statistics(tmp_path):
+    root = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    for c, n, level in (("cats", 10, 40), ("dogs", 5, 200)):
+        (root / c).mkdir(parents=True)
+        for i in range(n): Image.fromarray(np.full((32, 32, 3), level + i, np.uint8)).save(root / c / f"{i}.png")
+    d = load_cifar(root, valid_pct=0.2, seed=1)
+    assert d.vocab == ["cats", "dogs"] and d.n_train == 12 and d.n_valid == 3
+    assert all(not Path(f).is_absolute() and (root / f).is_file() for f in d.valid_files)
+    assert sum(f.startswith("cats/") for f in d.valid_files) == 2
+    for f, img in zip(d.valid_files, d.images[d.n_train:]):                             # the held-out files' pixels
+        assert int(img[0, 0, 0]) == np.asarray(Image.open(root / f))[0, 0, 0]
+    train = d.images[:d.n_train].double() / 255
+    mean, std = d.stats
+    assert np.allclose(mean, train.mean((0, 2, 3)).tolist())
+    assert np.allclose(std, train.std((0, 2, 3), unbiased=False).tolist())
+    dls = cifar_dls(d, Recipe(bs=4))
+    norm = next(t for t in dls.after_batch.fs if type(t).__name__ == "Normalize")
+    assert np.allclose(norm.mean.flatten().tolist(), mean)
+    (root / "birds").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "birds" / "only.png")
+    with pytest.raises(DataError, match="birds hold a single image: a random split needs at least 2"):
+        load_cifar(root)

@@ -66,5 +66,5 @@ def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_pa
     assert fastresnet("train", "--resume", run).returncode == 0
     a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
-    assert [f.name for f in run.iterdir() if f.name.startswith(".")] == []               # the killed writers' temp files
+    assert [f.name for f in run.iterdir() if f.name.startswith(".")] == []              # the killed writers' temp files
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []          # no lock, no half-made folder
