@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import SIZE, DataError, load_image
+from .data import CIFAR_CLASSES, SIZE, DataError, load_image
 from .inference import load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
@@ -121,7 +121,8 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
         return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)
 
     with gr.Blocks(title="fastresnet", analytics_enabled=False, delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as app:
-        gr.Markdown("# fastresnet: CIFAR-10 classifier\n"
+        kind = "CIFAR-10" if vocab == CIFAR_CLASSES else f"{len(vocab)}-class"
+        gr.Markdown(f"# fastresnet: {kind} classifier\n"
                     f"Upload an image; it is resized to {SIZE}x{SIZE}, as the model was trained on "
                     f"({', '.join(vocab)}).")
         with gr.Row():
