@@ -27,8 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", metavar="PATH", help="CIFAR-10 folder in fastai's layout (train/ and test/ of class "
-                   "folders) or the python archive `cifar-10-batches-py`; default: download with fastai's untar_data")
+    p.add_argument("--data", metavar="PATH", help="train/ and test/ (or valid/) of class folders (fastai's CIFAR-10 "
+                   "layout), or class folders alone (split by --valid-pct), or the python archive `cifar-10-batches-py`"
+                   "; default: download CIFAR-10 with fastai's untar_data")
     p.add_argument("--subset", type=int, metavar="N", help="train on N images (N/10 per class; for smoke runs)")
 
 
