@@ -194,6 +194,11 @@ def cmd_evaluate(a) -> int:
     print(f"Test accuracy: {res['accuracy']:.4f}   with flip-TTA: {res['accuracy_tta']:.4f}   "
           f"({res['n_images']} images)")
     print("Per class: " + ", ".join(f"{c} {v:.3f}" for c, v in res["per_class"].items()))
+    from .report import MAX_GRID, top_confusions
+    if len(res["vocab"]) > MAX_GRID:  # a grid of a hundred columns reads as noise: the mistakes that matter
+        print("Most frequent confusions (actual → predicted: images): " +
+              ", ".join(f"{a} → {b}: {n}" for a, b, n in top_confusions(res)))
+        return 0
     w = max(len(c) for c in res["vocab"])
     print("Confusion matrix (rows: actual, columns: predicted):")
     print(" " * (w + 1) + " ".join(f"{c[:5]:>5}" for c in res["vocab"]))

@@ -80,6 +80,18 @@ def plot_metrics(run_dir: Path) -> Path | None:
     return _save(fig, run_dir / "metrics.png")
 
 
+MAX_GRID = 20  # classes up to which the confusion plot prints its counts
+
+
+def top_confusions(final: dict, k: int = 10) -> list[tuple[str, str, int]]:
+    "The `k` most frequent (actual, predicted, images) mistakes of a test pass, most frequent first."
+    counts, vocab = np.array(final["confusion"]), final["vocab"]
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(-counts, axis=None, kind="stable")[:k]
+    return [(vocab[i], vocab[j], int(counts[i, j])) for i, j in zip(*np.unravel_index(order, counts.shape))
+            if counts[i, j] > 0]
+
+
 def plot_confusion(run_dir: Path) -> Path | None:
     final = read_json_or_none(run_dir / FINAL)
     if not final: return None
@@ -89,6 +101,9 @@ def plot_confusion(run_dir: Path) -> Path | None:
     ax.set_xticks(range(len(vocab)), vocab, rotation=90)
     ax.set_yticks(range(len(vocab)), vocab)
     ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion matrix, accuracy {final['accuracy']:.4f}")
+    if len(vocab) > MAX_GRID:  # a hundred classes: the picture of the grid, its counts in report.md's list
+        ax.tick_params(labelsize=max(3, 200 // len(vocab)))
+        return _save(fig, run_dir / "confusion.png")
     for i in range(len(vocab)):
         for j in range(len(vocab)):
             ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
@@ -130,6 +145,10 @@ def write_report(run_dir: Path) -> Path:
     if final:
         lines += ["| class | accuracy |", "|---|---|"]
         lines += [f"| {c} | {v:.3f} |" for c, v in final["per_class"].items()] + [""]
+        mistakes = top_confusions(final)
+        if mistakes:
+            lines += ["## Most frequent confusions", "", "| actual | predicted as | images |", "|---|---|---|"]
+            lines += [f"| {a} | {b} | {n} |" for a, b, n in mistakes] + [""]
     for name, title in PLOTS.items():
         if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if (run_dir / SETTINGS).exists():

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -239,3 +240,18 @@ def test_a_folder_of_class_folders_is_split_and_normalised_by_its_own_statistics
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "birds" / "only.png")
     with pytest.raises(DataError, match="birds hold a single image: a random split needs at least 2"):
         load_cifar(root)
+
+
+def test_a_hundred_class_report_lists_the_top_confusions_instead_of_a_grid(tmp_path):
+    from fastresnet.report import plot_confusion, write_report
+    vocab = [f"class{i:03d}" for i in range(100)]
+    counts = np.diag(np.full(100, 90))
+    counts[7, 3], counts[50, 51], counts[99, 0], counts[1, 2] = 9, 12, 4, 9    # known mistakes
+    final = {"accuracy": 0.9, "n_images": int(counts.sum()), "vocab": vocab, "confusion": counts.tolist(),
+             "per_class": {c: 0.9 for c in vocab}}
+    (tmp_path / "final.json").write_text(json.dumps(final))
+    assert plot_confusion(tmp_path).is_file()
+    text = write_report(tmp_path).read_text()
+    table = text.split("## Most frequent confusions")[1].split("\n\n")[1].splitlines()[2:]
+    assert table == ["| class050 | class051 | 12 |", "| class001 | class002 | 9 |", "| class007 | class003 | 9 |",
+                     "| class099 | class000 | 4 |"]
