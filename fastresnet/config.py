@@ -88,7 +88,9 @@ class Recipe:
     tta: bool = setting("eval", True, "also report flip test-time augmentation (a second test pass)", lr_find=False)
     # [runtime]
     precision: str = setting("runtime", "fp32", "fp32, or mixed precision: bf16 (GPUs, and CPUs with bf16 units) "
-                             "or fp16 (GPUs)", choices=("fp32", "bf16", "fp16"))
+                             "or fp16 (GPUs); auto: bf16 where the hardware has it, else fp32 (docs/experiments.md "
+                             "section 8: same accuracy at the width-0.25 proxy)",
+                             choices=("fp32", "bf16", "fp16", "auto"))
     deterministic: bool = setting("runtime", False, "GPUs: bit-exact cuDNN kernels (slower) instead of autotuned ones; "
                                   "CPU runs are exact either way")
     valid_every: int = setting("runtime", 1, "test-set pass every N epochs (0: after the last only)", lr_find=False,

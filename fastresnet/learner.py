@@ -35,7 +35,7 @@ from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
 __all__ = ["cifar_learner", "build_learner", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
            "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
-           "StopOnNaN", "DivergedError"]
+           "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16"]
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
@@ -51,7 +51,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
         learn.export("model.pkl")
     """
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
-    r = r.replace(**changes)
+    r = resolve_precision(r.replace(**changes))
     check_runtime(r)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed)
     if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
@@ -93,6 +93,14 @@ def cpu_native_bf16() -> bool:
     try: flags = Path("/proc/cpuinfo").read_text().split()
     except OSError: return False  # not Linux: unknown, so no
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(r: Recipe) -> Recipe:
+    "`precision = auto` as this machine answers it: bf16 on a GPU that has it or a CPU with bf16 units, else fp32."
+    if r.precision != "auto": return r
+    gpu = torch.cuda.is_available()
+    native = torch.cuda.is_bf16_supported() if gpu else cpu_native_bf16()
+    return r.replace(precision="bf16" if native else "fp32")
 
 
 def check_runtime(r: Recipe) -> None:

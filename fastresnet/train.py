@@ -19,7 +19,7 @@ from . import distributed as dist
 from .config import Recipe, SettingsError, load_settings, recipe_to_ini
 from .inference import evaluate_learner, norm_stats, save_weights
 from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
-                      set_rng_state)
+                      resolve_precision, set_rng_state)
 from .report import make_report
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS, DiskFullError,
                   RunError, atomic_export, disk_full_error, is_disk_full, load_checkpoint, prepare_run_dir, read_json,
@@ -47,7 +47,7 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
-    ck = None
+    ck, r = None, r and resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
     if resume:
         r, info, ck = _open_run(run_dir)
         data, subset = data or run_data(info), info.get("subset")

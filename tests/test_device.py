@@ -92,6 +92,21 @@ def test_bf16_on_a_cpu_with_bf16_units_autocasts_and_keeps_fp32_weights(tmp_path
     assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_the_run_records_the_choice(
+        monkeypatch, tmp_path, tiny_folder, native):
+    monkeypatch.setattr(L, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    want = "bf16" if native else "fp32"
+    assert L.resolve_precision(Recipe(precision="auto")).precision == want
+    assert L.resolve_precision(Recipe(precision="fp32")).precision == "fp32"      # an explicit choice stays
+    from fastresnet.config import load_settings
+    from fastresnet.train import run
+    run(Recipe(precision="auto", bs=20, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.125, tta=False),
+        tmp_path / "r", str(tiny_folder), log=lambda *a: None)
+    assert load_settings(tmp_path / "r" / "settings.ini").precision == want       # a resume keeps what auto chose
+
+
 def test_bf16_is_refused_on_a_cpu_without_bf16_units_and_fp16_without_a_gpu(monkeypatch):
     monkeypatch.setattr(L, "cpu_native_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
