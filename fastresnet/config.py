@@ -67,6 +67,8 @@ class Recipe:
     lr_rule: str = setting("schedule", "minimum", "fastai's lr_find suggestion taken as LRMAX: minimum (LR of the "
                            "lowest smoothed loss / 10), steep, valley or slide",
                            choices=("minimum", "steep", "valley", "slide"))
+    lr_end: float = setting("schedule", 0.0, "LR at the last step; 0: LRMIN, as the spec has it (no annihilation). "
+                            "Other published schedules end lower (e.g. 1.8e-7 for LRMAX 0.018)", lr_find=False, min=0.0)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6)
     lr_find_start: float = setting("schedule", 1e-6, "LR range test start", min=0.0)
@@ -117,6 +119,8 @@ class Recipe:
                                 "the LR has to come back down after its peak.")
         if self.lr_max and self.lr_min and self.lr_min >= self.lr_max:
             raise SettingsError(f"LRMIN ({self.lr_min}) must be smaller than LRMAX ({self.lr_max}).")
+        if self.lr_max and self.lr_end >= self.lr_max:
+            raise SettingsError(f"`lr_end` ({self.lr_end}) must be smaller than LRMAX ({self.lr_max}).")
         if self.lr_min and not self.lr_max:
             raise SettingsError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
         if self.beta1_min > self.beta1_max:

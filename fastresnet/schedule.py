@@ -37,15 +37,16 @@ class OneCyclePeak(Callback):
     resumed fit lands on the same values; `hps` records them per step, continued from `hps` if given."""
     order = 60  # where fastai's ParamScheduler sits: after a distributed wrapper has sized the loaders
     def __init__(self, lr_min: float, lr_max: float, peak_epoch: int, shape: str = "linear",
-                 moms: tuple[float, float, float] | None = None, hps: dict | None = None):
-        store_attr(but="hps")
+                 moms: tuple[float, float, float] | None = None, hps: dict | None = None, lr_end: float | None = None):
+        store_attr(but="hps,lr_end")
+        self.lr_end = lr_min if lr_end is None else lr_end    # the spec ends where it began
         self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}
 
     def before_batch(self):
         if not self.training: return
         n = self.n_iter                                    # training batches an epoch
         knots, step = [0, self.peak_epoch * n, self.n_epoch * n - 1], self.epoch * n + self.iter
-        hp = {"lr": piecewise(step, knots, [self.lr_min, self.lr_max, self.lr_min], self.shape)}
+        hp = {"lr": piecewise(step, knots, [self.lr_min, self.lr_max, self.lr_end], self.shape)}
         if self.moms is not None: hp["mom"] = piecewise(step, knots, self.moms, self.shape)
         self.opt.set_hypers(**hp)
         for k, v in hp.items(): self.hps[k].append(v)
@@ -56,14 +57,17 @@ class OneCyclePeak(Callback):
 @patch
 def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float, peak_epoch: int = 5,
                        shape: str = "linear", moms: tuple[float, float, float] | None = None,
-                       wd: float | None = None, cbs=None, start_epoch: int = 0, hps: dict | None = None) -> None:
-    """One cycle that peaks at the end of epoch `peak_epoch` and ends at `lr_min` (no annihilation).
+                       wd: float | None = None, cbs=None, start_epoch: int = 0, hps: dict | None = None,
+                       lr_end: float | None = None) -> None:
+    """One cycle that peaks at the end of epoch `peak_epoch` and ends at `lr_min` (no annihilation), or at `lr_end`
+    if given (other published schedules: Page's ResNet-9 ends at 0, torch's `OneCycleLR` at max_lr/1e5).
     `moms` (beta1 at start, peak, end) defaults to the Learner's, as in `fit_one_cycle`. `start_epoch`
     and `hps` (the record so far) continue an interrupted fit."""
     if not 0 < peak_epoch < n_epoch: raise ValueError(f"peak_epoch must be in 1..{n_epoch - 1}, got {peak_epoch}")
     if not 0 < lr_min < lr_max: raise ValueError(f"need 0 < lr_min < lr_max, got {lr_min}, {lr_max}")
+    if lr_end is not None and not 0 <= lr_end < lr_max: raise ValueError(f"need 0 <= lr_end < lr_max, got {lr_end}")
     moms = tuple(moms if moms is not None else self.moms)
-    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, shape, moms if moms[0] != moms[1] else None, hps)
+    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, shape, moms if moms[0] != moms[1] else None, hps, lr_end)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
 
 

@@ -81,6 +81,9 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
     with plain_output(learn):
         if ck is not None: bounds, start = _restore(learn, ck, run_dir), ck["epoch"] + 1
         else: bounds, start = _bounds(learn, r, run_dir, log), 0
+        if r.lr_end >= bounds.lr_max:
+            raise RunError(f"`lr_end` ({r.lr_end}) is not below LRMAX ({bounds.lr_max:.4g}, {bounds.rule}).",
+                           hint="(a smaller --lr-end, or --lr-max)")
         if ck is None or start < r.epochs:
             if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. " * bool(start)
                                    + f"LR bounds: {bounds.describe()}")
@@ -94,6 +97,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
                 learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, r.shape, cbs=cbs,
+                                         lr_end=r.lr_end or None,
                                          start_epoch=start, hps=ck and ck["hps"])
         else: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
         res = {}

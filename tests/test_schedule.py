@@ -31,6 +31,17 @@ def test_lr_peaks_at_end_of_peak_epoch_and_returns_to_lr_min(arrays, tmp_path, s
     assert moms[0] == pytest.approx(0.95) and moms[peak] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
 
 
+def test_an_end_lr_other_than_lrmin_is_reached_at_the_last_step_by_a_straight_line(arrays, tmp_path):
+    learn = tiny_learner(arrays, tmp_path, bs=20)               # 2 batches an epoch, 12 steps, peak at step 4
+    learn.fit_one_cycle_peak(6, lr_min=1e-4, lr_max=1e-2, peak_epoch=2, lr_end=1e-6)
+    lrs = np.array(learn.recorder.hps["lr"])
+    # step i >= 4: lr = 1e-2 + (i - 4) / (11 - 4) * (1e-6 - 1e-2), the line from the peak to the last step
+    assert lrs[4:] == pytest.approx([1e-2 + (i - 4) / 7 * (1e-6 - 1e-2) for i in range(4, 12)])
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match="lr_end < lr_max"):
+        learn.fit_one_cycle_peak(6, 1e-4, 1e-2, 2, lr_end=1e-2)
+
+
 def test_default_24_epoch_schedule_peaks_after_five_epochs():
     n_iter = 98                                                  # 50,000 / 512, last batch kept
     knots = [0, 5 * n_iter, 24 * n_iter - 1]
