@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="train/ and test/ (or valid/) of class folders (fastai's CIFAR-10 "
                    "layout), or class folders alone (split by --valid-pct), or the python archive `cifar-10-batches-py`"
-                   "; default: download CIFAR-10 with fastai's untar_data")
+                   "; or cifar10 / cifar100: download with fastai's untar_data (default: cifar10)")
     p.add_argument("--subset", type=int, metavar="N", help="train on N images (N/10 per class; for smoke runs)")
 
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date-time>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    t.add_argument("--init", metavar="RUN_OR_WEIGHTS", help="fine-tune a trained model (its run folder, "
+                   "model.safetensors or model.pkl) on --data: its body, a new head for the data's classes, then "
+                   "fastai's fine_tune (--freeze-epochs of the head alone, then --epochs of the whole net)")
 
     f = sub.add_parser("lr-find", help="run the LR range test alone and print the bounds it gives")
     _add_data(f)
@@ -139,7 +142,7 @@ def cmd_train(a) -> int:
     if a.resume:
         given = [_flag(n) for n in _recipe_dests() if getattr(a, n) is not None]
         given += ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
-        given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite
+        given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite + ["--init"] * bool(a.init)
         if given:
             raise SettingsError(f"--resume continues a run with the settings it started with; "
                                 f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
@@ -147,7 +150,7 @@ def cmd_train(a) -> int:
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/{_stamp()}")
-    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite), out)
+    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite, init=a.init), out)
 
 
 def _run_interruptible(fn, run_dir: Path) -> int:
@@ -183,7 +186,7 @@ def cmd_evaluate(a) -> int:
     from .inference import evaluate_learner, labelled_dl, load_model
     learn = load_model(a.model)
     r = getattr(learn, "recipe", None) or Recipe()
-    data = load_cifar(a.data, r.valid_pct, r.seed)  # a folder of class folders: the split the model was tested on
+    data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
     with learn.no_bar() if a.json else contextlib.nullcontext():  # machine-readable stdout: no progress bar in it

@@ -46,6 +46,10 @@ class Recipe:
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
     valid_pct: float = setting("train", 0.2, "data as one folder of class folders (no train/ and test/): the share "
                                "of each class held out for testing, drawn with `seed`", min=0.01, max=0.9)
+    size: int = setting("train", 32, "images are resized to size x size pixels when the data is read (32: CIFAR's own; "
+                         "at least 32, which the network's pooling stages need)", min=32)
+    freeze_epochs: int = setting("train", 1, "fine-tuning (--init): epochs training the new head alone before the "
+                                 "whole net trains for `epochs` (fastai's fine_tune)", lr_find=False, min=0)
     # [optimizer]
     wd: float = setting("optimizer", 0.8, "weight decay; decoupled, it shrinks decayed weights by lr*wd a step "
                         "(why 0.8: docs/experiments.md section 7)", min=0.0)

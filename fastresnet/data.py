@@ -1,7 +1,7 @@
-"""CIFAR-10, or any folder of class folders, as one in-memory uint8 tensor served through a fastai DataBlock.
+"""CIFAR-10, CIFAR-100 or any folder of class folders, as one in-memory uint8 tensor served through a fastai DataBlock.
 
 Images are decoded once (from fastai's folder layout, a folder of class folders, or the official python archive),
-resized to 32x32 where they are not, and cached as a `.npz`; after that a batch is a gather from memory plus a few
+resized to the recipe's `size` (32x32 by default) where they are not, and cached as a `.npz`; after that a batch is a gather from memory plus a few
 tensor operations on the training device (see `augment.py`), with no per-image PIL work in the training loop.
 """
 from __future__ import annotations
@@ -30,10 +30,11 @@ from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
            "pil_to_tensor", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset",
-           "load_image", "split_by_class", "channel_stats", "CIFAR_CLASSES"]
+           "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES", "DATASETS"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SIZE = 32  # CIFAR images are 32x32; the network's pooling stages assume it
+SIZE = 32  # CIFAR images are 32x32: the recipe's default `size`, and the smallest the network's pooling stages take
+DATASETS = {"cifar10": "CIFAR", "cifar100": "CIFAR_100"}  # `--data NAME`: fastai's `URLs` attribute, downloaded once
 
 
 class DataError(HintedError, ValueError):
@@ -42,7 +43,7 @@ class DataError(HintedError, ValueError):
 
 @dataclass
 class CifarArrays:
-    """All images as one (N, 3, 32, 32) uint8 tensor, labels as class indices; the first `n_train` are training.
+    """All images as one (N, 3, size, size) uint8 tensor, labels as class indices; the first `n_train` are training.
     `stats`: the per-channel (mean, std) normalisation, None for CIFAR-10's; `valid_files`: the held-out files of a
     random split (None when the data came split)."""
     images: torch.Tensor
@@ -67,8 +68,9 @@ class CifarArrays:
 
 
 # ---------------------------------------------------------------- decoding images
-def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Read one image file as a (3, 32, 32) uint8 tensor. Grayscale, palette and RGBA images are
+def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.MAX_IMAGE_PIXELS,
+               size: int = SIZE) -> torch.Tensor:
+    """Read one image file as a (3, size, size) uint8 tensor. Grayscale, palette and RGBA images are
     converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`.
     An image of more than `max_pixels` is refused from its header, before it is decoded."""
     path = Path(path)
@@ -77,43 +79,55 @@ def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.M
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise DataError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
-                                "accepted: a CIFAR-10 model sees 32x32; shrink the image first.")
+                                f"accepted: the model sees {size}x{size}; shrink the image first.")
             im.load()
-            return pil_to_tensor(im, str(path), resize)
+            return pil_to_tensor(im, str(path), resize, size)
     except Image.DecompressionBombError:
         raise DataError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
-                        "a CIFAR-10 model sees 32x32; shrink the image first.") from None
+                        f"the model sees {size}x{size}; shrink the image first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
 
 
-def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False) -> torch.Tensor:
-    "A PIL image as a (3, 32, 32) uint8 tensor: RGB conversion and (if `resize`) resizing, each with a warning."
+def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, size: int = SIZE) -> torch.Tensor:
+    "A PIL image as a (3, size, size) uint8 tensor: RGB conversion and (if `resize`) resizing, each with a warning."
     if im.mode != "RGB":
         warnings.warn(f"{name} is {im.mode}, not RGB; converted to RGB.")
         im = im.convert("RGB")
-    if im.size != (SIZE, SIZE):
+    if im.size != (size, size):
         if not resize:
-            raise DataError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {SIZE}x{SIZE}: CIFAR-10 "
-                            f"images must be {SIZE}x{SIZE}; resize the folder or remove the file.")
-        warnings.warn(f"{name} is {im.size[0]}x{im.size[1]}; resized to {SIZE}x{SIZE}.")
-        im = im.resize((SIZE, SIZE), Image.BILINEAR)
+            raise DataError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {size}x{size}: the model's "
+                            f"images must be {size}x{size}; resize the folder or remove the file.")
+        warnings.warn(f"{name} is {im.size[0]}x{im.size[1]}; resized to {size}x{size}.")
+        im = im.resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def _subfolders(d: Path) -> list[Path]: return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
+
+
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    """The image files of each class folder of `split_dir`, by class name (sorted). A folder holding no images but
+    folders of them is a group of classes (CIFAR-100's superclasses: train/<superclass>/<class>/): its folders are
+    the classes, named by their own names, as fastai's `parent_label` names them."""
+    if not _subfolders(split_dir):
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
-    out = {}
-    for c in classes:
-        files = sorted(f for f in (split_dir / c).iterdir() if f.is_file())
+    out, where = {}, {}
+    for d in _subfolders(split_dir):
+        files = sorted(f for f in d.iterdir() if f.is_file())
         imgs = [f for f in files if f.suffix.lower() in image_extensions]
-        skipped = len(files) - len(imgs)
-        if skipped: warnings.warn(f"{split_dir/c}: skipping {skipped} file(s) that are not images by their extension.")
-        if not imgs: raise DataError(f"Class folder {split_dir/c} holds no images: every class needs examples.")
-        out[c] = imgs
-    return out
+        for c in ([d] if imgs or not _subfolders(d) else _subfolders(d)):
+            if c != d:
+                files = sorted(f for f in c.iterdir() if f.is_file())
+                imgs = [f for f in files if f.suffix.lower() in image_extensions]
+            skipped = len(files) - len(imgs)
+            if skipped: warnings.warn(f"{c}: skipping {skipped} file(s) that are not images by their extension.")
+            if not imgs: raise DataError(f"Class folder {c} holds no images: every class needs examples.")
+            if c.name in out:
+                raise DataError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
+                                "must be unique. Rename one of them.")
+            out[c.name], where[c.name] = imgs, c
+    return dict(sorted(out.items()))
 
 
 def _fingerprint(root: Path, files: list[Path]) -> str:
@@ -156,17 +170,17 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
                         "per class), or the python archive folder `cifar-10-batches-py`.") from None
 
 
-def _decode(root: Path, files: list[Path]) -> np.ndarray:
-    "Every file as a (3, 32, 32) uint8 image, resized and converted to RGB as needed, with one summary note of each."
-    images = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
+def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
+    "Every file as a (3, size, size) uint8 image, resized and converted to RGB as needed, with one summary note of each."
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     bad = []
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
         warnings.simplefilter("always")
         for k, f in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
-            try: images[k] = load_image(f, resize=True).numpy()
+            try: images[k] = load_image(f, resize=True, size=size).numpy()
             except DataError as e: bad.append(str(e))
     for what, how in (("converted to RGB", "were not RGB (grayscale, palette or RGBA) and were converted to RGB"),
-                      ("resized to", f"were not {SIZE}x{SIZE} and were resized (squashed) to {SIZE}x{SIZE}, as "
+                      ("resized to", f"were not {size}x{size} and were resized (squashed) to {size}x{size}, as "
                                      "`fastresnet predict` and `learn.predict` resize theirs")):
         found = [str(n.message) for n in notes if what in str(n.message)]
         if found: warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
@@ -187,12 +201,13 @@ def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarra
     return valid
 
 
-def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, seed: int = 42) -> CifarArrays:
+def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, seed: int = 42,
+                size: int = SIZE) -> CifarArrays:
     """Read `root/{train,test}/<class>/<image>` (fastai's CIFAR layout; `valid/` for `test/` too) or `root/<class>/
-    <image>`, whose classes are then split `valid_pct` held out (`split_by_class`, with `seed`). Images of any size
-    and mode are resized to 32x32 RGB. Decoding 60,000 files takes a minute, so the decoded images are cached as
-    one `.npz` keyed by the files' names, sizes and times. Normalisation: CIFAR-10's statistics for CIFAR-10's
-    classes, otherwise the training images' own."""
+    <image>`, whose classes are then split `valid_pct` held out (`split_by_class`, with `seed`); class folders may sit
+    in group folders (`_class_files`). Images of any size and mode are resized to `size`x`size` RGB. Decoding 60,000
+    files takes a minute, so the decoded images are cached as one `.npz` keyed by the files' names, sizes and times
+    (and `size`). Normalisation: CIFAR-10's statistics for CIFAR-10's classes, otherwise the training images' own."""
     root = Path(root)
     train, test = _layout(root)
     vocab = list(train)
@@ -203,7 +218,7 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
     if len(vocab) < 2: raise DataError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
     files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
-    key = _fingerprint(root, [f for f, _ in files])
+    key = _fingerprint(root, [f for f, _ in files]) + (f"-{size}px" if size != SIZE else "")  # 32: the old caches
     cpath = _cache_path(key)
     images = None
     if cache and cpath.exists():
@@ -216,7 +231,7 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
             warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
                           "decoding the images again and rewriting it.")
     if images is None:
-        images = _decode(root, [f for f, _ in files])
+        images = _decode(root, [f for f, _ in files], size)
         if cache:
             try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
             except (OSError, DiskFullError) as e:  # a cache is a convenience: training goes on without it
@@ -253,8 +268,8 @@ def _unpickle(path: Path) -> dict:
                         "download and extract cifar-10-python.tar.gz again.") from None
 
 
-def read_python_archive(folder: str | Path) -> CifarArrays:
-    "Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch)."
+def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
+    "Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not 32."
     folder = Path(folder)
     meta = _unpickle(folder / "batches.meta")
     vocab = [n.decode() for n in meta[b"label_names"]]
@@ -266,27 +281,39 @@ def read_python_archive(folder: str | Path) -> CifarArrays:
     images = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, SIZE, SIZE)
     labels = np.concatenate([np.asarray(p[b"labels"]) for p in parts]).astype(np.int64)
     n_train = sum(len(p[b"labels"]) for p in parts[:5])
-    return CifarArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train)
+    images = torch.from_numpy(np.ascontiguousarray(images))
+    if size != SIZE: images = resize_images(images, size)
+    return CifarArrays(images, torch.from_numpy(labels), vocab, n_train)
 
 
-def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42) -> CifarArrays:
+def resize_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    "(N, 3, H, W) uint8 images resized to `size`x`size` (bilinear, antialiased as PIL's), in chunks."
+    import torch.nn.functional as F
+    return torch.cat([F.interpolate(images[i:i + chunk].float(), (size, size), mode="bilinear", antialias=True)
+                      .round_().clamp_(0, 255).to(torch.uint8) for i in range(0, len(images), chunk)])
+
+
+def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
+               size: int = SIZE) -> CifarArrays:
     """Images from `path`: fastai's folder layout, a folder of class folders (split by `valid_pct` and `seed`, see
-    `read_folder`), the python archive folder, or a folder holding it; with no path, fastai downloads CIFAR-10
-    (`URLs.CIFAR`, needs internet once)."""
-    if path is None:
+    `read_folder`), the python archive folder, or a folder holding it; resized to `size` (see `read_folder`). With no
+    path, or `cifar10` / `cifar100` where no such folder exists, fastai's `untar_data` downloads CIFAR-10
+    (`URLs.CIFAR`) or CIFAR-100 (`URLs.CIFAR_100`) once into its data folder (~/.fastai/data, $FASTAI_HOME)."""
+    if path is None or (str(path) in DATASETS and not Path(path).exists()):
         from fastai.data.external import URLs, untar_data
-        try: path = untar_data(URLs.CIFAR)
+        name = str(path or "cifar10")
+        try: path = untar_data(getattr(URLs, DATASETS[name]))
         except Exception as e:
-            raise DataError(f"Could not download CIFAR-10 ({type(e).__name__}: {e}). Without internet, give the "
-                            "path of a folder in fastai's layout or of `cifar-10-batches-py`.",
-                            hint="(--data PATH)") from None
+            raise DataError(f"Could not download {name.upper().replace('CIFAR', 'CIFAR-')} ({type(e).__name__}: "
+                            f"{e}). Without internet, give the path of a folder in fastai's layout (or of "
+                            "`cifar-10-batches-py`).", hint="(--data PATH)") from None
     path = Path(path).expanduser()
     if not path.exists(): raise DataError(f"Data path {path} does not exist.")
     if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
                                           "or the class folders.")
-    if (path / "batches.meta").exists(): return read_python_archive(path)
-    if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py")
-    return read_folder(path, valid_pct=valid_pct, seed=seed)
+    if (path / "batches.meta").exists(): return read_python_archive(path, size)
+    if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py", size)
+    return read_folder(path, valid_pct=valid_pct, seed=seed, size=size)
 
 
 def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
@@ -311,22 +338,28 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
 
 # ---------------------------------------------------------------- fastai pipeline
 class ToTensorImage(Transform):
-    """Anything `learn.predict` or `test_dl` may be given, as fastai's `TensorImage` of shape (3, 32, 32):
+    """Anything `learn.predict` or `test_dl` may be given, as fastai's `TensorImage` of shape (3, size, size):
     a uint8 tensor (CHW) or array (CHW or HWC), a PIL image, or an image file path (str or Path). Images of another
     size are resized and non-RGB ones converted, each with a warning, as `fastresnet predict` does."""
     input_types = (torch.Tensor, np.ndarray, Image.Image, Path, str)  # fastai's `test_dl` starts the pipeline here
+    size = SIZE  # a class default: learners exported before `size` existed unpickle with it
+
+    def __init__(self, size: int = SIZE):
+        super().__init__()
+        self.size = size
 
     def encodes(self, o: torch.Tensor) -> TensorImage:
-        if o.ndim == 3 and o.shape[1:] != (SIZE, SIZE):
+        if o.ndim == 3 and o.shape[1:] != (self.size, self.size):
             if o.shape[0] != 3: raise DataError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
-            o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", resize=True)
+            o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", True,
+                              self.size)
         return TensorImage(o)
     def encodes(self, o: np.ndarray) -> TensorImage:
         if o.ndim == 3 and o.shape[-1] == 3 and o.shape[0] != 3: o = o.transpose(2, 0, 1)  # HWC, as np.asarray(PIL)
         return self.encodes(torch.from_numpy(np.ascontiguousarray(o)))
-    def encodes(self, o: Image.Image) -> TensorImage: return TensorImage(pil_to_tensor(o, "PIL image", resize=True))
-    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True))
-    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True))
+    def encodes(self, o: Image.Image) -> TensorImage: return TensorImage(pil_to_tensor(o, "PIL image", True, self.size))
+    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True, size=self.size))
+    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True, size=self.size))
 
 
 class CifarDL(TfmdDL):
@@ -352,9 +385,9 @@ class CifarDL(TfmdDL):
             yield x, y
 
 
-def CifarImageBlock() -> TransformBlock:
+def CifarImageBlock(size: int = SIZE) -> TransformBlock:
     "Like fastai's `ImageBlock`, but for uint8 tensors already in memory: no PIL on the way."
-    return TransformBlock(type_tfms=ToTensorImage(), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
+    return TransformBlock(type_tfms=ToTensorImage(size), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
 
 
 def batch_augment(r: Recipe, stats=cifar_stats) -> list:
@@ -367,7 +400,7 @@ def batch_augment(r: Recipe, stats=cifar_stats) -> list:
 
 def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
     "Items are (image, class) pairs; the validation split is the test images (CIFAR-10's official 10,000)."
-    return DataBlock(blocks=(CifarImageBlock(), CategoryBlock(vocab=data.vocab)),
+    return DataBlock(blocks=(CifarImageBlock(data.images.shape[-1]), CategoryBlock(vocab=data.vocab)),
                      get_items=CifarArrays.items, get_x=ItemGetter(0), get_y=ItemGetter(1),
                      splitter=IndexSplitter(range(data.n_train, len(data.labels))),
                      batch_tfms=batch_augment(r, data.norm_stats))

@@ -24,7 +24,7 @@ from .model import CustomResNet
 __all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError",
            "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
            "labelled_dl", "model_file", "save_weights", "norm_stats", "load_weights_learner", "load_model",
-           "stub_learner"]
+           "stub_learner", "image_size"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
@@ -150,7 +150,7 @@ def load_weights_learner(path: str | Path) -> Learner:
 def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
     """A Learner with the recipe's pipeline (normalised by `stats`, None: CIFAR-10's) but a blank image per class as
     data: for inference and summaries."""
-    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, SIZE, SIZE, dtype=torch.uint8),
+    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, r.size, r.size, dtype=torch.uint8),
                        torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
     return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
 
@@ -177,6 +177,11 @@ def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Te
     return learn.get_preds(dl=learn.dls.test_dl(images, bs=bs))[0]
 
 
+def image_size(learn: Learner) -> int:
+    "The side of the images the model was trained on: its recipe's `size` (32 in learners from before the setting)."
+    return getattr(getattr(learn, "recipe", None), "size", SIZE)
+
+
 def top_classes(probs: torch.Tensor, vocab: list[str], k: int = 3) -> list[tuple[str, float]]:
     "The `k` most probable classes of one probability row, most probable first."
     p, i = probs.topk(min(k, len(vocab)))
@@ -186,16 +191,15 @@ def top_classes(probs: torch.Tensor, vocab: list[str], k: int = 3) -> list[tuple
 def iter_predictions(learn: Learner, files: list[str | Path], bs: int = INFER_BS, k: int = 3):
     """Predictions file by file, in order, decoded and run `bs` files at a time. Each is a dict with `file`,
     `class`, `probability`, `top` (the `k` best (class, probability) pairs) and `notes` (e.g. "resized"), or with
-    `file` and `error` for a file that cannot be read. Images that are not 32x32 are resized, as a prediction needs
-    the CIFAR size."""
-    vocab = list(learn.dls.vocab)
+    `file` and `error` for a file that cannot be read. Images of other sizes are resized to the model's."""
+    vocab, size = list(learn.dls.vocab), image_size(learn)
     for start in range(0, len(files), bs):
         rows, imgs = [], []
         for f in files[start:start + bs]:
             try:
                 with warnings.catch_warnings(record=True) as w:
                     warnings.simplefilter("always")
-                    imgs.append(load_image(f, resize=True))
+                    imgs.append(load_image(f, resize=True, size=size))
                 rows.append({"file": str(f), "notes": [str(x.message) for x in w]})
             except DataError as e:
                 rows.append({"file": str(f), "error": str(e)})

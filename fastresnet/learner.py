@@ -3,6 +3,7 @@ that make a long CPU run safe: a per-epoch checkpoint that resumes exactly, and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import sys
 from functools import partial
@@ -33,13 +34,14 @@ from .optim import TorchAdam
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
-__all__ = ["cifar_learner", "build_learner", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
+__all__ = ["cifar_learner", "build_learner", "load_body", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
            "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
            "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16"]
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
-                  path: str | Path = ".", subset: int | None = None, **changes) -> Learner:
+                  path: str | Path = ".", subset: int | None = None, init: str | Path | None = None,
+                  stats: tuple[list[float], list[float]] | None = None, **changes) -> Learner:
     """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, the images of `data`
     (a folder as for `fastresnet train --data`, arrays, or `None` to download CIFAR-10) through the recipe's
     DataBlock into CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file;
@@ -49,12 +51,23 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
         lrs = learn.lr_find(suggest_funcs=minimum)   # lrs.minimum = (LR at the lowest loss) / 10 = LRMAX
         learn.fit_one_cycle_peak(24, lrs.minimum / 100, lrs.minimum, peak_epoch=5)
         learn.export("model.pkl")
+
+    `init` (a run folder, `.safetensors` or `.pkl`) starts from a trained model instead, as fastai's `vision_learner`
+    starts from a pretrained one: its body, width and input normalisation, with a new head for `data`'s classes;
+    then `learn.fine_tune(n, base_lr)`. `stats` (per-channel mean and std) overrides the input normalisation.
     """
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
     r = resolve_precision(r.replace(**changes))
+    source = None
+    if init is not None:  # the body's shape is the source's: its width wins over the recipe's
+        from .inference import load_model, norm_stats
+        source = load_model(init)
+        r = r.replace(width=unwrap(source.model).width)
     check_runtime(r)
-    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed)
+    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
     if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
+    if source is not None and stats is None: stats = norm_stats(source)  # the inputs scaled as the body was trained
+    if stats is not None: arrays = dataclasses.replace(arrays, stats=tuple(map(list, stats)))
     set_seed(r.seed)
     torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
     torch.backends.cudnn.benchmark = not r.deterministic
@@ -62,7 +75,17 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     dls.valid_files = arrays.valid_files  # a random split's held-out files, for the run folder (not exported)
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
+    if source is not None: load_body(learn.model, source.model)
     return learn
+
+
+def load_body(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    "Every weight of `source` but its `fc` head into `model`, whose head stays new (sized for its own classes)."
+    body = {k: v for k, v in unwrap(source).state_dict().items() if not k.startswith("fc.")}
+    missing, unexpected = unwrap(model).load_state_dict(body, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise SettingsError(f"The model to start from does not fit this network (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}).")
 
 
 def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learner:
@@ -216,7 +239,8 @@ def _epoch_line(learn: Learner, log) -> None:
     names = [n for n in rec.metric_names[1:-1] if not (rec.cancel_valid and n.startswith("valid_"))]
     vals = list(log[1:-1])
     parts = [f"{n} {v:.4f}" for n, v in zip(names, vals)]
-    print(f"epoch {log[0] + 1}/{learn.n_epoch}  " + "  ".join(parts) + f"  time {log[-1]}", flush=True)
+    off, total = getattr(learn, "epoch_offset", 0), getattr(learn, "epoch_total", learn.n_epoch)  # fine_tune: 2 fits
+    print(f"epoch {log[0] + 1 + off}/{total}  " + "  ".join(parts) + f"  time {log[-1]}", flush=True)
 
 
 # ---------------------------------------------------------------- RNG state
@@ -243,8 +267,10 @@ class RunCheckpoint(Callback):
     `metrics.json` / `schedule.json`, and save model + optimizer + RNG + history + schedule to `checkpoint.pth`."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None):
+    def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
+                 hps: dict | None = None):
         self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
+        self.hps_before = hps or {}  # fastai's schedulers (fine_tune): the steps of the fits before this one
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
@@ -252,20 +278,30 @@ class RunCheckpoint(Callback):
             self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
     def after_epoch(self):
-        if self.epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)
+        epoch = self.epoch + getattr(self.learn, "epoch_offset", 0)  # of the run (fine_tune's frozen epochs first)
+        if epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)
         values = list(self.recorder.log[1:-1])  # between the epoch number and the time
-        row = {"epoch": self.epoch}
+        row = {"epoch": epoch}
         for n in self.recorder.metric_names[1:-1]:  # train_*, then valid_* unless that pass was skipped
             row[n] = None if self.recorder.cancel_valid and n.startswith("valid_") else float(values.pop(0))
         row["time"] = str(self.recorder.log[-1])  # fastai's mm:ss
         row["lr_end"] = float(self.opt.hypers[-1]["lr"])
         self.history.append(row)
-        ck = {"epoch": self.epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
+        ck = {"epoch": epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
-              "hps": self.one_cycle_peak.hps}  # the LR and beta1 of every step so far, as the schedule set them
+              "hps": self._hps()}  # the LR and beta1 of every step so far, as the schedule set them
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history, ck["hps"])
+
+    def after_fit(self):
+        if getattr(self.learn, "param_scheduler", None) is not None: self.hps_before = self._hps()
+
+    def _hps(self) -> dict:
+        "The recipe's schedule records the whole run; fastai's records one fit, which follows `hps_before`."
+        own = getattr(self.learn, "one_cycle_peak", None)
+        if own is not None: return own.hps
+        return {k: list(self.hps_before.get(k, [])) + list(v) for k, v in self.param_scheduler.hps.items()}
 
 
 class MuteSkippedEpochs(Callback):
@@ -276,7 +312,8 @@ class MuteSkippedEpochs(Callback):
     def before_epoch(self): self._restore()
     def after_fit(self): self._restore()
     def after_epoch(self):
-        if self.epoch < self.start: self.saved, self.learn.logger = self.learn.logger, noop
+        if self.epoch + getattr(self.learn, "epoch_offset", 0) < self.start:
+            self.saved, self.learn.logger = self.learn.logger, noop
 
     def _restore(self):
         if self.saved is not None: self.learn.logger, self.saved = self.saved, None

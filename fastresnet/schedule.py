@@ -20,7 +20,7 @@ from fastcore.foundation import L
 
 from .config import Recipe
 
-__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "LRBounds", "find_bounds"]
+__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds"]
 
 
 def piecewise(step: float, knots: list[float], values: list[float], shape: str = "linear") -> float:
@@ -69,6 +69,31 @@ def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float
     moms = tuple(moms if moms is not None else self.moms)
     sched = OneCyclePeak(lr_min, lr_max, peak_epoch, shape, moms if moms[0] != moms[1] else None, hps, lr_end)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
+
+
+@patch
+def fine_tune_from(self: Learner, epochs: int, base_lr: float, freeze_epochs: int = 1, start_epoch: int = 0,
+                   cbs=None, **kwargs) -> None:
+    """fastai's `fine_tune` (`freeze_epochs` of the head alone at `base_lr`, then `epochs` of the whole net at
+    `slice(base_lr/200, base_lr/2)`, with its defaults), begun at `start_epoch` of the two phases together: the
+    resume fastai's lacks. While it runs, `epoch_offset` (the phase's first epoch in the run) and `epoch_total` tell
+    the run's callbacks where they are."""
+    lr_mult, pct_start, div = 100, 0.3, 5.0  # fastai's fine_tune defaults
+    try:
+        self.epoch_total = freeze_epochs + epochs
+        if start_epoch < freeze_epochs:
+            self.epoch_offset = 0
+            if start_epoch == 0: self.freeze()  # fastai's freeze also clears the optimizer state ...
+            else: self.opt.freeze_to(-1)         # ... which a resume mid-phase has just restored: keep it
+            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs, start_epoch=start_epoch,
+                               **kwargs)
+        self.epoch_offset = freeze_epochs
+        if start_epoch <= freeze_epochs: self.unfreeze()
+        else: self.opt.freeze_to(0)
+        self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), pct_start=pct_start, div=div, cbs=cbs,
+                           start_epoch=max(0, start_epoch - freeze_epochs), **kwargs)
+    finally:
+        for k in ("epoch_offset", "epoch_total"): self.__dict__.pop(k, None)
 
 
 class LRBounds(NamedTuple):

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .data import CIFAR_CLASSES, SIZE, DataError, load_image
-from .inference import load_model, model_file, predict_images, top_classes
+from .inference import image_size, load_model, model_file, predict_images, top_classes
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",
@@ -99,9 +99,9 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
 
 
 def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.ndarray]:
-    "One uploaded file → ({class: probability} of the top `k`, the 32x32 RGB image the model saw). Raises DataError."
+    "One uploaded file → ({class: probability} of the top `k`, the RGB image the model saw). Raises DataError."
     if not path: raise DataError("No image was uploaded.")
-    img = load_image(path, resize=True, max_pixels=MAX_PIXELS)
+    img = load_image(path, resize=True, max_pixels=MAX_PIXELS, size=image_size(learn))
     probs = predict_images(learn, [img])[0]
     return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
 
@@ -111,19 +111,19 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
     gr = gradio()
     path = resolve_model(model)
     learn = load_model(path)
-    vocab = list(learn.dls.vocab)
+    vocab, size = list(learn.dls.vocab), image_size(learn)
 
     def predict(file):
         try:
             with learn.no_bar(): label, seen = classify(learn, file)
         except DataError as e:
             raise gr.Error(_upload_message(str(e), file), print_exception=False) from None
-        return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)
+        return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)  # 192 px, whatever the size
 
     with gr.Blocks(title="fastresnet", analytics_enabled=False, delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as app:
         kind = "CIFAR-10" if vocab == CIFAR_CLASSES else f"{len(vocab)}-class"
         gr.Markdown(f"# fastresnet: {kind} classifier\n"
-                    f"Upload an image; it is resized to {SIZE}x{SIZE}, as the model was trained on "
+                    f"Upload an image; it is resized to {size}x{size}, as the model was trained on "
                     f"({', '.join(vocab)}).")
         with gr.Row():
             with gr.Column():
@@ -131,7 +131,7 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
                 button = gr.Button("Classify", variant="primary", elem_id="classify")
             with gr.Column():
                 label = gr.Label(num_top_classes=3, label="Top 3 classes", elem_id="label")
-                seen = gr.Image(label=f"What the model sees ({SIZE}x{SIZE}, enlarged)", interactive=False,
+                seen = gr.Image(label=f"What the model sees ({size}x{size}, enlarged)", interactive=False,
                                 elem_id="seen")
         shown = example_images(path, vocab, examples, out=workdir)
         gr.Examples(examples=shown, inputs=upload, outputs=[label, seen], fn=predict, run_on_click=True,

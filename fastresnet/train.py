@@ -31,11 +31,13 @@ __all__ = ["RunError", "run", "lr_find_run", "learner_for_run"]
 
 
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
-        overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print) -> dict:
-    "A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results."
+        overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None) -> dict:
+    """A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results.
+    `init` (a trained model: run folder, `.safetensors` or `.pkl`) makes it a fine-tuning run: the model's body and
+    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule."""
     run_dir = Path(run_dir).absolute()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
-        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log)
+        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init)
         except Exception as e:
             if not is_disk_full(e, run_dir): raise
             full = e if isinstance(e, DiskFullError) else disk_full_error(run_dir / "x", what="into the run folder")
@@ -46,11 +48,11 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
                         f"continue the run with: fastresnet train --resume {run_dir}") from None
 
 
-def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
+def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init) -> dict:
     ck, r = None, r and resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
     if resume:
         r, info, ck = _open_run(run_dir)
-        data, subset = data or run_data(info), info.get("subset")
+        data, subset, init = data or run_data(info), info.get("subset"), info.get("init")
         if ck is None:
             log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
             overwrite = True
@@ -61,13 +63,17 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
                            hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
     if ck is None and dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time()
-    learn = cifar_learner(data, r, run_dir, subset)  # checks the machine can run `r`, then loads the data
-    vocab, split = list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)
+    # checks the machine can run `r`, then loads the data; a resumed fine-tune's weights come from its checkpoint
+    learn = cifar_learner(data, r, run_dir, subset, init=init if ck is None else None,
+                          stats=info.get("stats") if ck is not None else None)  # a fine-tune's are its source's
+    r, vocab, split = learn.recipe, list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)  # width: init's
+    epochs = r.epochs + (r.freeze_epochs if init else 0)  # fine-tuning: the head's epochs first
     if ck is None:
         info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
-                "machine": platform.platform(), "data": str(Path(data).resolve()) if data else None, "subset": subset,
+                "machine": platform.platform(), "data": _data_record(data), "subset": subset,
                 "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": vocab,
                 "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
+        if init: info["init"] = str(Path(init).resolve())
         files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
         if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
             files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
@@ -80,26 +86,31 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
                        f"renamed since the run started): resume {run_dir} with the data it started with.")
     with plain_output(learn):
         if ck is not None: bounds, start = _restore(learn, ck, run_dir), ck["epoch"] + 1
-        else: bounds, start = _bounds(learn, r, run_dir, log), 0
+        else:
+            if init: learn.freeze()  # the range test of a fine-tune trains the new head alone, as its first epochs do
+            bounds, start = _bounds(learn, r, run_dir, log), 0
         if r.lr_end >= bounds.lr_max:
             raise RunError(f"`lr_end` ({r.lr_end}) is not below LRMAX ({bounds.lr_max:.4g}, {bounds.rule}).",
                            hint="(a smaller --lr-end, or --lr-max)")
-        if ck is None or start < r.epochs:
-            if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {r.epochs}. " * bool(start)
-                                   + f"LR bounds: {bounds.describe()}")
+        if ck is None or start < epochs:
+            if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {epochs}. " * bool(start) + (
+                f"Fine-tuning {init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole net "
+                f"(fastai's fine_tune), base LR = LRMAX = {bounds.lr_max:.3g} ({bounds.rule})" if init else
+                f"LR bounds: {bounds.describe()}"))
             if dist.world_size() > 1:
                 print(f"process {rank_distrib()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
                       f"(global batch {r.bs})", flush=True)
             cbs = [StopOnNaN(), *extra_cbs]
             if dist.is_main():
-                cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"]))
+                cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"],
+                                         ck and ck["hps"]))
             if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
-                learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, r.shape, cbs=cbs,
-                                         lr_end=r.lr_end or None,
-                                         start_epoch=start, hps=ck and ck["hps"])
-        else: log(f"{run_dir} already finished all {r.epochs} epochs; evaluating and exporting.")
+                if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
+                else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, r.shape, cbs=cbs,
+                                               lr_end=r.lr_end or None, start_epoch=start, hps=ck and ck["hps"])
+        else: log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
         res = {}
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
             with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
@@ -107,6 +118,12 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log) -> dict:
         with dist.alone(): _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
     dist.leave()
     return res
+
+
+def _data_record(data: str | None) -> str | None:
+    "The data as run.json records it: a folder as an absolute path; a data set's name (cifar10, cifar100) as given."
+    from .data import DATASETS
+    return data if data is None or (str(data) in DATASETS and not Path(data).exists()) else str(Path(data).resolve())
 
 
 def _open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
@@ -182,7 +199,8 @@ def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:
     from .inference import load_weights
     run_dir = Path(run_dir).absolute()
     info = read_json(run_dir / RUN)
-    learn = cifar_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"))
+    learn = cifar_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"),
+                          stats=info.get("stats"))
     load_weights(learn.model, run_dir / WEIGHTS)
     return learn
 

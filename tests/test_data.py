@@ -255,3 +255,47 @@ def test_a_hundred_class_report_lists_the_top_confusions_instead_of_a_grid(tmp_p
     table = text.split("## Most frequent confusions")[1].split("\n\n")[1].splitlines()[2:]
     assert table == ["| class050 | class051 | 12 |", "| class001 | class002 | 9 |", "| class007 | class003 | 9 |",
                      "| class099 | class000 | 4 |"]
+
+
+def _png(path: Path, level: int, size=(32, 32)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), level, np.uint8)).save(path)
+
+
+def test_class_folders_inside_group_folders_are_the_classes_as_in_cifar100(tmp_path):
+    root = tmp_path / "c100"                        # train/<superclass>/<class>/, test/ the same
+    groups = {"fish": ["ray", "shark"], "trees": ["maple_tree", "oak_tree", "palm_tree"]}
+    for split, n in (("train", 3), ("test", 1)):
+        for g, classes in groups.items():
+            for c in classes:
+                for i in range(n): _png(root / split / g / c / f"{i}.png", 10 * len(c) + i)
+    d = load_cifar(root)
+    assert d.vocab == ["maple_tree", "oak_tree", "palm_tree", "ray", "shark"]       # leaf names, sorted
+    assert d.n_train == 15 and d.n_valid == 5
+    for y, img in zip(d.labels.tolist(), d.images):                                 # each image under its class
+        assert int(img[0, 0, 0]) // 10 == len(d.vocab[y])
+    _png(root / "train" / "trees" / "ray" / "0.png", 0)                            # a second class called "ray"
+    _png(root / "test" / "trees" / "ray" / "0.png", 0)
+    with pytest.raises(DataError, match=r"Two class folders are named 'ray' \(.*fish/ray and .*trees/ray\)"):
+        load_cifar(root)
+
+
+def test_size_resizes_every_image_and_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "c", n_train=20, n_test=10)
+    small = load_cifar(root)
+    import fastresnet.data as D
+    decoded = []
+    monkeypatch.setattr(D, "load_image", lambda f, *a, **k: decoded.append(f) or load_image(f, *a, **k))
+    with pytest.warns(UserWarning, match="30 image.* were not 48x48 and were resized"):
+        big = load_cifar(root, size=48)
+    assert big.images.shape == (30, 3, 48, 48) and len(decoded) == 30                 # not the 32x32 cache
+    assert torch.equal(big.labels, small.labels)
+    img = Image.open(sorted((root / "train" / "cat").iterdir())[0]).convert("RGB").resize((48, 48), Image.BILINEAR)
+    first_cat = int((big.labels == 3).nonzero()[0])
+    assert torch.equal(big.images[first_cat], torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+    decoded.clear()
+    assert torch.equal(load_cifar(root, size=48).images, big.images) and decoded == []   # its own cache
+    assert torch.equal(load_cifar(root).images, small.images) and decoded == []          # the 32x32 one kept
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    archive = load_cifar(make_python_archive(tmp_path / "py"), size=40)                 # the archive: resized too
+    assert archive.images.shape[-2:] == (40, 40)

@@ -1,0 +1,141 @@
+"""Other data sets through the command: CIFAR-100 by name (fastai's `untar_data` on a generated data set of the
+archive's layout), fine-tuning a trained model on new classes (`--init`, fastai's `fine_tune`, resumable), and a
+`size` other than 32 from training to `load_learner().predict`."""
+import json
+import math
+import signal
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from fastai.learner import load_learner
+from PIL import Image
+from safetensors.torch import load_file
+
+from fastresnet.cli import main
+from interrupt import install
+
+pytestmark = pytest.mark.slow
+TINY = ["--width", "0.25", "--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
+
+
+def pictures(root, classes, n, seed=0, size=(32, 32)):
+    "n noisy pictures per class, class k's colour set apart, written as root/<class>/<i>.png."
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (size[1], size[0], 3)) + np.array([k * 37 % 200, k * 71 % 200, k * 13 % 200])
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_cifar100_by_name_comes_through_fastai_untar_data(tmp_path, monkeypatch, capsys):
+    """`--data cifar100` asks fastai's `untar_data(URLs.CIFAR_100)`. With the archive already downloaded and
+    extracted (here: generated with 20 superclasses x 5 classes and extracted by fastdownload's own `untar_dir`,
+    as `untar_data` extracts a download), it returns the folder without touching the network."""
+    from fastai.data.external import URLs, untar_data
+    from fastdownload.core import untar_dir
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai"))
+    src = tmp_path / "src" / "cifar100"
+    classes = {f"super{g:02d}": [f"class{g:02d}{c}" for c in "abcde"] for g in range(20)}
+    for split, n in (("train", 3), ("test", 1)):
+        for g, cs in classes.items(): pictures(src / split / g, cs, n, seed=len(split))
+    archive = tmp_path / "cifar100.tgz"
+    with tarfile.open(archive, "w:gz") as tar: tar.add(src, arcname="cifar100")
+    untar_dir(archive, tmp_path / "fastai" / "data", rename=True)
+    assert untar_data(URLs.CIFAR_100) == tmp_path / "fastai" / "data" / "cifar100"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "cifar100", "--out", "run", "--epochs", "2", *TINY[:2], "--bs", "64",
+                 "--lr-max", "0.003", "--no-tta"]) == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["data"] == "cifar100"                                   # by name: a resume asks untar_data again
+    assert len(info["vocab"]) == 100 and info["n_train"] == 300 and info["n_valid"] == 100
+    assert load_file(tmp_path / "run" / "model.safetensors")["fc.weight"].shape[0] == 100     # the head: 100 classes
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "run", "--data", "cifar100"]) == 0
+    assert "most frequent confusions" in capsys.readouterr().out.lower()
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, tiny_folder):
+    "A CIFAR-10-shaped run to start from."
+    run = tmp_path_factory.mktemp("source") / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), "--epochs", "2", *TINY]) == 0
+    return run
+
+
+def test_init_fine_tunes_a_trained_body_with_a_new_head_on_fastai_fine_tune_schedule(source_run, tmp_path):
+    new = tmp_path / "flowers"
+    pictures(new, ["daisy", "rose", "tulip"], 12)
+    run = tmp_path / "ft"
+    assert main(["train", "--data", str(new), "--init", str(source_run), "--out", str(run), "--epochs", "2",
+                 "--width", "1", "--lr-max", "0.002", *TINY[2:]]) == 0        # --width 1 is overruled: the body is the source's
+    info, src = json.loads((run / "run.json").read_text()), load_file(source_run / "model.safetensors")
+    assert info["init"] == str(source_run) and info["vocab"] == ["daisy", "rose", "tulip"]
+    assert "width = 0.25" in (run / "settings.ini").read_text()
+    assert info["stats"] == json.loads((source_run / "run.json").read_text())["stats"]   # the source's input scale
+    out = load_file(run / "model.safetensors")
+    assert out["fc.weight"].shape == (3, src["fc.weight"].shape[1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics] == [0, 1, 2]               # 1 epoch of the head, then 2 of everything
+    hps = json.loads((run / "schedule.json").read_text())
+    n_iter = len(hps["lr"]) // 3
+    head, whole = hps["lr"][:n_iter], hps["lr"][n_iter:]
+    # fastai's fine_tune(base_lr=0.002): fit_one_cycle(1, 0.002, pct_start=0.99) on the head, then
+    # fit_one_cycle(2, 0.001, pct_start=0.3, div=5): half-cosines from max/div up to max over pct_start of the steps,
+    # then down to max/1e5 (div_final); step i of n at pct i/n
+    def one_cycle(i, n, top, pct_start, div):
+        half = lambda a, b, p: a + (1 - math.cos(math.pi * p)) * (b - a) / 2
+        p = i / n
+        return half(top / div, top, p / pct_start) if p < pct_start else \
+            half(top, top / 1e5, (p - pct_start) / (1 - pct_start))
+    assert head == pytest.approx([one_cycle(i, n_iter, 0.002, 0.99, 25) for i in range(n_iter)])
+    assert whole == pytest.approx([one_cycle(i, 2 * n_iter, 0.001, 0.3, 5) for i in range(2 * n_iter)])
+    convs = [k for k in src if k.endswith("conv.weight")]     # unfrozen for the last 2 epochs: the body moved
+    assert len(convs) == 8 and all(not torch.equal(out[k], src[k]) for k in convs)
+
+
+def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path, monkeypatch,
+                                                                             capsys):
+    new = tmp_path / "flowers"
+    pictures(new, ["daisy", "rose", "tulip"], 12)
+    args = ["--data", str(new), "--init", str(source_run), "--epochs", "2", *TINY[2:]]
+    base = tmp_path / "whole"
+    assert main(["train", "--out", str(base), *args]) == 0
+    run = tmp_path / "stopped"
+    install(monkeypatch.setattr, "train_batch", 5, signal.SIGTERM)      # 3 batches an epoch: in the second epoch
+    assert main(["train", "--out", str(run), *args]) == 130
+    monkeypatch.undo()
+    ck = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert ck["epoch"] == 0                                            # the head's epoch was saved ...
+    src = load_file(source_run / "model.safetensors")
+    convs = [k for k in src if k.endswith("conv.weight")]
+    assert all(torch.equal(ck["model"][k], src[k]) for k in convs)     # ... with the body exactly the source's
+    assert not torch.equal(ck["model"]["fc.weight"], load_file(base / "model.safetensors")["fc.weight"])
+    install(monkeypatch.setattr, "train_batch", 4, signal.SIGTERM)      # resumed: in the last epoch
+    assert main(["train", "--resume", str(run)]) == 130
+    monkeypatch.undo()
+    assert torch.load(run / "checkpoint.pth", weights_only=False)["epoch"] == 1
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "Resuming" in capsys.readouterr().out
+    a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the whole run"
+    assert json.loads((run / "schedule.json").read_text()) == json.loads((base / "schedule.json").read_text())
+
+
+def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path):
+    root = tmp_path / "mine"
+    pictures(root, ["red", "green"], 10, size=(70, 50))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(run), "--size", "48", "--epochs", "2", *TINY]) == 0
+    assert "size = 48" in (run / "settings.ini").read_text()
+    learn = load_learner(run / "model.pkl")
+    x = learn.dls.test_dl([str(root / "red" / "0.png")]).one_batch()[0]
+    assert x.shape == (1, 3, 48, 48)
+    label, _, probs = learn.predict(root / "red" / "0.png")
+    assert label in ("red", "green") and probs.shape == (2,)
+    from fastresnet.inference import load_model
+    assert load_model(run / "model.safetensors").dls.test_dl([str(root / "red" / "0.png")]).one_batch()[0].shape \
+        == (1, 3, 48, 48)
