@@ -48,7 +48,9 @@ def _setting_type(f):
 def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
     "One flag per `Recipe` field the command uses, with the field's help, default and range."
     g = p.add_argument_group("recipe (flags override --settings; defaults: fastresnet/settings.ini)")
-    g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini")
+    g.add_argument("--recipe", metavar="NAME_OR_FILE", help="a shipped recipe (default, page-sgd, seed, adam-933: "
+                   "fastresnet/recipes/) or a settings file, over the defaults")
+    g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini (over --recipe)")
     for f in fields(Recipe):
         md, default = f.metadata, getattr(Recipe(), f.name)
         if command == "lr-find" and not md["lr_find"]: continue
@@ -118,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(a: argparse.Namespace) -> Recipe:
     "The defaults, then --settings FILE, then the flags; says where a new length moved the peak."
-    from .config import load_settings
-    base = load_settings(a.settings) if a.settings else Recipe()
+    from .config import load_settings, recipe_file
+    base = load_settings(recipe_file(a.recipe)) if a.recipe else Recipe()
+    if a.settings: base = load_settings(a.settings, base)
     changes = {n: getattr(a, n) for n in _recipe_dests() if getattr(a, n, None) is not None}
     r = base.replace(**changes)
     if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch:
@@ -141,7 +144,7 @@ def cmd_train(a) -> int:
     from .train import run
     if a.resume:
         given = [_flag(n) for n in _recipe_dests() if getattr(a, n) is not None]
-        given += ["--settings"] * bool(a.settings) + ["--subset"] * bool(a.subset)
+        given += ["--settings"] * bool(a.settings) + ["--recipe"] * bool(a.recipe) + ["--subset"] * bool(a.subset)
         given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite + ["--init"] * bool(a.init)
         if given:
             raise SettingsError(f"--resume continues a run with the settings it started with; "
@@ -150,7 +153,8 @@ def cmd_train(a) -> int:
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/{_stamp()}")
-    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite, init=a.init), out)
+    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite, init=a.init,
+                                          recipe=a.recipe or "default"), out)
 
 
 def _run_interruptible(fn, run_dir: Path) -> int:

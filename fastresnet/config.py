@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for"]
+           "recipe_to_ini", "parse_setting", "peak_for", "RECIPES", "recipe_file"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
+RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
 
 
 class HintedError(Exception):
@@ -51,11 +52,16 @@ class Recipe:
     freeze_epochs: int = setting("train", 1, "fine-tuning (--init): epochs training the new head alone before the "
                                  "whole net trains for `epochs` (fastai's fine_tune)", lr_find=False, min=0)
     # [optimizer]
+    optimizer: str = setting("optimizer", "adam", "adam (the spec), or sgd: torch's SGD with momentum beta1_max "
+                             "(Nesterov's if `nesterov`) and L2 decay (decouple_wd = false), as Page's ResNet-9 "
+                             "baseline",
+                             choices=("adam", "sgd"))
     wd: float = setting("optimizer", 0.8, "weight decay; decoupled, it shrinks decayed weights by lr*wd a step "
                         "(why 0.8: docs/experiments.md section 7)", min=0.0)
     decouple_wd: bool = setting("optimizer", True, "AdamW-style decoupled decay (true) or L2 in the gradient (false)")
     wd_bn_bias: bool = setting("optimizer", False, "also decay BatchNorm weights and biases (fastai's wd_bn_bias)")
-    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 at LRMIN; cycled down to beta1_min at LRMAX",
+    beta1_max: float = setting("optimizer", 0.95, "Adam beta1 (SGD: momentum) at LRMIN; cycled down to beta1_min at "
+                               "LRMAX",
                                min=0.0, max=1.0)
     beta1_min: float = setting("optimizer", 0.85, "Adam beta1 at LRMAX; equal to beta1_max for no cycling",
                                min=0.0, max=1.0)
@@ -63,6 +69,12 @@ class Recipe:
     eps: float = setting("optimizer", 1e-5, "Adam epsilon", min=0.0)
     adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach AdamW kernels, "
                              "or fastai's own Adam (slower)", choices=("fused", "foreach", "fastai"))
+    nesterov: bool = setting("optimizer", True, "SGD only: Nesterov momentum (Page's baseline) or plain momentum")
+    ema: float = setting("optimizer", 0.0, "decay of an exponential moving average of the weights (and BatchNorm "
+                         "statistics), which is then tested and exported instead of the last weights; 0: off, "
+                         "e.g. 0.999", lr_find=False, min=0.0, max=0.99999)
+    ema_warmup: int = setting("optimizer", 1, "epochs of training before the average starts (its first update copies "
+                              "the weights)", lr_find=False, min=0)
     # [schedule]
     shape: str = setting("schedule", "linear", "shape of both phases", lr_find=False, choices=("linear", "cos"))
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0: take it from the LR range test by lr_rule", lr_find=False,
@@ -92,6 +104,8 @@ class Recipe:
     channels_last: bool = setting("model", True, "channels_last memory format (faster convolutions)")
     # [eval]
     tta: bool = setting("eval", True, "also report flip test-time augmentation (a second test pass)", lr_find=False)
+    tta_crops: bool = setting("eval", False, "also report multi-crop TTA: one-pixel diagonal shifts (-1, 0, +1) x "
+                              "mirror, six test passes (docs/experiments.md)", lr_find=False)
     # [runtime]
     precision: str = setting("runtime", "fp32", "fp32, or mixed precision: bf16 (GPUs, and CPUs with bf16 units) "
                              "or fp16 (GPUs); auto: bf16 where the hardware has it, else fp32 (docs/experiments.md "
@@ -127,6 +141,9 @@ class Recipe:
             raise SettingsError(f"`lr_end` ({self.lr_end}) must be smaller than LRMAX ({self.lr_max}).")
         if self.lr_min and not self.lr_max:
             raise SettingsError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
+        if self.optimizer == "sgd" and self.decouple_wd:
+            raise SettingsError("optimizer = sgd adds its weight decay to the gradient (torch's SGD, as Page's "
+                                "baseline): set decouple_wd = false (--no-decouple-wd) and give wd in those units.")
         if self.beta1_min > self.beta1_max:
             raise SettingsError(f"`beta1_min` ({self.beta1_min}) must not exceed `beta1_max` ({self.beta1_max}).")
         if self.lr_find_start >= self.lr_find_end:
@@ -167,8 +184,18 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
         raise SettingsError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
 
 
-def load_settings(path: str | Path) -> Recipe:
-    """A settings file over the defaults. Unknown sections or keys and malformed values are errors:
+def recipe_file(name_or_file: str | Path) -> Path:
+    "A shipped recipe's file by name (`page-sgd`: fastresnet/recipes/page-sgd.ini), or a settings file's path."
+    if Path(name_or_file).is_file(): return Path(name_or_file)
+    shipped = RECIPES / f"{name_or_file}.ini"
+    if shipped.is_file(): return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.ini")))
+    raise SettingsError(f"No recipe {str(name_or_file)!r}: give a shipped recipe's name ({names}) or the path of a "
+                        "settings file.")
+
+
+def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
+    """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
     a typo silently ignored would change the recipe."""
     path = Path(path)
     if not path.is_file(): raise SettingsError(f"Settings file {path} does not exist.")
@@ -188,7 +215,7 @@ def load_settings(path: str | Path) -> Recipe:
             if key not in SECTIONS[sec]:
                 raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
             values[key] = parse_setting(byname[key], raw, str(path))
-    try: return Recipe().replace(**values)
+    try: return (base or Recipe()).replace(**values)
     except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
 
 

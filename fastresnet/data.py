@@ -1,8 +1,9 @@
 """CIFAR-10, CIFAR-100 or any folder of class folders, as one in-memory uint8 tensor served through a fastai DataBlock.
 
 Images are decoded once (from fastai's folder layout, a folder of class folders, or the official python archive),
-resized to the recipe's `size` (32x32 by default) where they are not, and cached as a `.npz`; after that a batch is a gather from memory plus a few
-tensor operations on the training device (see `augment.py`), with no per-image PIL work in the training loop.
+resized to the recipe's `size` (32x32 by default) where they are not, and cached as a `.npz`; after that a batch
+is a gather from memory plus a few tensor operations on the training device (see `augment.py`), with no per-image
+PIL work in the training loop.
 """
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, si
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def _subfolders(d: Path) -> list[Path]: return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
+def _subfolders(d: Path) -> list[Path]:
+    return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
 
 
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
@@ -171,7 +173,7 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
 
 
 def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
-    "Every file as a (3, size, size) uint8 image, resized and converted to RGB as needed, with one summary note of each."
+    "Every file as a (3, size, size) uint8 image, resized and converted to RGB as needed, one summary note of each."
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     bad = []
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file

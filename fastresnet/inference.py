@@ -21,7 +21,8 @@ from .run import MODEL_PKL, WEIGHTS, atomic_write
 from .legacy import named_state_dict
 from .model import CustomResNet
 
-__all__ = ["INFER_BS", "FlipInputs", "evaluate_learner", "load_pickled_learner", "ModelFileError",
+__all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "load_pickled_learner",
+           "ModelFileError",
            "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
            "labelled_dl", "model_file", "save_weights", "norm_stats", "load_weights_learner", "load_model",
            "stub_learner", "image_size"]
@@ -41,6 +42,24 @@ class FlipInputs(Callback):
     def before_batch(self): self.learn.xb = (self.xb[0].flip(-1),) + tuple(self.xb[1:])
 
 
+class ShiftInputs(Callback):
+    """Move every input batch `d` pixels right and down (left and up if negative), the edge reflected in, and mirror
+    it if `flip`: one view of multi-crop test-time augmentation (a crop of the reflect-padded image, as Page's)."""
+    order = 1
+    def __init__(self, d: int, flip: bool = False): self.d, self.flip = d, flip
+
+    def before_batch(self):
+        x = self.xb[0].as_subclass(torch.Tensor)
+        if self.d:
+            a, h, w = abs(self.d), x.shape[-2], x.shape[-1]
+            pad = torch.nn.functional.pad(x, (a, a, a, a), mode="reflect")
+            x = pad[..., a - self.d:a - self.d + h, a - self.d:a - self.d + w]
+        self.learn.xb = (x.flip(-1) if self.flip else x,) + tuple(self.xb[1:])
+
+
+SHIFTS = (-1, 0, 1)  # multi-crop TTA: these diagonal shifts, each plain and mirrored: six views
+
+
 def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
     "A non-shuffled, unaugmented DataLoader over the chosen split, built from the learner's own pipeline."
     sl = slice(data.n_train, None) if split == "valid" else slice(0, data.n_train)
@@ -48,10 +67,11 @@ def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
     return learn.dls.test_dl(items, with_labels=True, bs=INFER_BS)
 
 
-def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> tuple[dict, torch.Tensor]:
+def evaluate_learner(learn: Learner, dl=None, tta: bool = True, crops: bool = False) -> tuple[dict, torch.Tensor]:
     """Accuracy on `dl` (default: the validation set), with flip-TTA if asked (the mean of the
-    softmax over the image and its mirror), per-class accuracy and the confusion matrix; and the
-    per-image test losses (plain cross-entropy), which `ClassificationInterpretation` needs for the top losses."""
+    softmax over the image and its mirror), with multi-crop TTA if `crops` (the mean over `SHIFTS` x mirror: six
+    views), per-class accuracy and the confusion matrix; and the per-image test losses (plain cross-entropy),
+    which `ClassificationInterpretation` needs for the top losses."""
     dl = dl if dl is not None else learn.dls.valid
     probs, targs, losses = learn.get_preds(dl=dl, with_loss=True)
     vocab = list(learn.dls.vocab)
@@ -59,6 +79,11 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True) -> tuple[dict, t
     if tta:
         probs_flip, _ = learn.get_preds(dl=dl, cbs=[FlipInputs()])
         out["accuracy_tta"] = float(((probs + probs_flip) / 2).argmax(1).eq(targs).float().mean())
+    if crops:
+        views = [probs, probs_flip] if tta else [probs]
+        views += [learn.get_preds(dl=dl, cbs=[ShiftInputs(d, f)])[0] for d in SHIFTS for f in (False, True)
+                  if d or (f and not tta)]
+        out["accuracy_tta_crops"] = float(torch.stack(views).mean(0).argmax(1).eq(targs).float().mean())
     pred = probs.argmax(1)
     out["accuracy"] = float(pred.eq(targs).float().mean())
     k = len(vocab)

@@ -30,13 +30,13 @@ from . import distributed as dist
 from .config import HintedError, Recipe, SettingsError, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 from .model import CustomResNet, resnet_split
-from .optim import TorchAdam
+from .optim import TorchAdam, TorchSGD
 from .run import CHECKPOINT, atomic_torch_save, to_plain, write_metrics
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
            "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
-           "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16"]
+           "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16", "EMA"]
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
@@ -93,6 +93,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     loss = LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing else CrossEntropyLossFlat()
     hyper = dict(mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
     opt = partial(Adam, **hyper) if r.adam_impl == "fastai" else partial(TorchAdam, impl=r.adam_impl, **hyper)
+    if r.optimizer == "sgd": opt = partial(TorchSGD, mom=r.beta1_max, nesterov=r.nesterov)
     model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
                          width=r.width)
     # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch
@@ -290,7 +291,8 @@ class RunCheckpoint(Callback):
         ck = {"epoch": epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
-              "hps": self._hps()}  # the LR and beta1 of every step so far, as the schedule set them
+              "hps": self._hps(),  # the LR and beta1 of every step so far, as the schedule set them
+              "ema": self.ema.avg.state_dict() if hasattr(self.learn, "ema") else None}
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history, ck["hps"])
 
@@ -302,6 +304,27 @@ class RunCheckpoint(Callback):
         own = getattr(self.learn, "one_cycle_peak", None)
         if own is not None: return own.hps
         return {k: list(self.hps_before.get(k, [])) + list(v) for k, v in self.param_scheduler.hps.items()}
+
+
+class EMA(Callback):
+    """An exponential moving average of the weights and BatchNorm statistics: torch's `AveragedModel` with
+    `get_ema_multi_avg_fn(decay)` and `use_buffers=True` (torch's advice for BatchNorm), updated after every step
+    from epoch `warmup` on. After the fit the model takes the average, so the test, the export and the weights file
+    use it; `state` (a checkpoint's) continues an interrupted fit."""
+    order = 55  # before RunCheckpoint (60), which saves `avg` with each epoch
+    def __init__(self, decay: float, warmup: int = 1, state: dict | None = None):
+        self.decay, self.warmup, self.state = decay, warmup, state
+
+    def before_fit(self):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        self.avg = AveragedModel(unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        if self.state is not None: self.avg.load_state_dict(self.state)
+
+    def after_step(self):
+        if self.epoch >= self.warmup: self.avg.update_parameters(unwrap(self.model))
+
+    def after_fit(self):
+        if self.avg.n_averaged > 0: unwrap(self.model).load_state_dict(self.avg.module.state_dict())
 
 
 class MuteSkippedEpochs(Callback):

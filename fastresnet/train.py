@@ -18,7 +18,7 @@ from . import __version__
 from . import distributed as dist
 from .config import Recipe, SettingsError, load_settings, recipe_to_ini
 from .inference import evaluate_learner, norm_stats, save_weights
-from .learner import (MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
+from .learner import (EMA, MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
                       resolve_precision, set_rng_state)
 from .report import make_report
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS, DiskFullError,
@@ -31,13 +31,15 @@ __all__ = ["RunError", "run", "lr_find_run", "learner_for_run"]
 
 
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
-        overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None) -> dict:
+        overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None,
+        recipe: str | None = None) -> dict:
     """A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results.
     `init` (a trained model: run folder, `.safetensors` or `.pkl`) makes it a fine-tuning run: the model's body and
-    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule."""
+    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule. `recipe`: the name
+    or file `r` came from, for run.json."""
     run_dir = Path(run_dir).absolute()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
-        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init)
+        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe)
         except Exception as e:
             if not is_disk_full(e, run_dir): raise
             full = e if isinstance(e, DiskFullError) else disk_full_error(run_dir / "x", what="into the run folder")
@@ -48,7 +50,7 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
                         f"continue the run with: fastresnet train --resume {run_dir}") from None
 
 
-def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init) -> dict:
+def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
     ck, r = None, r and resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
     if resume:
         r, info, ck = _open_run(run_dir)
@@ -74,6 +76,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init) -> d
                 "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": vocab,
                 "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
         if init: info["init"] = str(Path(init).resolve())
+        if recipe: info["recipe"] = recipe if Path(recipe).suffix != ".ini" else str(Path(recipe).resolve())
         files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
         if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
             files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
@@ -105,15 +108,19 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init) -> d
                 cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"],
                                          ck and ck["hps"]))
             if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
+            if r.ema and not init: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
                 if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
                 else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, r.shape, cbs=cbs,
                                                lr_end=r.lr_end or None, start_epoch=start, hps=ck and ck["hps"])
-        else: log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
+        else:
+            log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
+            if ck.get("ema"): learn.model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items()
+                                                           if k.startswith("module.")})  # what the fit ended with
         res = {}
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
-            with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta)  # flip-TTA: a second test pass
+            with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
     if dist.is_main():  # exported outside plain_output: the learner goes out with fastai's own logger
         with dist.alone(): _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
     dist.leave()
@@ -191,6 +198,7 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
     write_json(run_dir / RUN, info)
     make_report(run_dir, learn, losses)
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
+    tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})" if "accuracy_tta_crops" in res else ""
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
 
 

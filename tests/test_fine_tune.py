@@ -70,7 +70,7 @@ def test_init_fine_tunes_a_trained_body_with_a_new_head_on_fastai_fine_tune_sche
     pictures(new, ["daisy", "rose", "tulip"], 12)
     run = tmp_path / "ft"
     assert main(["train", "--data", str(new), "--init", str(source_run), "--out", str(run), "--epochs", "2",
-                 "--width", "1", "--lr-max", "0.002", *TINY[2:]]) == 0        # --width 1 is overruled: the body is the source's
+                 "--width", "1", "--lr-max", "0.002", *TINY[2:]]) == 0   # --width 1 is overruled: the source's body
     info, src = json.loads((run / "run.json").read_text()), load_file(source_run / "model.safetensors")
     assert info["init"] == str(source_run) and info["vocab"] == ["daisy", "rose", "tulip"]
     assert "width = 0.25" in (run / "settings.ini").read_text()
@@ -96,8 +96,8 @@ def test_init_fine_tunes_a_trained_body_with_a_new_head_on_fastai_fine_tune_sche
     assert len(convs) == 8 and all(not torch.equal(out[k], src[k]) for k in convs)
 
 
-def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path, monkeypatch,
-                                                                             capsys):
+def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path,
+                                                                                             monkeypatch, capsys):
     new = tmp_path / "flowers"
     pictures(new, ["daisy", "rose", "tulip"], 12)
     args = ["--data", str(new), "--init", str(source_run), "--epochs", "2", *TINY[2:]]
