@@ -20,6 +20,7 @@ def run_record(d: Path) -> dict:
     return {**dataclasses.asdict(r), "lr_max": bounds["lr_max"], "lr_min": bounds["lr_min"],
             "lr_source": bounds["rule"],
             "accuracy": final["accuracy"], "accuracy_tta": final.get("accuracy_tta"),
+            "accuracy_tta_crops": final.get("accuracy_tta_crops"), "recipe": info.get("recipe"),
             "train_accuracy": history[-1].get("train_accuracy"), "final_train_loss": history[-1]["train_loss"],
             "seconds": info.get("seconds"), "torch": info.get("torch"), "history": history}
 

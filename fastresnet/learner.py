@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import random
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     if init is not None:  # the body's shape is the source's: its width wins over the recipe's
         from .inference import load_model, norm_stats
         source = load_model(init)
-        r = r.replace(width=unwrap(source.model).width)
+        width = unwrap(source.model).width
+        if width != r.width: warnings.warn(f"Starting from {init}: the network's width is its {width}, not {r.width}.")
+        r = r.replace(width=width)
     check_runtime(r)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
     if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies

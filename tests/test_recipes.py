@@ -83,3 +83,15 @@ def test_page_sgd_through_the_command_records_the_recipe_and_follows_page_lr_lin
     page = np.interp(np.arange(3 * n) / n, [0, 1, 3], [0, 0.4, 0])
     assert np.allclose(lrs, page, atol=0.4 / (2 * n) + 1e-9) and abs(lrs[-1]) < 1e-9 and lrs[0] < 1e-9
     assert max(lrs) == pytest.approx(0.4)
+
+
+def test_every_run_on_the_gpu_agenda_is_a_valid_train_command():
+    "A typo in experiments/gpu_runs.txt would cost a lent GPU's minutes: each line must parse into a valid recipe."
+    from pathlib import Path
+    from fastresnet.cli import build_parser, recipe_from_args
+    lines = [ln.split() for ln in (Path(__file__).resolve().parents[1] / "experiments" / "gpu_runs.txt")
+             .read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert len({name for name, *_ in lines}) == len(lines) >= 16                      # names are run folders
+    for name, *flags in lines:
+        r = recipe_from_args(build_parser().parse_args(["train", "--out", name, *flags]))
+        assert r.epochs in (8, 12, 16, 24), name
