@@ -125,7 +125,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     if a.settings: base = load_settings(a.settings, base)
     changes = {n: getattr(a, n) for n in _recipe_dests() if getattr(a, n, None) is not None}
     r = base.replace(**changes)
-    if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch:
+    fine_tune = getattr(a, "init", None)  # fastai's fine_tune schedule has no peak epoch
+    if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch and not fine_tune:
         print(f"note: {r.epochs} epochs: the LR peaks at the end of epoch {r.peak_epoch} (5/24 of training, as "
               "epoch 5 of 24; --peak-epoch to choose).", file=sys.stderr)
     return r
