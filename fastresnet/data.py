@@ -108,6 +108,13 @@ def _subfolders(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
 
 
+def _images(d: Path) -> tuple[list[Path], int]:
+    "The image files in folder `d` (by extension, sorted) and how many other files it holds."
+    files = sorted(f for f in d.iterdir() if f.is_file())
+    imgs = [f for f in files if f.suffix.lower() in image_extensions]
+    return imgs, len(files) - len(imgs)
+
+
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     """The image files of each class folder of `split_dir`, by class name (sorted). A folder holding no images but
     folders of them is a group of classes (CIFAR-100's superclasses: train/<superclass>/<class>/): its folders are
@@ -116,14 +123,10 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
         raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
     out, where = {}, {}
     for d in _subfolders(split_dir):
-        files = sorted(f for f in d.iterdir() if f.is_file())
-        imgs = [f for f in files if f.suffix.lower() in image_extensions]
-        for c in ([d] if imgs or not _subfolders(d) else _subfolders(d)):
-            if c != d:
-                files = sorted(f for f in c.iterdir() if f.is_file())
-                imgs = [f for f in files if f.suffix.lower() in image_extensions]
-            skipped = len(files) - len(imgs)
-            if skipped: warnings.warn(f"{c}: skipping {skipped} file(s) that are not images by their extension.")
+        listed = _images(d)
+        subs = _subfolders(d) if not listed[0] else []  # no images of its own but folders: a group of classes
+        for c, (imgs, others) in ([(sub, _images(sub)) for sub in subs] if subs else [(d, listed)]):
+            if others: warnings.warn(f"{c}: skipping {others} file(s) that are not images by their extension.")
             if not imgs: raise DataError(f"Class folder {c} holds no images: every class needs examples.")
             if c.name in out:
                 raise DataError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
