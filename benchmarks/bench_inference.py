@@ -8,6 +8,7 @@ PyTorch on the same weights, side by side in one process.
                     DataLoader over the in-memory images, `get_preds` (one pass; the command makes two for TTA)
   bare, files       each image file decoded with PIL, then as "bare, tensors"
   predict           `fastresnet predict`'s path: image files → top-3 classes, in batches
+  evaluate + TTA    the same with flip-TTA (two passes), and with multi-crop TTA (`--tta-crops`: six passes)
 
     python benchmarks/bench_inference.py --data ../shared/data/cifar10-jpeg
 """
@@ -82,7 +83,7 @@ def main():
     plain = CustomResNet(n_out=len(full.vocab)).eval()
     plain.load_state_dict(learn.model.state_dict())
     test = data.images[data.n_train:]
-    res = {k: [] for k in ("bare_t", "evaluate", "bare_f", "predict", "no_grad", "contiguous")}
+    res = {k: [] for k in ("bare_t", "evaluate", "bare_f", "predict", "no_grad", "contiguous", "tta", "crops")}
     for _ in range(a.repeats):
         s, p_bare = timed(lambda: bare_probs(bare, test, a.bs))
         res["bare_t"].append(s)
@@ -93,20 +94,26 @@ def main():
         res["bare_f"].append(timed(lambda: bare_probs(bare, decode(files), a.bs))[0])
         with learn.no_bar(): s, rows = timed(lambda: list(iter_predictions(learn, files)))
         res["predict"].append(s)
+        for k, crops in (("tta", False), ("crops", True)):
+            with learn.no_bar():
+                res[k].append(timed(lambda: evaluate_learner(learn, labelled_dl(learn, data), True, crops))[0])
     print(other.report())
     same = sum(r["class"] == full.vocab[int(i)] for r, i in zip(rows, p_bare.argmax(1)))
     print(f"predict and bare PyTorch agree on {same} of {len(rows)} classes; evaluate saw {ev['n_images']} images\n")
     names = {"bare_t": "bare PyTorch, in-memory tensors", "evaluate": "fastresnet evaluate (one pass)",
              "bare_f": "bare PyTorch, image files (PIL decode)", "predict": "fastresnet predict, image files",
              "no_grad": "bare PyTorch, in-memory tensors, no_grad instead of inference_mode",
-             "contiguous": "bare PyTorch, in-memory tensors, contiguous model instead of channels_last"}
+             "contiguous": "bare PyTorch, in-memory tensors, contiguous model instead of channels_last",
+             "tta": "fastresnet evaluate with flip-TTA (2 passes)",
+             "crops": "fastresnet evaluate with flip-TTA and multi-crop TTA (6 passes)"}
     m = {k: a.n / statistics.median(v) for k, v in res.items()}
-    print("| path | images/s | GFLOP/s | ratio to the bare row above it |")
-    print("|---|---|---|---|")
+    print("| path | images/s | ms per image | GFLOP/s | ratio to the row it is compared with |")
+    print("|---|---|---|---|---|")
     for k, bare_k in (("bare_t", None), ("evaluate", "bare_t"), ("bare_f", None), ("predict", "bare_f"),
-                      ("no_grad", "bare_t"), ("contiguous", "bare_t")):
-        ratio = f"{m[k] / m[bare_k]:.2f}" if bare_k else ""
-        print(f"| {names[k]} | {m[k]:.0f} | {m[k] * fwd / 1e9:.0f} | {ratio} |")
+                      ("no_grad", "bare_t"), ("contiguous", "bare_t"), ("tta", "evaluate"), ("crops", "evaluate")):
+        ratio = f"{m[k] / m[bare_k]:.2f} ({bare_k})" if bare_k else ""
+        passes = {"tta": 2, "crops": 6}.get(k, 1)
+        print(f"| {names[k]} | {m[k]:.0f} | {1000 / m[k]:.2f} | {m[k] * fwd * passes / 1e9:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
