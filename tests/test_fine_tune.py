@@ -53,8 +53,9 @@ def test_cifar100_by_name_comes_through_fastai_untar_data(tmp_path, monkeypatch,
     assert len(info["vocab"]) == 100 and info["n_train"] == 300 and info["n_valid"] == 100
     assert load_file(tmp_path / "run" / "model.safetensors")["fc.weight"].shape[0] == 100     # the head: 100 classes
     capsys.readouterr()
-    assert main(["evaluate", "--model", "run", "--data", "cifar100"]) == 0
-    assert "most frequent confusions" in capsys.readouterr().out.lower()
+    assert main(["evaluate", "--model", "run", "--data", "cifar100", "--tta-crops"]) == 0
+    out = capsys.readouterr().out
+    assert "most frequent confusions" in out.lower() and "with multi-crop TTA: " in out
 
 
 @pytest.fixture(scope="module")
