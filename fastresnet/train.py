@@ -8,6 +8,7 @@ import contextlib
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -108,7 +109,9 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
                 cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"],
                                          ck and ck["hps"]))
             if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-            if r.ema and not init: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
+            if r.ema and init: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each "
+                                             "start a new average. The last weights are tested and exported.")
+            elif r.ema: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
                 if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
