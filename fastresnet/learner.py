@@ -104,7 +104,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),
                     splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max),
-                    cbs=[LossesToHost()] + ([PlainTestLoss()] if r.label_smoothing else []))
+                    cbs=[LossesToHost(), HeadFitsData()] + ([PlainTestLoss()] if r.label_smoothing else []))
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     learn.recorder.smooth_loss = SmoothLossOnDevice(learn.recorder.smooth_loss.beta)
@@ -172,6 +172,17 @@ class LossesToHost(Callback):
         i = next((k for k, x in enumerate(losses) if getattr(x, "device", None) not in (None, torch.device("cpu"))),
                  None)
         if i is not None: losses[i:] = list(torch.stack(losses[i:]).cpu())  # plot_loss and lr_find read them
+
+
+class HeadFitsData(Callback):
+    """Refuse to train a head on data of another class count: `load_learner(pkl)` with new `dls` of other classes
+    keeps the old head (fastai swaps no head), which would train or fail in confusing ways."""
+    def before_fit(self):
+        n_out, n_cls = unwrap(self.model).fc.out_features, len(self.dls.vocab)
+        if n_out != n_cls:
+            raise SettingsError(f"The model's head has {n_out} outputs but the data has {n_cls} classes. To train on "
+                                "new classes, start from the model with a new head: cifar_learner(data, init=MODEL) "
+                                "in Python, or fastresnet train --data DATA --init MODEL.")
 
 
 class Accuracy(AccumMetric):

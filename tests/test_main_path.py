@@ -174,3 +174,9 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     assert torch.equal(frozen["w"], frozen["w_after"]) and not torch.equal(frozen["fc"], frozen["fc_after"])
     assert not torch.equal(whole["w"], whole["w_after"])                         # then the body trains too
     assert whole["lrs"][1] / whole["lrs"][0] == pytest.approx(100)               # slice(base_lr / 100, base_lr)
+    from fastresnet.config import SettingsError
+    from fastresnet.data import CifarArrays
+    ten = make_arrays(30, 10)                                                    # the same images as 3 classes:
+    learn.dls = cifar_dls(CifarArrays(ten.images, ten.labels % 3, ["x", "y", "z"], 30), learn.recipe.replace(bs=10))
+    with pytest.raises(SettingsError, match="head has 10 outputs but the data has 3 classes.*init=MODEL"):
+        learn.fine_tune(1)                                                       # fastai would keep the 10-way head
