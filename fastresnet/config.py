@@ -95,8 +95,9 @@ class Recipe:
     flip: bool = setting("augment", True, "random horizontal flip")
     cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0)
     # [model]
-    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: a cheap "
-                           "CPU proxy)", min=0.01)
+    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: cheaper, "
+                           "but 0.25 ranks regularisation the other way round: docs/experiments.md section 9)",
+                           min=0.01)
     logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
     zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0")
     label_smoothing: float = setting("model", 0.1, "label smoothing of the training loss (0: plain cross-entropy; "
