@@ -178,7 +178,8 @@ class HeadFitsData(Callback):
     """Refuse to train a head on data of another class count: `load_learner(pkl)` with new `dls` of other classes
     keeps the old head (fastai swaps no head), which would train or fail in confusing ways."""
     def before_fit(self):
-        n_out, n_cls = unwrap(self.model).fc.out_features, len(self.dls.vocab)
+        fc, n_cls = getattr(unwrap(self.model), "fc", None), len(self.dls.vocab)  # CustomResNet's head, if it is one
+        n_out = getattr(fc, "out_features", n_cls)
         if n_out != n_cls:
             raise SettingsError(f"The model's head has {n_out} outputs but the data has {n_cls} classes. To train on "
                                 "new classes, start from the model with a new head: cifar_learner(data, init=MODEL) "
