@@ -31,7 +31,8 @@ from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
            "pil_to_tensor", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset",
-           "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES", "DATASETS"]
+           "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES", "DATASETS",
+           "dataset_name"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32: the recipe's default `size`, and the smallest the network's pooling stages take
@@ -298,13 +299,18 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.T
                       .round_().clamp_(0, 255).to(torch.uint8) for i in range(0, len(images), chunk)])
 
 
+def dataset_name(path: str | Path | None) -> str | None:
+    "`path` if it names a data set fastai downloads (cifar10, cifar100) and no such folder exists here, else None."
+    return str(path) if path is not None and str(path) in DATASETS and not Path(path).exists() else None
+
+
 def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
                size: int = SIZE) -> CifarArrays:
     """Images from `path`: fastai's folder layout, a folder of class folders (split by `valid_pct` and `seed`, see
     `read_folder`), the python archive folder, or a folder holding it; resized to `size` (see `read_folder`). With no
     path, or `cifar10` / `cifar100` where no such folder exists, fastai's `untar_data` downloads CIFAR-10
     (`URLs.CIFAR`) or CIFAR-100 (`URLs.CIFAR_100`) once into its data folder (~/.fastai/data, $FASTAI_HOME)."""
-    if path is None or (str(path) in DATASETS and not Path(path).exists()):
+    if path is None or dataset_name(path):
         from fastai.data.external import URLs, untar_data
         name = str(path or "cifar10")
         try: path = untar_data(getattr(URLs, DATASETS[name]))

@@ -7,6 +7,7 @@ exactly LRMIN at the last step: no annihilation. As data, cifar10-fast style:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import fields
 from typing import NamedTuple
@@ -78,7 +79,8 @@ def fine_tune_from(self: Learner, epochs: int, base_lr: float, freeze_epochs: in
     `slice(base_lr/200, base_lr/2)`, with its defaults), begun at `start_epoch` of the two phases together: the
     resume fastai's lacks. While it runs, `epoch_offset` (the phase's first epoch in the run) and `epoch_total` tell
     the run's callbacks where they are."""
-    lr_mult, pct_start, div = 100, 0.3, 5.0  # fastai's fine_tune defaults
+    d = {k: p.default for k, p in inspect.signature(Learner.fine_tune).parameters.items()}  # fastai's own defaults
+    lr_mult, pct_start, div = d["lr_mult"], d["pct_start"], d["div"]
     try:
         self.epoch_total = freeze_epochs + epochs
         if start_epoch < freeze_epochs:

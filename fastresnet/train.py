@@ -132,8 +132,8 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
 
 def _data_record(data: str | None) -> str | None:
     "The data as run.json records it: a folder as an absolute path; a data set's name (cifar10, cifar100) as given."
-    from .data import DATASETS
-    return data if data is None or (str(data) in DATASETS and not Path(data).exists()) else str(Path(data).resolve())
+    from .data import dataset_name
+    return data if data is None or dataset_name(data) else str(Path(data).resolve())
 
 
 def _open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
