@@ -2,11 +2,15 @@
 every run's settings, LR bounds and test accuracy, grouped by configuration with the mean over seeds.
 
     python experiments/full_data_summary.py docs/gpu/gpu-h200-full-data.json --out docs/figures/gpu_full_data.png
+
+The runs of experiments/gpu_runs.txt are named `CONFIG-sSEED`: `--by name` groups them by CONFIG, and
+`--epochs-out FILE` draws the epoch budget (the runs named `default` and `epochsN`: accuracy against epochs).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -22,14 +26,23 @@ def config_name(r: dict) -> str:
     return ", ".join(parts)
 
 
-def main():
+def run_group(name: str) -> str: return re.sub(r"-s\d+$", "", name)  # gpu_runs.txt's names: CONFIG-sSEED
+
+
+def spread(xs: list[float]) -> float: return max(xs) - min(xs)
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs_json")
     ap.add_argument("--out", help="figure file (png)")
-    a = ap.parse_args()
+    ap.add_argument("--by", choices=("settings", "name"), default="settings",
+                    help="group runs by their wd/smoothing/LR settings (section 7) or by name without -sSEED")
+    ap.add_argument("--epochs-out", help="epoch-budget figure file (png): runs named default and epochsN")
+    a = ap.parse_args(argv)
     d = json.loads(Path(a.runs_json).read_text())
     groups = defaultdict(list)
-    for name, r in d["runs"].items(): groups[config_name(r)].append((name, r))
+    for name, r in d["runs"].items(): groups[run_group(name) if a.by == "name" else config_name(r)].append((name, r))
     print(f"{d['device']}\n{d['data']}\n")
     print("| configuration | run | seed | LRMAX (source) | train acc | test acc | flip-TTA | "
           "wall s (concurrent runs) |")
@@ -38,12 +51,14 @@ def main():
     for g in order:
         for name, r in sorted(groups[g], key=lambda x: x[1]["seed"]):
             print(f"| {g} | {name} | {r['seed']} | {r['lr_max']:.2g} ({r['lr_source']}) | {r['train_accuracy']:.4f} | "
-                  f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} ({r['concurrent_runs']}) |")
-    print("\n| configuration | seeds | mean test acc | mean flip-TTA |\n|---|---|---|---|")
+                  f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} ({r.get('concurrent_runs', '?')}) |")
+    print("\n| configuration | seeds | mean test acc (spread) | mean flip-TTA | mean multi-crop TTA |\n|---|---|---|---|---|")
     for g in order:
         rs = [r for _, r in groups[g]]
-        print(f"| {g} | {len(rs)} | {statistics.mean(r['accuracy'] for r in rs):.4f} | "
-              f"{statistics.mean(r['accuracy_tta'] for r in rs):.4f} |")
+        acc, crops = [r["accuracy"] for r in rs], [r["accuracy_tta_crops"] for r in rs if r.get("accuracy_tta_crops")]
+        print(f"| {g} | {len(rs)} | {statistics.mean(acc):.4f} ({spread(acc):.4f}) | "
+              f"{statistics.mean(r['accuracy_tta'] for r in rs):.4f} | "
+              f"{f'{statistics.mean(crops):.4f}' if len(crops) == len(rs) else '-'} |")
     if a.out:
         fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.2))
         for i, g in enumerate(order):
@@ -60,6 +75,34 @@ def main():
         fig.tight_layout()
         fig.savefig(a.out, dpi=110)
         print(f"\nfigure: {a.out}")
+    if a.epochs_out: epoch_budget(groups, d["device"], a.epochs_out)
+
+
+def epoch_budget(groups: dict, device: str, out: str) -> None:
+    "Test accuracy against the number of epochs (the default recipe, peak at 5/24 of them): one dot a seed."
+    runs = [r for g, rs in groups.items() if g == "default" or re.fullmatch(r"epochs\d+", g) for _, r in rs]
+    by_epochs = defaultdict(list)
+    for r in runs: by_epochs[r["epochs"]].append(r)
+    es = sorted(by_epochs)
+    print("\n| epochs | seeds | mean test acc (spread) | mean flip-TTA | mean wall s |\n|---|---|---|---|---|")
+    for e in es:
+        rs = by_epochs[e]
+        print(f"| {e} | {len(rs)} | {statistics.mean(r['accuracy'] for r in rs):.4f} "
+              f"({spread([r['accuracy'] for r in rs]):.4f}) | {statistics.mean(r['accuracy_tta'] for r in rs):.4f} | "
+              f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, colour, label in (("accuracy", "C0", "test"), ("accuracy_tta", "C1", "flip-TTA")):
+        for e in es: ax.scatter([e] * len(by_epochs[e]), [100 * r[key] for r in by_epochs[e]], color=colour, s=14)
+        ax.plot(es, [100 * statistics.mean(r[key] for r in by_epochs[e]) for e in es], color=colour, label=label)
+    ax.set_xticks(es)
+    ax.set_xlabel("epochs (LR peak at 5/24 of them)")
+    ax.set_ylabel("test accuracy, % (10,000 images)")
+    ax.set_title(f"Epoch budget of the default recipe, full data and width\n{device}; dots: seeds, line: mean",
+                 fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"\nfigure: {out}")
 
 
 if __name__ == "__main__":

@@ -15,27 +15,29 @@ from torch import nn
 __all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split"]
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> nn.Sequential:
     "Conv 3x3 (stride 1, pad 1) → [MaxPool 2] → BN → ReLU: the one building block of the net."
     layers = [("conv", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False))]
     if pool: layers.append(("pool", nn.MaxPool2d(2)))  # pooling before BN, as the spec orders it
-    layers += [("bn", nn.BatchNorm2d(c_out)), ("relu", nn.ReLU(inplace=True))]
+    layers += [("bn", nn.BatchNorm2d(c_out, momentum=bn_momentum)), ("relu", nn.ReLU(inplace=True))]
     return nn.Sequential(OrderedDict(layers))
 
 
 class Residual(nn.Module):
     "out = x + R(x), where R is two conv-BN-ReLU blocks that keep the channel count."
-    def __init__(self, c: int):
+    def __init__(self, c: int, bn_momentum: float = 0.1):
         super().__init__()
-        self.branch = nn.Sequential(OrderedDict(a=conv_bn(c, c), b=conv_bn(c, c)))
+        self.branch = nn.Sequential(OrderedDict(a=conv_bn(c, c, bn_momentum=bn_momentum),
+                                                b=conv_bn(c, c, bn_momentum=bn_momentum)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.branch(x)
 
 
-def _layer(c_in: int, c_out: int) -> nn.Sequential:
+def _layer(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
     "X = conv_bn with pooling; out = X + R(X)."
-    return nn.Sequential(OrderedDict(conv=conv_bn(c_in, c_out, pool=True), res=Residual(c_out)))
+    return nn.Sequential(OrderedDict(conv=conv_bn(c_in, c_out, pool=True, bn_momentum=bn_momentum),
+                                     res=Residual(c_out, bn_momentum)))
 
 
 class CustomResNet(nn.Sequential):
@@ -45,15 +47,18 @@ class CustomResNet(nn.Sequential):
     arithmetic scales with width²). `logit_scale` multiplies the logits (1.0 is the plain spec).
     `zero_init_residual` starts the last BatchNorm weight of each residual branch at 0, so both
     residual blocks begin as identities and the signal first flows through the 4-conv main path.
+    `bn_momentum` is every BatchNorm's `momentum` (torch's convention: the weight of the newest batch in the
+    running statistics the test uses; torch's default 0.1).
     """
     def __init__(self, n_out: int = 10, c_in: int = 3, logit_scale: float = 1.0, zero_init_residual: bool = False,
-                 width: float = 1.0):
+                 width: float = 1.0, bn_momentum: float = 0.1):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))  # width 1: the spec
+        m = bn_momentum
         super().__init__(OrderedDict(
-            prep=conv_bn(c_in, c1),                 # 32x32
-            layer1=_layer(c1, c2),                  # → 16x16
-            layer2=conv_bn(c2, c3, pool=True),      # → 8x8
-            layer3=_layer(c3, c4),                  # → 4x4
+            prep=conv_bn(c_in, c1, bn_momentum=m),              # 32x32
+            layer1=_layer(c1, c2, m),                           # → 16x16
+            layer2=conv_bn(c2, c3, pool=True, bn_momentum=m),   # → 8x8
+            layer3=_layer(c3, c4, m),                           # → 4x4
             pool=nn.MaxPool2d(4),                   # → 1x1
             gap=nn.AdaptiveAvgPool2d(1),            # the spec's global average pool: a no-op at 1x1, kept so the
                                                     # network still ends in (N, c4) on larger inputs

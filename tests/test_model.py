@@ -78,6 +78,23 @@ def test_learner_takes_zero_init_residual_from_the_recipe(arrays, tmp_path):
         assert bool((bn.weight == 0).all()) is flag
 
 
+def test_bn_momentum_from_the_recipe_weights_each_new_batch_in_the_running_statistics(arrays, tmp_path):
+    from fastresnet.config import Recipe
+    from fastresnet.data import cifar_dls
+    from fastresnet.learner import build_learner
+    for m in (0.1, 0.4):
+        r = Recipe(bs=10, bn_momentum=m)
+        model = build_learner(cifar_dls(arrays, r), r, tmp_path).model.train()
+        bns = [mod for mod in model.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+        assert len(bns) == 8
+        x = torch.randn(6, 3, 32, 32) * 2 + 1
+        conv_out = model.prep.conv(x)
+        model(x)  # one training batch: running_mean = (1 - m) * 0 + m * batch mean (torch's convention)
+        expected = m * conv_out.mean(dim=(0, 2, 3))
+        assert torch.allclose(model.prep.bn.running_mean, expected, atol=1e-5)
+        assert torch.allclose(model.prep.bn.running_var, (1 - m) * 1 + m * conv_out.var(dim=(0, 2, 3)), atol=1e-4)
+
+
 @pytest.mark.parametrize("width, outs", [(0.25, [16, 32, 32, 32, 64, 128, 128, 128]),
                                          (0.5, [32, 64, 64, 64, 128, 256, 256, 256])])
 def test_width_scales_every_channel_count(width, outs):
