@@ -52,10 +52,12 @@ def main(argv=None):
         for name, r in sorted(groups[g], key=lambda x: x[1]["seed"]):
             print(f"| {g} | {name} | {r['seed']} | {r['lr_max']:.2g} ({r['lr_source']}) | {r['train_accuracy']:.4f} | "
                   f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} ({r.get('concurrent_runs', '?')}) |")
-    print("\n| configuration | seeds | mean test acc (spread) | mean flip-TTA | mean multi-crop TTA |\n|---|---|---|---|---|")
+    print("\n| configuration | seeds | mean test acc (spread) | mean flip-TTA | mean multi-crop TTA |")
+    print("|---|---|---|---|---|")
     for g in order:
         rs = [r for _, r in groups[g]]
-        acc, crops = [r["accuracy"] for r in rs], [r["accuracy_tta_crops"] for r in rs if r.get("accuracy_tta_crops")]
+        acc = [r["accuracy"] for r in rs]
+        crops = [r["accuracy_tta_crops"] for r in rs if r.get("accuracy_tta_crops")]
         print(f"| {g} | {len(rs)} | {statistics.mean(acc):.4f} ({spread(acc):.4f}) | "
               f"{statistics.mean(r['accuracy_tta'] for r in rs):.4f} | "
               f"{f'{statistics.mean(crops):.4f}' if len(crops) == len(rs) else '-'} |")
