@@ -51,7 +51,8 @@ def main(argv=None):
     for g in order:
         for name, r in sorted(groups[g], key=lambda x: x[1]["seed"]):
             print(f"| {g} | {name} | {r['seed']} | {r['lr_max']:.2g} ({r['lr_source']}) | {r['train_accuracy']:.4f} | "
-                  f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} ({r.get('concurrent_runs', '?')}) |")
+                  f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} "
+                  f"({r.get('concurrent_runs', '?')}) |")
     print("\n| configuration | seeds | mean test acc (spread) | mean flip-TTA | mean multi-crop TTA |")
     print("|---|---|---|---|---|")
     for g in order:
