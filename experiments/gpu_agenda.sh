@@ -11,6 +11,8 @@
 #   python experiments/pack_cifar.py pack ../shared/data/cifar10-jpeg .gpu-data.npz   # 60,000 JPEGs in 54 MiB
 # On the device (the device tool's `run`, carry [".gpu-wheels", ".gpu-data.npz"], timeout 600):
 #   bash experiments/gpu_agenda.sh .gpu-data.npz "$OUT"
+# Back here: commit $OUT's files under docs/gpu/ (device named), then the tables and the epoch-budget figure:
+#   python experiments/full_data_summary.py docs/gpu/FILE.json --by name --epochs-out docs/figures/epoch_budget.png
 # Dry run on this CPU (a few batches a rung, two tiny runs; checks the script and the figures it prints):
 #   DRY=1 bash experiments/gpu_agenda.sh ../shared/data/cifar10-jpeg /tmp/agenda
 set -uo pipefail
