@@ -32,6 +32,15 @@ def run_group(name: str) -> str: return re.sub(r"-s\d+$", "", name)  # gpu_runs.
 def spread(xs: list[float]) -> float: return max(xs) - min(xs)
 
 
+def acc(x: float | None) -> str: return "-" if x is None else f"{x:.4f}"  # a run without that TTA
+
+
+def mean(rs: list[dict], key: str) -> float | None:
+    "The mean of `key` over runs, or None unless every run has it."
+    xs = [r.get(key) for r in rs]
+    return None if None in xs else statistics.mean(xs)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs_json")
@@ -50,25 +59,22 @@ def main(argv=None):
     order = sorted(groups, key=lambda g: statistics.mean(r["accuracy"] for _, r in groups[g]))
     for g in order:
         for name, r in sorted(groups[g], key=lambda x: x[1]["seed"]):
-            print(f"| {g} | {name} | {r['seed']} | {r['lr_max']:.2g} ({r['lr_source']}) | {r['train_accuracy']:.4f} | "
-                  f"{r['accuracy']:.4f} | {r['accuracy_tta']:.4f} | {r['seconds']:.0f} "
+            print(f"| {g} | {name} | {r['seed']} | {r['lr_max']:.2g} ({r['lr_source']}) | {acc(r['train_accuracy'])} | "
+                  f"{acc(r['accuracy'])} | {acc(r['accuracy_tta'])} | {r['seconds']:.0f} "
                   f"({r.get('concurrent_runs', '?')}) |")
     print("\n| configuration | seeds | mean test acc (spread) | mean flip-TTA | mean multi-crop TTA |")
     print("|---|---|---|---|---|")
     for g in order:
         rs = [r for _, r in groups[g]]
-        acc = [r["accuracy"] for r in rs]
-        crops = [r["accuracy_tta_crops"] for r in rs if r.get("accuracy_tta_crops")]
-        print(f"| {g} | {len(rs)} | {statistics.mean(acc):.4f} ({spread(acc):.4f}) | "
-              f"{statistics.mean(r['accuracy_tta'] for r in rs):.4f} | "
-              f"{f'{statistics.mean(crops):.4f}' if len(crops) == len(rs) else '-'} |")
+        print(f"| {g} | {len(rs)} | {mean(rs, 'accuracy'):.4f} ({spread([r['accuracy'] for r in rs]):.4f}) | "
+              f"{acc(mean(rs, 'accuracy_tta'))} | {acc(mean(rs, 'accuracy_tta_crops'))} |")
     if a.out:
         fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.2))
         for i, g in enumerate(order):
             rs = [r for _, r in groups[g]]
             ax.scatter([100 * r["accuracy"] for r in rs], [i] * len(rs), color="C0", label="test" if i == 0 else None)
-            ax.scatter([100 * r["accuracy_tta"] for r in rs], [i] * len(rs), color="C1", marker="x",
-                       label="flip-TTA" if i == 0 else None)
+            tta = [100 * r["accuracy_tta"] for r in rs if r.get("accuracy_tta") is not None]
+            ax.scatter(tta, [i] * len(tta), color="C1", marker="x", label="flip-TTA" if i == 0 else None)
             ax.plot([100 * statistics.mean(r["accuracy"] for r in rs)] * 2, [i - 0.3, i + 0.3], color="C0")
         ax.set_yticks(range(len(order)), order)
         ax.axvline(90, color="grey", lw=0.8, ls="--")
@@ -90,11 +96,11 @@ def epoch_budget(groups: dict, device: str, out: str) -> None:
     print("\n| epochs | seeds | mean test acc (spread) | mean flip-TTA | mean wall s |\n|---|---|---|---|---|")
     for e in es:
         rs = by_epochs[e]
-        print(f"| {e} | {len(rs)} | {statistics.mean(r['accuracy'] for r in rs):.4f} "
-              f"({spread([r['accuracy'] for r in rs]):.4f}) | {statistics.mean(r['accuracy_tta'] for r in rs):.4f} | "
-              f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+        print(f"| {e} | {len(rs)} | {mean(rs, 'accuracy'):.4f} ({spread([r['accuracy'] for r in rs]):.4f}) | "
+              f"{acc(mean(rs, 'accuracy_tta'))} | {mean(rs, 'seconds'):.0f} |")
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, colour, label in (("accuracy", "C0", "test"), ("accuracy_tta", "C1", "flip-TTA")):
+        if any(mean(by_epochs[e], key) is None for e in es): continue
         for e in es: ax.scatter([e] * len(by_epochs[e]), [100 * r[key] for r in by_epochs[e]], color=colour, s=14)
         ax.plot(es, [100 * statistics.mean(r[key] for r in by_epochs[e]) for e in es], color=colour, label=label)
     ax.set_xticks(es)

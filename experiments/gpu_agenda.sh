@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything one lent GPU should measure, in one call of at most 10 minutes (the device tool's `run`):
-#   1. the speed ladder fp32 / TF32 / bf16 / +channels_last / +compile / +CUDA graphs, with the matmul peak
-#      and a torch.profiler summary of one epoch (benchmarks/bench_gpu.py)          -> $OUT/ladder.json
+#   1. with LADDER=1 only (the speed issue is closed; accuracy runs need the minutes): the speed ladder fp32 /
+#      TF32 / bf16 / +channels_last / +compile / +CUDA graphs, with the matmul peak and a torch.profiler summary
+#      of one epoch (benchmarks/bench_gpu.py)                                       -> $OUT/ladder.json
 #   2. full-data runs side by side on the one GPU: every line of RUNS (experiments/gpu_runs.txt: a name and
 #      `fastresnet train` flags), N at a time                                        -> $OUT/runs.json
 # with the device, the commands and the log in $OUT/agenda.log. At most 8 files come back from $OUT.
@@ -37,20 +38,25 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 
 if [ "${DRY:-0}" = 1 ]; then
     ladder=(--device cpu --subset 1000 --epochs 2 --bs 100 --rungs fp32,bf16,bf16+cl)
-    train=(--subset 500 --epochs 2 --bs 100 --lr-find-iters 10); parallel=2
+    train=(--subset 500 --epochs 2 --bs 100 --lr-find-iters 10 --width 0.25 --valid-every 0); parallel=2
 else
     ladder=(--epochs 3); train=()
 fi
 
-say "1. speed ladder"
-python3 benchmarks/bench_gpu.py --data "$data" "${ladder[@]}" --profile --json "$out/ladder.json" 2>&1 | tee -a "$log"
+if [ "${LADDER:-0}" = 1 ]; then
+    say "1. speed ladder"
+    python3 benchmarks/bench_gpu.py --data "$data" "${ladder[@]}" --profile --json "$out/ladder.json" 2>&1 | tee -a "$log"
+fi
 
 say "2. full-data runs, $parallel at a time, from $runs"
 mkdir -p "$out/runs"
 n=0
 while read -r name flags; do
     case "$name" in ""|\#*) continue ;; esac
-    [ "${DRY:-0}" = 1 ] && [ "$n" -ge 2 ] && break
+    if [ "${DRY:-0}" = 1 ]; then  # two runs, without the six multi-crop passes over 10,000 test images (minutes here)
+        [ "$n" -ge 2 ] && break
+        flags=${flags//--tta-crops/}
+    fi
     # shellcheck disable=SC2086  # the flags are words
     left=$(( deadline - $(date +%s) - 20 ))
     [ "$left" -gt 60 ] || { say "no time left for $name"; continue; }
@@ -62,6 +68,8 @@ done <"$runs"
 wait
 python3 experiments/collect_runs.py "$out/runs" --device "$(python3 -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")')" \
     --out "$out/runs.json" 2>&1 | tee -a "$log"
+python3 experiments/full_data_summary.py "$out/runs.json" --by name --out "$out/runs.png" \
+    --epochs-out "$out/epoch_budget.png" 2>&1 | tee -a "$log"
 tail -n 3 "$out"/runs/*.log >>"$log" 2>&1
 rm -rf "$out/runs"  # run folders are large; runs.json keeps what the docs need (unfinished runs: their curves so far)
 say "done"
