@@ -101,7 +101,8 @@ class Recipe:
     logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
     zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0")
     bn_momentum: float = setting("model", 0.1, "BatchNorm momentum: the weight of each new batch in the running "
-                                 "statistics the test uses (torch's convention and default)", min=0.0, max=1.0)
+                                 "statistics the test uses (torch's convention and default)", lr_find=False,
+                                 min=0.0, max=1.0)
     label_smoothing: float = setting("model", 0.1, "label smoothing of the training loss (0: plain cross-entropy; "
                                      "test losses are always plain cross-entropy)", min=0.0, max=0.5)
     channels_last: bool = setting("model", True, "channels_last memory format (faster convolutions)")
