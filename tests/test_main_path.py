@@ -16,7 +16,7 @@ from fastai.learner import Learner
 
 from fastresnet.config import Recipe
 from fastresnet.learner import cifar_learner
-from fastresnet.train import _bounds
+from fastresnet.train import RunError, _bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
@@ -38,6 +38,23 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
     learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
     b = _bounds(learn, learn.recipe, None)                          # the run path, with the defaults' rule
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
+
+
+def test_a_range_test_still_falling_at_its_end_is_refused_not_trained(arrays, tmp_path, monkeypatch):
+    """The shape seen at the width-0.25 proxy (seed 1): the loss falls until the last points, which diverge and
+    which fastai drops, so the lowest kept loss sits at the end and `minimum` would give LR(end)/10."""
+    lrs = np.logspace(-6, 1, 100)
+    losses = np.r_[3.7 - 0.2 * (np.log10(lrs[:95]) + 6), [5.0, 9.0, 20.0, 40.0, 80.0]]  # falls to ~LR 4, then blows up
+    def fake_fit(self, n_epoch, cbs=None, **kwargs):
+        self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
+    monkeypatch.setattr(Learner, "fit", fake_fit)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100)
+    with pytest.raises(RunError, match=r"still falling near its end \(lowest at LR 4\.4") as e:
+        _bounds(learn, learn.recipe, None)
+    assert e.value.hint == "(--lr-max)"
+    # turning up more than a tenth of the test before its end passes: lowest at LR 10^-0.5 -> LRMAX 10^-1.5
+    losses[:95] = 1.0 + (np.log10(lrs[:95]) + 0.5) ** 2
+    assert _bounds(learn, learn.recipe, None).lr_max == pytest.approx(10 ** -1.5, rel=0.1)
 
 
 @pytest.mark.slow
