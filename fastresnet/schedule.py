@@ -125,12 +125,14 @@ def find_bounds(learn: Learner, rule: str = "minimum", min_div: float = 100.0, n
 
 
 def _check_turned_up(lrs, losses, num_it: int) -> None:
-    """The `minimum` rule needs the range test's loss to turn up before its end; a curve still falling gives an
-    LR far too high (seen once at the width-0.25 proxy: LRMAX 0.2, and training stuck at 16-27% accuracy)."""
+    """The `minimum` rule needs the range test's loss to turn up before its end (its lowest point before the last
+    tenth of the points fastai's suggestions read, if at least 20); a curve still falling gives an LR far too high
+    (seen once at the width-0.25 proxy: LRMAX 0.2, and training stuck at 16-27% accuracy)."""
     lrs, losses = np.asarray(lrs, float)[num_it // 10:-5], np.asarray(losses, float)[num_it // 10:-5]  # fastai's cut
     if np.isnan(losses).any(): lrs, losses = lrs[:np.argmax(np.isnan(losses))], losses[:np.argmax(np.isnan(losses))]
+    if len(losses) < 20: return  # too short a test to tell (the default's 100 batches keep 85 points)
     low = int(np.argmin(losses))
-    if low >= len(losses) - max(1, len(losses) // 10):
+    if low >= len(losses) - len(losses) // 10:
         raise ValueError(f"The LR range test's loss was still falling near its end (lowest at LR {lrs[low]:.3g}, "
                          f"in the last tenth of the test), so the 'minimum' rule would give an LRMAX far too high "
                          f"({lrs[low] / 10:.3g}). Run the test again with another seed, or another rule (lr_rule).")
