@@ -53,16 +53,16 @@ def load(runs_dir: Path) -> dict[str, dict]:
 
 
 def table(runs: dict[str, dict], reference: dict[str, dict]) -> str:
-    rows = ["| run | seed | data | precision | LRMAX (source) | LRMIN | train acc | test acc % | flip-TTA % | "
-            "multi-crop % | hours | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | seed | data | precision | epochs | LRMAX (source) | LRMIN | train acc % (last epoch, augmented) | "
+            "test acc % | flip-TTA % | multi-crop % | hours | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        rows.append(f"| {name} | {r['seed']} | {r['data_name']} | {r['precision']} | {r['lr_max']:.3g} "
+        rows.append(f"| {name} | {r['seed']} | {r['data_name']} | {r['precision']} | {r['epochs']} | {r['lr_max']:.3g} "
                     f"({r['lr_source']}) | {r['lr_min']:.3g} | {pct(r['train_accuracy'])} | {pct(r['accuracy'])} | "
                     f"{pct(r['accuracy_tta'])} | {pct(r['accuracy_tta_crops'])} | {r['seconds'] / 3600:.2f} | "
                     f"{r['cpu']} |")
     groups: dict[str, list[dict]] = {}
     for name, r in runs.items(): groups.setdefault(config(name), []).append(r)
-    ref_name = f"reference: default, fp32, JPEG q75, {REFERENCE[0].split('/')[-1]}"
+    ref_name = f"reference: the default in fp32 on the JPEG copy, GPU ({', '.join(REFERENCE[1])} in {REFERENCE[0]})"
     if reference: groups[ref_name] = list(reference.values())
     rows += ["", "| configuration | seeds | mean test % (spread) | mean flip-TTA % | mean multi-crop % |",
              "|---|---|---|---|---|"]
@@ -88,8 +88,8 @@ def figure(runs: dict[str, dict], out: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (name, r) in enumerate(runs.items()):
-        ep = [h for h in r["history"] if h.get("accuracy") is not None]
-        ax.plot([h["epoch"] + 1 for h in ep], [100 * h["accuracy"] for h in ep], label=name, color=f"C{i % 10}")
+        ep = [h for h in r["history"] if h.get("valid_accuracy") is not None]  # valid = the test set
+        ax.plot([h["epoch"] + 1 for h in ep], [100 * h["valid_accuracy"] for h in ep], label=name, color=f"C{i % 10}")
     ax.axhline(90, color="grey", lw=0.8, ls="--")
     ax.set_ylim(60, 96)
     ax.set_xlabel("epoch")

@@ -57,7 +57,8 @@ while read -r name flags; do
         if [ -f "docs/runs/$src/lr_bounds.json" ]; then flags=${flags/@$src/$(lr_of "$src")}
         else say "$name: $src has no range test yet; this run does its own"; flags=${flags/--lr-max @$src/}; fi
     fi
-    cpu="$(lscpu | sed -n 's/^Model name: *//p') ($(grep -oE 'amx_bf16|avx512_bf16' /proc/cpuinfo | sort -u | xargs))"
+    cpu="$(lscpu | sed -n 's/^Model name: *//p'), family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu |
+        sed -n 's/^Model: *//p'), $(nproc) cores ($(grep -oE 'amx_bf16|avx512_bf16' /proc/cpuinfo | sort -u | xargs))"
     if [ -f "$dir/run.json" ]; then
         say "$name: resuming $dir"; echo "$(date '+%F %T') resume $cpu" >>"$campaign/$name.cpu"
         cmd=(fastresnet train --resume "$dir")
