@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -19,8 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from collect_runs import run_record  # noqa: E402  (one reader of a run folder)
 
-BEGIN, END = "<!-- campaign table: experiments/campaign_table.py, do not edit by hand -->", "<!-- end campaign table -->"
-REFERENCE = ("docs/gpu/gpu-h200-full-data.json", ["wd0.8-ls0.1", "wd0.8-ls0.1-s1"])  # the default's fp32 GPU pair
+BEGIN = "<!-- campaign table: experiments/campaign_table.py, do not edit by hand -->"
+END = "<!-- end campaign table -->"
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "docs/gpu/gpu-h200-full-data.json:wd0.8-ls0.1,wd0.8-ls0.1-s1"  # the default's fp32 GPU pair (section 7)
 DATA = {"cifar-10-batches-py": "official", "cifar10-jpeg": "JPEG q75"}
 
 
@@ -52,9 +55,17 @@ def load(runs_dir: Path) -> dict[str, dict]:
     return out
 
 
-def table(runs: dict[str, dict], reference: dict[str, dict]) -> str:
+def load_reference(spec: str) -> tuple[str, list[dict]]:
+    "`FILE:RUN,RUN` (FILE from the repo's root unless absolute) as a label and the runs' records."
+    file, names = spec.rsplit(":", 1)
+    runs = json.loads((ROOT / file).read_text())["runs"]
+    return f"reference: the default in fp32 on the JPEG copy, GPU ({names.replace(',', ', ')} in {file})", \
+        [runs[n] for n in names.split(",")]
+
+
+def table(runs: dict[str, dict], reference: tuple[str, list[dict]] | None = None) -> str:
     rows = ["| run | seed | data | precision | epochs | LRMAX (source) | LRMIN | train acc % (last epoch, augmented) | "
-            "test acc % | flip-TTA % | multi-crop % | hours | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "test acc % | flip-TTA % | multi-crop % | hours | CPU |", "|---" * 13 + "|"]
     for name, r in runs.items():
         rows.append(f"| {name} | {r['seed']} | {r['data_name']} | {r['precision']} | {r['epochs']} | {r['lr_max']:.3g} "
                     f"({r['lr_source']}) | {r['lr_min']:.3g} | {pct(r['train_accuracy'])} | {pct(r['accuracy'])} | "
@@ -62,14 +73,13 @@ def table(runs: dict[str, dict], reference: dict[str, dict]) -> str:
                     f"{r['cpu']} |")
     groups: dict[str, list[dict]] = {}
     for name, r in runs.items(): groups.setdefault(config(name), []).append(r)
-    ref_name = f"reference: the default in fp32 on the JPEG copy, GPU ({', '.join(REFERENCE[1])} in {REFERENCE[0]})"
-    if reference: groups[ref_name] = list(reference.values())
+    if reference: groups[reference[0]] = reference[1]
     rows += ["", "| configuration | seeds | mean test % (spread) | mean flip-TTA % | mean multi-crop % |",
              "|---|---|---|---|---|"]
     for g, rs in sorted(groups.items(), key=lambda kv: -statistics.mean(r["accuracy"] for r in kv[1])):
         acc = [r["accuracy"] for r in rs]
-        rows.append(f"| {g} | {len(rs)} | {pct(mean(acc))} ({pct(spread(acc))}) | "
-                    f"{pct(mean([r.get('accuracy_tta') for r in rs]))} | {pct(mean([r.get('accuracy_tta_crops') for r in rs]))} |")
+        tta, crops = mean([r.get("accuracy_tta") for r in rs]), mean([r.get("accuracy_tta_crops") for r in rs])
+        rows.append(f"| {g} | {len(rs)} | {pct(mean(acc))} ({pct(spread(acc))}) | {pct(tta)} | {pct(crops)} |")
     base = groups.get("default-bf16")
     rows.append("")
     if not base or len(base) < 2:
@@ -105,15 +115,14 @@ def main(argv=None):
     ap.add_argument("runs_dir")
     ap.add_argument("--into", help="markdown file whose campaign markers the table replaces (else: printed)")
     ap.add_argument("--figure", help="per-epoch test accuracy of every run (png)")
+    ap.add_argument("--reference", default=REFERENCE, help="FILE:RUN,RUN of a runs JSON (docs/gpu) to compare with; "
+                    "'' for none (default: %(default)s)")
     a = ap.parse_args(argv)
     runs = load(Path(a.runs_dir))
-    ref_file = Path(REFERENCE[0])
-    reference = {k: v for k, v in json.loads(ref_file.read_text())["runs"].items() if k in REFERENCE[1]} \
-        if ref_file.is_file() else {}
-    text = table(runs, reference)
+    text = table(runs, load_reference(a.reference) if a.reference else None)
     if a.figure and runs:
         figure(runs, a.figure)
-        text += f"\n\n![per-epoch test accuracy]({Path(a.figure).relative_to(Path(a.into).parent)})" if a.into else ""
+        text += f"\n\n![per-epoch test accuracy]({os.path.relpath(a.figure, Path(a.into).parent)})" if a.into else ""
     if not a.into:
         print(text)
         return

@@ -19,9 +19,10 @@ small=(settings.ini run.json lr_bounds.json lr_find.json metrics.json final.json
 say() { echo "[$(date '+%F %T')] $*"; }
 
 # bf16 without the units is 12-13x slower than fp32 (docs/benchmarks.md, Zen 3): a 24-epoch run would take days
-if ! grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+cpuinfo=${CPUINFO:-/proc/cpuinfo}  # another file only in the script's own test
+if ! grep -qE 'avx512_bf16|amx_bf16' "$cpuinfo"; then
     echo "cpu_campaign: this CPU ($(lscpu | sed -n 's/^Model name: *//p')) has no bf16 units (neither avx512_bf16" \
-         "nor amx_bf16 in /proc/cpuinfo), where a bf16 run is 12-13x slower than fp32. Run the campaign on a CPU" \
+         "nor amx_bf16 in $cpuinfo), where a bf16 run is 12-13x slower than fp32. Run the campaign on a CPU" \
          "that has them, or on a lent GPU (experiments/gpu_agenda.sh); do other work this session." >&2
     exit 2
 fi
@@ -34,14 +35,13 @@ collect() {  # a finished run's small files into docs/runs/NAME, the table regen
     local name=$1 dir=$campaign/$1
     mkdir -p "docs/runs/$name"
     for f in "${small[@]}"; do [ -f "$dir/$f" ] && cp "$dir/$f" "docs/runs/$name/"; done
-    cp "$campaign/$name.cpu" "docs/runs/$name/cpu.txt"
+    [ -f "$campaign/$name.cpu" ] && cp "$campaign/$name.cpu" "docs/runs/$name/cpu.txt"
     python3 experiments/campaign_table.py docs/runs --into docs/experiments.md --figure docs/figures/campaign.png ||
-        return 1
-    say "$name: $(python3 -c "import json; d=json.load(open('docs/runs/$name/final.json'))
-print(f\"test accuracy {d['accuracy']:.4f}, flip-TTA {d.get('accuracy_tta')}, multi-crop {d.get('accuracy_tta_crops')}\")")"
+        { say "$name: the table could not be regenerated (above); its files are in docs/runs/$name"; return 1; }
+    say "$name finished: $(cat "docs/runs/$name/final.json" | tr -d '\n ')"
     if [ "${COMMIT:-1}" = 1 ]; then
         git add "docs/runs/$name" docs/experiments.md docs/figures/campaign.png &&
-            git commit -q -m "docs/runs/$name: a finished campaign run (bf16, official data, 24 epochs); table regenerated" \
+            git commit -q -m "docs/runs/$name: a finished campaign run (bf16, official data); table regenerated" \
                 -- "docs/runs/$name" docs/experiments.md docs/figures/campaign.png && say "committed docs/runs/$name"
     fi
 }
@@ -51,14 +51,14 @@ while read -r name flags; do
     [ -n "${ONLY:-}" ] && [ "$name" != "$ONLY" ] && continue
     [ -f "docs/runs/$name/final.json" ] && continue            # finished and committed
     dir=$campaign/$name
-    if [ -f "$dir/final.json" ]; then collect "$name"; continue; fi  # finished while nobody was there to collect it
+    if [ -f "$dir/final.json" ]; then collect "$name" || exit 1; continue; fi  # finished with nobody to collect it
     if [[ $flags =~ --lr-max\ @([^ ]+) ]]; then                # LRMAX from an earlier run's range test, if it has one
         src=${BASH_REMATCH[1]}
         if [ -f "docs/runs/$src/lr_bounds.json" ]; then flags=${flags/@$src/$(lr_of "$src")}
         else say "$name: $src has no range test yet; this run does its own"; flags=${flags/--lr-max @$src/}; fi
     fi
     cpu="$(lscpu | sed -n 's/^Model name: *//p'), family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu |
-        sed -n 's/^Model: *//p'), $(nproc) cores ($(grep -oE 'amx_bf16|avx512_bf16' /proc/cpuinfo | sort -u | xargs))"
+        sed -n 's/^Model: *//p'), $(nproc) cores ($(grep -oE 'amx_bf16|avx512_bf16' "$cpuinfo" | sort -u | xargs))"
     if [ -f "$dir/run.json" ]; then
         say "$name: resuming $dir"; echo "$(date '+%F %T') resume $cpu" >>"$campaign/$name.cpu"
         cmd=(fastresnet train --resume "$dir")
@@ -67,8 +67,8 @@ while read -r name flags; do
         cmd=(fastresnet train --data "$data" --precision bf16 --out "$dir" $flags)
         say "$name: ${cmd[*]}"; echo "$(date '+%F %T') start $cpu" >>"$campaign/$name.cpu"
     fi
-    "${cmd[@]}" 2>&1 | tee -a "$campaign/$name.log"          # one line an epoch: `epoch 3/24 ...`
-    if [ -f "$dir/final.json" ]; then collect "$name"
+    "${cmd[@]}" </dev/null 2>&1 | tee -a "$campaign/$name.log"          # one line an epoch: `epoch 3/24 ...`
+    if [ -f "$dir/final.json" ]; then collect "$name" || exit 1
     else say "$name stopped before it finished (see $campaign/$name.log); the next call resumes it"; exit 1; fi
 done <"$runs"
 say "no unfinished run left in $runs"

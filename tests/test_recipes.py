@@ -95,3 +95,20 @@ def test_every_run_on_the_gpu_agenda_is_a_valid_train_command():
     for name, *flags in lines:
         r = recipe_from_args(build_parser().parse_args(["train", "--out", name, *flags]))
         assert r.epochs in (8, 12, 16, 24), name
+
+
+def test_every_run_of_the_cpu_campaign_is_a_valid_24_epoch_train_command():
+    "A typo in experiments/cpu_runs.txt would cost a session's run: each line must parse; `@RUN` names a run above."
+    from pathlib import Path
+    from fastresnet.cli import build_parser, recipe_from_args
+    lines = [ln.split() for ln in (Path(__file__).resolve().parents[1] / "experiments" / "cpu_runs.txt")
+             .read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    names = [name for name, *_ in lines]
+    assert len(set(names)) == len(names) >= 4 and names[:4] == [
+        "default-bf16-s42", "lrmin1000-bf16-s42", "default-bf16-s1", "lrmin1000-bf16-s1"]   # issue 34's order
+    for i, (name, *flags) in enumerate(lines):
+        refs = [f[1:] for f in flags if f.startswith("@")]
+        assert all(ref in names[:i] for ref in refs), name                        # LRMAX of a run that comes first
+        r = recipe_from_args(build_parser().parse_args(["train", "--out", name, *[
+            "0.002" if f.startswith("@") else f for f in flags]]))
+        assert r.epochs == 24 and r.seed == int(name.rsplit("-s", 1)[1]), name
