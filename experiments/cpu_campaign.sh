@@ -49,7 +49,10 @@ collect() {  # a finished run's small files into docs/runs/NAME, the table regen
 while read -r name flags; do
     case "$name" in ""|\#*) continue ;; esac
     [ -n "${ONLY:-}" ] && [ "$name" != "$ONLY" ] && continue
-    [ -f "docs/runs/$name/final.json" ] && continue            # finished and committed
+    if [ -f "docs/runs/$name/final.json" ]; then                 # finished and collected (and committed)
+        [ "${COMMIT:-1}" = 1 ] && ! git ls-files --error-unmatch "docs/runs/$name/final.json" >/dev/null 2>&1 ||
+            continue
+    fi
     dir=$campaign/$name
     if [ -f "$dir/final.json" ]; then collect "$name" || exit 1; continue; fi  # finished with nobody to collect it
     if [[ $flags =~ --lr-max\ @([^ ]+) ]]; then                # LRMAX from an earlier run's range test, if it has one
