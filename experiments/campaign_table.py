@@ -101,7 +101,7 @@ def figure(runs: dict[str, dict], out: str) -> None:
         ep = [h for h in r["history"] if h.get("valid_accuracy") is not None]  # valid = the test set
         ax.plot([h["epoch"] + 1 for h in ep], [100 * h["valid_accuracy"] for h in ep], label=name, color=f"C{i % 10}")
     ax.axhline(90, color="grey", lw=0.8, ls="--")
-    ax.set_ylim(60, 96)
+    ax.set_ylim(40, 96)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy, % (10,000 images)")
     ax.set_title("CPU campaign: full width, all 50,000 training images, 24 epochs", fontsize=10)
