@@ -111,10 +111,10 @@ class Recipe:
     tta_crops: bool = setting("eval", False, "also report multi-crop TTA: one-pixel diagonal shifts (-1, 0, +1) x "
                               "mirror, six test passes (docs/experiments.md)", lr_find=False)
     # [runtime]
-    precision: str = setting("runtime", "fp32", "fp32, or mixed precision: bf16 (GPUs, and CPUs with bf16 units) "
-                             "or fp16 (GPUs); auto: bf16 where the hardware has it, else fp32 (docs/experiments.md "
-                             "section 8: same accuracy at the width-0.25 proxy)",
-                             choices=("fp32", "bf16", "fp16", "auto"))
+    precision: str = setting("runtime", "auto", "auto: bf16 where the hardware has it (a GPU, or a CPU with bf16 "
+                             "units: twice as fast there), else fp32; or fp32, bf16, fp16 (GPUs). docs/experiments.md "
+                             "section 10: 94.1% in bf16 at full width, official data",
+                             choices=("auto", "fp32", "bf16", "fp16"))
     deterministic: bool = setting("runtime", False, "GPUs: bit-exact cuDNN kernels (slower) instead of autotuned ones; "
                                   "CPU runs are exact either way")
     valid_every: int = setting("runtime", 1, "test-set pass every N epochs (0: after the last only)", lr_find=False,

@@ -102,9 +102,12 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_the_run
     assert L.resolve_precision(Recipe(precision="fp32")).precision == "fp32"      # an explicit choice stays
     from fastresnet.config import load_settings
     from fastresnet.train import run
-    run(Recipe(precision="auto", bs=20, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.125, tta=False),
-        tmp_path / "r", str(tiny_folder), log=lambda *a: None)
+    assert Recipe().precision == "auto"                                            # the default
+    said = []
+    run(Recipe(bs=20, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.125, tta=False),
+        tmp_path / "r", str(tiny_folder), log=said.append)
     assert load_settings(tmp_path / "r" / "settings.ini").precision == want       # a resume keeps what auto chose
+    assert f"Precision: {want} (auto: bf16 where this machine has it, else fp32)" in said   # and the user is told
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_units_and_fp16_without_a_gpu(monkeypatch):
