@@ -7,6 +7,7 @@ exactly LRMIN at the last step: no annihilation. As data, cifar10-fast style:
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import fields
@@ -21,7 +22,7 @@ from fastcore.foundation import L
 
 from .config import Recipe
 
-__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds"]
+__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds", "lr_bounds"]
 
 
 def piecewise(step: float, knots: list[float], values: list[float], shape: str = "linear") -> float:
@@ -110,18 +111,31 @@ RULES = next(f for f in fields(Recipe) if f.name == "lr_rule").metadata["choices
 
 
 def find_bounds(learn: Learner, rule: str = "minimum", min_div: float = 100.0, num_it: int = 100,
-                start_lr: float = 1e-6, end_lr: float = 10.0) -> tuple[LRBounds, dict]:
+                start_lr: float = 1e-6, end_lr: float = 10.0, show_plot: bool = False) -> tuple[LRBounds, dict]:
     """`learn.lr_find()` on the training pipeline: LRMAX = fastai's `rule` suggestion, LRMIN = LRMAX / `min_div`.
     Also returns every suggestion (NaN where the curve is too short for one). fastai's finder restores
     the model and optimizer afterwards, so training starts from the same weights."""
-    found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False,
+    found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=show_plot,
                           suggest_funcs=[_or_nan(n) for n in RULES])
+    with contextlib.suppress(OSError): (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
     found = {n: float(v) for n, v in found._asdict().items()}
     lr_max = found[rule]
     if not np.isfinite(lr_max) or lr_max <= 0:
         raise ValueError(f"The LR range test gave no usable {rule!r} point ({lr_max}).")
     if rule == "minimum": _check_turned_up(learn.recorder.lrs, learn.recorder.losses, num_it)
     return LRBounds(lr_max / min_div, lr_max, rule), found
+
+
+@patch
+def lr_bounds(self: Learner, show_plot: bool = True) -> LRBounds:
+    """The recipe's range test in a notebook, as `fastresnet train` runs it: `learn.lr_find()` over the settings'
+    `lr_find_iters` batches from `lr_find_start` to `lr_find_end` (1e-6 to 10, where fastai's own default starts at
+    1e-7 and finds another minimum), LRMAX by `lr_rule`, LRMIN = LRMAX / `lr_min_div`; fastai's plot with them.
+
+        b = learn.lr_bounds()
+        learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)"""
+    r = getattr(self, "recipe", None) or Recipe()  # a Learner of cifar_learner's carries its settings
+    return find_bounds(self, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start, r.lr_find_end, show_plot)[0]
 
 
 def _check_turned_up(lrs, losses, num_it: int) -> None:
