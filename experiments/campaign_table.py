@@ -39,6 +39,15 @@ def mean(xs: list) -> float | None: return None if not xs or None in xs else sta
 def spread(xs: list[float]) -> float: return max(xs) - min(xs)
 
 
+def epoch_hours(r: dict) -> float:
+    """The run's hours as the sum of its epochs' times (metrics.json's `time`, fastai's m:ss or h:mm:ss): the same
+    measure for a run in one session and one resumed across several, where run.json's `seconds` counted only the
+    last session before fastresnet carried the clock over in the checkpoint. run.json's figure without the times."""
+    times = [row.get("time") for row in r["history"]]
+    if not times or None in times: return r["seconds"] / 3600
+    return sum(sum(int(x) * 60 ** i for i, x in enumerate(reversed(t.split(":")))) for t in times) / 3600
+
+
 def cpus(d: Path) -> str:
     "The CPU model(s) of the run's starts and resumes (cpu.txt: `DATE TIME start|resume MODEL (FLAGS)`)."
     lines = (d / "cpu.txt").read_text().split("\n") if (d / "cpu.txt").is_file() else []
@@ -65,11 +74,11 @@ def load_reference(spec: str) -> tuple[str, list[dict]]:
 
 def table(runs: dict[str, dict], reference: tuple[str, list[dict]] | None = None) -> str:
     rows = ["| run | seed | data | precision | epochs | LRMAX (source) | LRMIN | train acc % (last epoch, augmented) | "
-            "test acc % | flip-TTA % | multi-crop % | hours | CPU |", "|---" * 13 + "|"]
+            "test acc % | flip-TTA % | multi-crop % | hours (sum of epochs) | CPU |", "|---" * 13 + "|"]
     for name, r in runs.items():
         rows.append(f"| {name} | {r['seed']} | {r['data_name']} | {r['precision']} | {r['epochs']} | {r['lr_max']:.3g} "
                     f"({r['lr_source']}) | {r['lr_min']:.3g} | {pct(r['train_accuracy'])} | {pct(r['accuracy'])} | "
-                    f"{pct(r['accuracy_tta'])} | {pct(r['accuracy_tta_crops'])} | {r['seconds'] / 3600:.2f} | "
+                    f"{pct(r['accuracy_tta'])} | {pct(r['accuracy_tta_crops'])} | {epoch_hours(r):.2f} | "
                     f"{r['cpu']} |")
     groups: dict[str, list[dict]] = {}
     for name, r in runs.items(): groups.setdefault(config(name), []).append(r)

@@ -39,9 +39,10 @@ collect() {  # a finished run's small files into docs/runs/NAME, the table regen
     python3 experiments/campaign_table.py docs/runs --into docs/experiments.md --figure docs/figures/campaign.png ||
         { say "$name: the table could not be regenerated (above); its files are in docs/runs/$name"; return 1; }
     say "$name finished: $(cat "docs/runs/$name/final.json" | tr -d '\n ')"
+    local pixels="official data"; grep -q '"data": ".*cifar10-jpeg' "docs/runs/$name/run.json" && pixels="JPEG copy"
     if [ "${COMMIT:-1}" = 1 ]; then
         git add "docs/runs/$name" docs/experiments.md docs/figures/campaign.png &&
-            git commit -q -m "docs/runs/$name: a finished campaign run (bf16, official data); table regenerated" \
+            git commit -q -m "docs/runs/$name: a finished campaign run (bf16, $pixels); table regenerated" \
                 -- "docs/runs/$name" docs/experiments.md docs/figures/campaign.png && say "committed docs/runs/$name"
     fi
 }

@@ -3,7 +3,8 @@
 All of them are fastai `RandTransform`s with `split_idx=0`, so fastai applies them to training
 batches only and validation batches reach the model untouched. Each computes on the plain tensor
 behind fastai's `TensorImage` (whose operations each take a detour through Python) and returns a
-`TensorImage`.
+`TensorImage`. They are batch transforms (`batch_tfms`); given one image, as `item_tfms` would give it, they
+treat it as a batch of one.
 """
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ import torch.nn.functional as F
 from fastai.vision.all import RandTransform, TensorImage
 
 __all__ = ["RandomPadCrop", "RandomFlip", "Cutout"]
+
+
+def _batch(x: TensorImage) -> tuple[torch.Tensor, bool]:
+    "The plain tensor of a batch (N, C, H, W); one image (C, H, W) as a batch of one, and whether it was one."
+    x = x.as_subclass(torch.Tensor)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def _out(x: torch.Tensor, single: bool) -> TensorImage: return TensorImage(x[0] if single else x)
 
 
 class RandomPadCrop(RandTransform):
@@ -24,7 +34,7 @@ class RandomPadCrop(RandTransform):
 
     def encodes(self, x: TensorImage) -> TensorImage:
         if self.pad == 0: return x
-        x = x.as_subclass(torch.Tensor)
+        x, single = _batch(x)
         n, c, h, w = x.shape
         p = self.pad
         xp = F.pad(x, (p, p, p, p), mode="constant" if self.mode == "zeros" else "reflect")
@@ -34,7 +44,7 @@ class RandomPadCrop(RandTransform):
         cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
         batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
         chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        return TensorImage(xp[batch, chans, rows, cols])  # one gather for the whole batch
+        return _out(xp[batch, chans, rows, cols], single)  # one gather for the whole batch
 
 
 class RandomFlip(RandTransform):
@@ -47,9 +57,9 @@ class RandomFlip(RandTransform):
         self.p_per_image = p
 
     def encodes(self, x: TensorImage) -> TensorImage:
-        x = x.as_subclass(torch.Tensor)
+        x, single = _batch(x)
         flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p_per_image
-        return TensorImage(torch.where(flip, x.flip(-1), x))
+        return _out(torch.where(flip, x.flip(-1), x), single)
 
 
 class Cutout(RandTransform):
@@ -63,11 +73,11 @@ class Cutout(RandTransform):
 
     def encodes(self, x: TensorImage) -> TensorImage:
         if self.size == 0: return x
-        x = x.as_subclass(torch.Tensor)
+        x, single = _batch(x)
         n, _, h, w = x.shape
         cy = torch.randint(0, h, (n, 1, 1), device=x.device) - self.size // 2  # top edge, may be < 0
         cx = torch.randint(0, w, (n, 1, 1), device=x.device) - self.size // 2
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)
         hole = (ys >= cy) & (ys < cy + self.size) & (xs >= cx) & (xs < cx + self.size)
-        return TensorImage(x.masked_fill(hole.unsqueeze(1), 0.0))
+        return _out(x.masked_fill(hole.unsqueeze(1), 0.0), single)

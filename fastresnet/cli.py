@@ -116,7 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", metavar="PATH", help="data for the top-loss and augmentation plots "
                     "(default: the run's own; without data those two plots are skipped)")
 
-    sub.add_parser("summary", help="layers, output shapes and parameter counts of the model (batch of 10)")
+    sm = sub.add_parser("summary", help="layers, output shapes and parameter counts of the model (a batch of one "
+                        "image per class)")
+    which = sm.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="FILE_OR_RUN", help="a trained model's network (its width and classes): "
+                       + MODEL_HELP)
+    which.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of a new network "
+                       "(default 1.0), for CIFAR-10's 10 classes")
     return ap
 
 
@@ -196,7 +202,8 @@ def cmd_evaluate(a) -> int:
     data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
         raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
-    with learn.no_bar() if a.json else contextlib.nullcontext():  # machine-readable stdout: no progress bar in it
+    quiet = a.json or not sys.stdout.isatty()  # JSON, a file or a pipe: the results alone, no bar fragments
+    with learn.no_bar() if quiet else contextlib.nullcontext():
         res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True, crops=a.tta_crops)
     if a.json:
         print(json.dumps(res, indent=2))
@@ -315,8 +322,13 @@ def cmd_report(a) -> int:
 
 def cmd_summary(a) -> int:
     from .data import CIFAR_CLASSES
-    from .inference import stub_learner
-    learn = stub_learner(CIFAR_CLASSES, Recipe(channels_last=False))
+    from .inference import image_size, load_model, stub_learner
+    vocab, r = CIFAR_CLASSES, Recipe(width=a.width)
+    if a.model:
+        from .learner import unwrap
+        src = load_model(a.model)
+        vocab, r = list(src.dls.vocab), Recipe(width=unwrap(src.model).width, size=image_size(src))
+    learn = stub_learner(vocab, r.replace(channels_last=False))
     with learn.no_bar(): print(learn.summary())
     return 0
 

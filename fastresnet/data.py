@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, DataLoaders, IndexSplitter, IntToFloatTensor, ItemGetter,
                                Normalize, TensorCategory, TensorImage, Transform, TransformBlock, cifar_stats,
-                               image_extensions)
+                               image_extensions, parent_label)
 from fastai.data.core import Datasets, TfmdDL
 from fastai.data.transforms import ToTensor
 from fastprogress.fastprogress import progress_bar
@@ -30,9 +30,9 @@ from .run import DiskFullError, atomic_write
 from .config import HintedError, Recipe
 
 __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
-           "pil_to_tensor", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls", "balanced_subset",
-           "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES", "DATASETS",
-           "dataset_name"]
+           "pil_to_tensor", "PairOrFile", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls",
+           "balanced_subset", "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES",
+           "DATASETS", "dataset_name"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32: the recipe's default `size`, and the smallest the network's pooling stages take
@@ -396,6 +396,16 @@ class CifarDL(TfmdDL):
             yield x, y
 
 
+class PairOrFile(ItemGetter):
+    """Item `i` of an (image, class) pair, as fastai's `ItemGetter`; of an image file (a labelled `test_dl` of a
+    user's folder, `dls.test_dl(files, with_labels=True)`): the file itself, and its class from its folder's name
+    (fastai's `parent_label`), as `fastresnet train` labels a folder."""
+    input_types = (tuple, list, Path, str)  # where fastai's `test_dl` may start the pipeline: at an item or a file
+    def encodes(self, x):
+        if not isinstance(x, (str, Path)): return x[self.i]
+        return x if self.i == 0 else parent_label(x)
+
+
 def CifarImageBlock(size: int = SIZE) -> TransformBlock:
     "Like fastai's `ImageBlock`, but for uint8 tensors already in memory: no PIL on the way."
     return TransformBlock(type_tfms=ToTensorImage(size), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
@@ -412,7 +422,7 @@ def batch_augment(r: Recipe, stats=cifar_stats) -> list:
 def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
     "Items are (image, class) pairs; the validation split is the test images (CIFAR-10's official 10,000)."
     return DataBlock(blocks=(CifarImageBlock(data.images.shape[-1]), CategoryBlock(vocab=data.vocab)),
-                     get_items=CifarArrays.items, get_x=ItemGetter(0), get_y=ItemGetter(1),
+                     get_items=CifarArrays.items, get_x=PairOrFile(0), get_y=PairOrFile(1),
                      splitter=IndexSplitter(range(data.n_train, len(data.labels))),
                      batch_tfms=batch_augment(r, data.norm_stats))
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 from fastai.data.transforms import Normalize
+from fastai.data.core import DataLoaders
 from fastai.learner import Learner, load_learner
+from fastai.torch_core import default_device
 
 from .config import HintedError, Recipe
-from .data import SIZE, CifarArrays, DataError, cifar_dls, load_image
+from .data import SIZE, CifarArrays, DataError, balanced_subset, cifar_dls, load_cifar, load_image
 from .learner import build_learner, unwrap
 from .run import MODEL_PKL, WEIGHTS, atomic_write
 from .legacy import named_state_dict
@@ -25,7 +27,7 @@ __all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner"
            "ModelFileError",
            "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
            "labelled_dl", "model_file", "save_weights", "norm_stats", "load_weights_learner", "load_model",
-           "stub_learner", "image_size"]
+           "stub_learner", "image_size", "dls_for"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
@@ -128,6 +130,28 @@ def save_weights(learn: Learner, path: str | Path) -> None:
     meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
             "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
+
+
+def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset: int | None = None,
+            **changes) -> DataLoaders:
+    """Data for a loaded learner: `load_learner` gives one without any (fastai exports the pipeline, not the images),
+    so `validate`, `tta`, `lr_find`, `show_results`, `summary` and `fine_tune` have nothing to read until `learn.dls`
+    is set.
+    `data` (as for `fastresnet train --data`) is read and split as the learner's recipe read its own, normalised with
+    the statistics the model was trained with, in batches of the recipe's `bs` (or of `changes`, e.g. `bs=64`).
+
+        learn = load_learner("runs/first/model.pkl")
+        learn.dls = dls_for(learn, "PATH/TO/cifar10")
+        learn.validate(); learn.tta(); learn.dls.show_batch(); learn.fine_tune(2)"""
+    r = (getattr(learn, "recipe", None) or Recipe()).replace(**changes)
+    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, image_size(learn))
+    if subset: arrays = balanced_subset(arrays, subset)
+    if list(arrays.vocab) != list(learn.dls.vocab):
+        raise DataError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
+                        "train on other classes, start from this model with a new head: cifar_learner(data, "
+                        "init=MODEL) in Python, or fastresnet train --data DATA --init MODEL.")
+    arrays = dataclasses.replace(arrays, stats=tuple(norm_stats(learn)))
+    return cifar_dls(arrays, r, device=default_device())
 
 
 def norm_stats(learn: Learner) -> list[list[float]]:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import random
 import sys
+import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -37,7 +38,8 @@ from . import schedule  # noqa: F401  (patches fit_one_cycle_peak onto Learner)
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "check_runtime", "PlainTestLoss", "CompileModel", "unwrap",
            "plain_output", "rng_state", "set_rng_state", "RunCheckpoint", "MuteSkippedEpochs", "ValidEvery",
-           "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16", "EMA"]
+           "StopOnNaN", "DivergedError", "resolve_precision", "cpu_native_bf16", "EMA",
+           "RangeTestLines"]
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
@@ -49,8 +51,8 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     default: the recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
 
         learn = cifar_learner("PATH/TO/cifar10")
-        lrs = learn.lr_find(suggest_funcs=minimum)   # lrs.minimum = (LR at the lowest loss) / 10 = LRMAX
-        learn.fit_one_cycle_peak(24, lrs.minimum / 100, lrs.minimum, peak_epoch=5)
+        b = learn.lr_bounds()                        # learn.lr_find() as the run path runs it: LRMIN, LRMAX
+        learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)
         learn.export("model.pkl")
 
     `init` (a run folder, `.safetensors` or `.pkl`) starts from a trained model instead, as fastai's `vision_learner`
@@ -102,7 +104,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch
     # fastai gathers them from every process (padding removed), so each test image counts once.
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),
-                    splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path, model_dir=".",
+                    splitter=resnet_split, wd=r.wd, wd_bn_bias=r.wd_bn_bias, path=path,
                     moms=(r.beta1_max, r.beta1_min, r.beta1_max),
                     cbs=[LossesToHost(), HeadFitsData()] + ([PlainTestLoss()] if r.label_smoothing else []))
     learn.recipe = r
@@ -245,8 +247,18 @@ def plain_output(learn: Learner):
         return
     old, learn.logger = learn.logger, partial(_epoch_line, learn)
     try:
-        with learn.no_bar(): yield
+        with learn.no_bar(), learn.added_cbs(RangeTestLines()): yield
     finally: learn.logger = old
+
+
+class RangeTestLines(Callback):
+    "The LR range test's progress as a line a quarter of the way, where no bar is drawn: minutes on a CPU."
+    order = 51  # after the Recorder: the batch's smoothed loss is in
+    def after_batch(self):
+        finder = getattr(self.learn, "lr_finder", None)
+        if finder is None or not self.training or self.train_iter % max(1, finder.num_it // 4): return
+        print(f"  range test: batch {self.train_iter}/{finder.num_it}, LR {self.opt.hypers[-1]['lr']:.3g}, "
+              f"loss {float(self.smooth_loss):.4f}", flush=True)
 
 
 def _epoch_line(learn: Learner, log) -> None:
@@ -284,9 +296,10 @@ class RunCheckpoint(Callback):
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
     def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
-                 hps: dict | None = None):
+                 hps: dict | None = None, clock: float | None = None):
         self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
         self.hps_before = hps or {}  # fastai's schedulers (fine_tune): the steps of the fits before this one
+        self.clock = clock  # time.time() of the run's start, moved on by the time its earlier sessions ran
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
@@ -307,7 +320,8 @@ class RunCheckpoint(Callback):
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
               "hps": self._hps(),  # the LR and beta1 of every step so far, as the schedule set them
-              "ema": self.ema.avg.state_dict() if hasattr(self.learn, "ema") else None}
+              "ema": self.ema.avg.state_dict() if hasattr(self.learn, "ema") else None,
+              "seconds": time.time() - self.clock if self.clock else None}  # the run's time up to here, all sessions
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
         write_metrics(self.run_dir, self.history, ck["hps"])
 

@@ -15,7 +15,7 @@ from .run import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE
                   read_json_or_none)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
-           "write_report", "make_report", "PLOTS"]
+           "chance_note", "write_report", "make_report", "PLOTS"]
 
 PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",
          "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
@@ -92,6 +92,23 @@ def top_confusions(final: dict, k: int = 10) -> list[tuple[str, str, int]]:
             if counts[i, j] > 0]
 
 
+def chance_note(final: dict, n_train: int | None = None, epochs: int | None = None) -> str | None:
+    """A warning when a test pass learned nothing usable: accuracy within 5 points of guessing (1 / classes), or one
+    class predicted for more than 90% of the images. None otherwise."""
+    counts, vocab = np.array(final["confusion"]), final["vocab"]
+    k, n, acc = len(vocab), counts.sum(), final["accuracy"]
+    top = int(counts.sum(0).argmax())
+    one_class = k > 1 and counts[:, top].sum() > 0.9 * n
+    if acc >= 1 / k + 0.05 and not one_class: return None
+    what = (f"predicts {vocab[top]!r} for {counts[:, top].sum() / n:.0%} of the test images" if one_class else
+            f"is at chance (guessing gives {1 / k:.1%})")
+    size = f" ({n_train} training images, {epochs} epochs)" if n_train and epochs else ""
+    return (f"The model {what}: test accuracy {acc:.1%}. It has not learned the task yet{size}. Likely causes: too "
+            "few epochs or images for the model to generalise (a smoke run; the recipe is 24 epochs on 50,000); "
+            "BatchNorm's running statistics, which the test pass uses, not yet settled on tiny data (a few batches "
+            "an epoch); or an LR too high for the data (look at lr_find.png, or give a smaller --lr-max).")
+
+
 def plot_confusion(run_dir: Path) -> Path | None:
     final = read_json_or_none(run_dir / FINAL)
     if not final: return None
@@ -136,6 +153,8 @@ def write_report(run_dir: Path) -> Path:
         tta = f" (flip-TTA {final['accuracy_tta']:.4f})" if "accuracy_tta" in final else ""
         lines += [f"**Test accuracy {final['accuracy']:.4f}**{tta} on "
                   f"{final['n_images']} test images, after {len(history)} epochs.", ""]
+        note = chance_note(final, info.get("n_train"), len(history))
+        if note: lines += [f"> **Warning.** {note}", ""]
     subset = f", subset {info['subset']}" if info.get("subset") else ""
     lines += [f"- data: `{info.get('data')}`{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]

@@ -21,10 +21,10 @@ from .config import Recipe, SettingsError, load_settings, recipe_to_ini
 from .inference import evaluate_learner, norm_stats, save_weights
 from .learner import (EMA, MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
                       resolve_precision, set_rng_state)
-from .report import make_report
-from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS, DiskFullError,
-                  RunError, atomic_export, disk_full_error, is_disk_full, load_checkpoint, prepare_run_dir, read_json,
-                  read_json_or_none, run_data, run_lock, start_run_dir, write_json,
+from .report import chance_note, make_report
+from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS,
+                  DiskFullError, RunError, atomic_export, disk_full_error, is_disk_full, load_checkpoint,
+                  prepare_run_dir, read_json, read_json_or_none, run_data, run_lock, start_run_dir, write_json,
                   write_metrics)
 from .schedule import LRBounds, find_bounds
 
@@ -41,6 +41,9 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
     run_dir = Path(run_dir).absolute()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
         try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
+            if dist.is_main(): _set_status(run_dir, "stopped")
+            raise
         except Exception as e:
             if not is_disk_full(e, run_dir): raise
             full = e if isinstance(e, DiskFullError) else disk_full_error(run_dir / "x", what="into the run folder")
@@ -52,6 +55,7 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
+    auto = r is not None and r.precision == "auto"
     ck, r = None, r and resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
     if resume:
         r, info, ck = _open_run(run_dir)
@@ -65,12 +69,15 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
             raise RunError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                            hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
     if ck is None and dist.is_main(): prepare_run_dir(run_dir, overwrite)
-    t0 = time.time()
+    t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
     # checks the machine can run `r`, then loads the data; a resumed fine-tune's weights come from its checkpoint
     learn = cifar_learner(data, r, run_dir, subset, init=init if ck is None else None,
                           stats=info.get("stats") if ck is not None else None)  # a fine-tune's are its source's
     r, vocab, split = learn.recipe, list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)  # width: init's
     epochs = r.epochs + (r.freeze_epochs if init else 0)  # fine-tuning: the head's epochs first
+    why = (" (the run folder's)" if ck is not None else
+           " (auto: bf16 where this machine has it, else fp32)" if auto else "")
+    if dist.is_main(): log(f"Precision: {r.precision}{why}")
     if ck is None:
         info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
                 "machine": platform.platform(), "data": _data_record(data), "subset": subset,
@@ -88,6 +95,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     elif split is not None and split != (read_json_or_none(run_dir / SPLIT) or {}).get("valid"):
         raise RunError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
                        f"renamed since the run started): resume {run_dir} with the data it started with.")
+    elif dist.is_main(): _set_status(run_dir, "started")  # a resumed run runs again
     with plain_output(learn):
         if ck is not None: bounds, start = _restore(learn, ck, run_dir), ck["epoch"] + 1
         else:
@@ -107,7 +115,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
             cbs = [StopOnNaN(), *extra_cbs]
             if dist.is_main():
                 cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"],
-                                         ck and ck["hps"]))
+                                         ck and ck["hps"], clock=t0))
             if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
             if r.ema and init: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each "
                                              "start a new average. The last weights are tested and exported.")
@@ -125,9 +133,15 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
             with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
     if dist.is_main():  # exported outside plain_output: the learner goes out with fastai's own logger
-        with dist.alone(): _finish(learn, res, losses, run_dir, info, info.get("seconds", 0) + time.time() - t0, log)
+        with dist.alone(): _finish(learn, res, losses, run_dir, info, time.time() - t0, log)
     dist.leave()
     return res
+
+
+def _set_status(run_dir: Path, status: str) -> None:
+    "run.json's `status`, where the run has one and has not finished."
+    info = read_json_or_none(run_dir / RUN)
+    if info and info.get("status") != "finished": write_json(run_dir / RUN, {**info, "status": status})
 
 
 def _data_record(data: str | None) -> str | None:
@@ -170,7 +184,10 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
     "LRMIN/LRMAX as given, or from the LR range test on the training pipeline (its curve saved in the run folder)."
     if r.lr_max: bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
     else:
-        if dist.is_main(): log(f"LR range test: {r.lr_find_iters} batches, LR {r.lr_find_start:g} to {r.lr_find_end:g}")
+        passes = r.lr_find_iters * r.bs / max(1, len(learn.dls.train_ds))  # small data: many passes over it
+        if dist.is_main():
+            log(f"LR range test: {r.lr_find_iters} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}"
+                + f" ({passes:.0f} passes over the training images)" * (passes >= 2))
         try: bounds, found = find_bounds(learn, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start,
                                          r.lr_find_end)
         except ValueError as e: raise RunError(f"{e} Give LRMAX yourself to skip the range test.",
@@ -203,6 +220,8 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
     tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})" if "accuracy_tta_crops" in res else ""
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
+    note = chance_note(res, info.get("n_train"), len(read_json_or_none(run_dir / METRICS_JSON) or []))
+    if note: log(f"Warning: {note}")
 
 
 def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:

@@ -82,3 +82,34 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(arrays):
     tb, _ = dls.train.one_batch()
     assert tb.shape == (20, 3, 32, 32)
     assert ((tb == 0).all(1).flatten(1).sum(1) > 0).all()      # every training image has a cutout hole
+
+
+def test_one_image_as_item_tfms_give_it_is_augmented_as_a_batch_of_one():
+    "In `item_tfms` each transform sees one (3, H, W) image: Cutout, crop and flip treat it as a batch of one."
+    torch.manual_seed(3)
+    x = batch(1)[0]
+    for _ in range(20):
+        y = Cutout(8)(x, split_idx=0)
+        assert y.shape == (3, 32, 32) and isinstance(y, TensorImage)
+        hole = (y == 0).all(0)
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8 and hole.sum() == len(rows) * len(cols)
+        assert torch.equal(y[:, ~hole], x[:, ~hole])
+        c = RandomPadCrop(4)(x, split_idx=0)
+        xp = F.pad(x, (4, 4, 4, 4))
+        assert c.shape == (3, 32, 32)
+        assert any(torch.equal(xp[:, dy:dy + 32, dx:dx + 32], c) for dy in range(9) for dx in range(9))
+        f = RandomFlip(0.5)(x, split_idx=0)
+        assert f.shape == (3, 32, 32) and (torch.equal(f, x) or torch.equal(f, x.flip(-1)))
+
+
+def test_cutout_in_item_tfms_of_a_datablock_trains_batches(arrays):
+    "A user's DataBlock with Cutout as an item transform: every image of a batch gets its hole (black, uint8)."
+    from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter
+    from fastresnet.data import CifarArrays, CifarImageBlock, PairOrFile
+    block = DataBlock(blocks=(CifarImageBlock(), CategoryBlock(vocab=arrays.vocab)), get_items=CifarArrays.items,
+                      get_x=PairOrFile(0), get_y=PairOrFile(1), item_tfms=Cutout(8),
+                      splitter=IndexSplitter(range(arrays.n_train, len(arrays.labels))))
+    xb, _ = block.dataloaders(arrays, bs=8).train.one_batch()
+    assert xb.shape == (8, 3, 32, 32)
+    assert ((xb == 0).all(1).flatten(1).sum(1) > 0).all()

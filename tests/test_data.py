@@ -299,3 +299,18 @@ def test_size_resizes_every_image_and_is_part_of_the_cache_key(tmp_path, monkeyp
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     archive = load_cifar(make_python_archive(tmp_path / "py"), size=40)                 # the archive: resized too
     assert archive.images.shape[-2:] == (40, 40)
+
+
+def test_a_labelled_test_dl_of_files_takes_each_class_from_its_folder_as_fastai_does(tmp_path):
+    "`dls.test_dl(files, with_labels=True)`: the images of the files and the classes of their folders' names."
+    from fastai.vision.all import get_image_files
+    root = make_folder(tmp_path / "c", n_train=20, n_test=10)
+    data = load_cifar(root)
+    dls = cifar_dls(data, Recipe(bs=10))
+    files = sorted(get_image_files(root / "test"))
+    x, y = dls.test_dl(files, with_labels=True, bs=len(files)).one_batch()
+    want_y = [CIFAR_CLASSES.index(f.parent.name) for f in files]
+    assert y.tolist() == want_y
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in data.norm_stats)
+    raw = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files]).float() / 255
+    assert torch.allclose(x, (raw - mean) / std, atol=1e-5)  # the files' own pixels, normalised, unaugmented

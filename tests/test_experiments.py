@@ -96,9 +96,16 @@ def test_campaign_table_means_spreads_and_verdicts_between_the_markers(tmp_path)
     mod.main([str(runs), "--into", str(doc), "--figure", str(fig), "--reference", f"{ref}:a,b"])
     text = doc.read_text()
     assert text.startswith("# before\n\n") and text.endswith(f"{mod.END}\nafter\n") and "stale" not in text
-    # per run: the percentages, the hours (5400 s), the CPU once although it started and resumed
+    # per run: the percentages, the hours (run.json's 5400 s where metrics.json has no epoch times), the CPU once
+    # although it started and resumed
     assert ("| default-bf16-s42 | 42 | official | bf16 | 24 | 0.002 (minimum) | 2e-05 | 70.00 | 93.00 | 93.50 | - | "
             "1.50 | Test CPU, family 6 model 1, 2 cores (avx512_bf16) |") in text
+    # with them, their sum: 50:00 + 1:10:00 + 30:00 = 2.50 h, whatever run.json says (a resumed run's last session)
+    timed = json.loads((runs / "ema999-bf16-s1" / "metrics.json").read_text())
+    for row, t in zip(timed, ["50:00", "1:10:00", "30:00"]): row["time"] = t
+    (runs / "ema999-bf16-s1" / "metrics.json").write_text(json.dumps(timed))
+    mod.main([str(runs), "--into", str(doc), "--reference", f"{ref}:a,b"])
+    assert "| 93.60 | 93.90 | - | 2.50 | Test CPU" in doc.read_text()
     # per configuration: mean over seeds, spread = max - min (0.930/0.934: 93.20, 0.40; 0.940/0.942: 94.10, 0.20)
     assert "| default-bf16 | 2 | 93.20 (0.40) | 93.60 | - |" in text
     assert "| lrmin1000-bf16 | 2 | 94.10 (0.20) | 94.30 | - |" in text

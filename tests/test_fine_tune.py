@@ -126,7 +126,7 @@ def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_f
     assert json.loads((run / "schedule.json").read_text()) == json.loads((base / "schedule.json").read_text())
 
 
-def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path):
+def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path, capsys):
     root = tmp_path / "mine"
     pictures(root, ["red", "green"], 10, size=(70, 50))
     run = tmp_path / "run"
@@ -137,6 +137,41 @@ def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path):
     assert x.shape == (1, 3, 48, 48)
     label, _, probs = learn.predict(root / "red" / "0.png")
     assert label in ("red", "green") and probs.shape == (2,)
+    assert main(["summary", "--model", str(run)]) == 0        # the trained network: width 0.25, 2 classes, 48x48
+    convs = 27 * 16 + 9 * 16 * 32 + 2 * 9 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 128 + 2 * 9 * 128 * 128
+    out = capsys.readouterr().out
+    assert f"{convs + 2 * (16 + 3 * 32 + 64 + 3 * 128) + 128 * 2 + 2:,}" in out and "3 x 48 x 48" in out
     from fastresnet.inference import load_model
     assert load_model(run / "model.safetensors").dls.test_dl([str(root / "red" / "0.png")]).one_batch()[0].shape \
         == (1, 3, 48, 48)
+
+
+def test_an_exported_learner_given_data_by_dls_for_takes_every_fastai_call(source_run, tiny_folder, tmp_path):
+    """`load_learner` gives a learner without data; `learn.dls = dls_for(learn, folder)` gives it the folder's, read
+    as the run read it: `validate` then reports the run's own test accuracy, and tta, lr_find, show_batch,
+    show_results, summary and fine_tune work as on any fastai learner. Data of other classes is refused with the
+    way to train on them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fastresnet import dls_for
+    from fastresnet.data import DataError
+    learn = load_learner(source_run / "model.pkl")
+    assert len(learn.dls.valid_ds) == 0  # what fastai exports: the pipeline, not the images
+    learn.dls = dls_for(learn, tiny_folder, bs=10)
+    final = json.loads((source_run / "final.json").read_text())
+    with learn.no_bar():
+        _, acc = learn.validate()
+        assert acc == pytest.approx(final["accuracy"], abs=1e-6)   # the same 20 test images the run tested
+        preds, targs = learn.tta(n=2)
+        assert preds.shape == (20, 10) and len(targs) == 20
+        found = learn.lr_find(num_it=12, show_plot=False)
+        assert len(learn.recorder.lrs) > 0 and found.valley > 0
+        learn.dls.show_batch(max_n=4)
+        learn.show_results(max_n=4)
+        assert "Total params" in learn.summary()
+        plt.close("all")
+        learn.fine_tune(1, 1e-3)
+    assert len(learn.recorder.values) == 1 and math.isfinite(learn.recorder.values[-1][0])
+    pictures(tmp_path / "flowers", ["daisy", "rose", "tulip"], 4)
+    with pytest.raises(DataError, match="init=MODEL"): dls_for(learn, tmp_path / "flowers")

@@ -57,6 +57,36 @@ def test_a_range_test_still_falling_at_its_end_is_refused_not_trained(arrays, tm
     assert _bounds(learn, learn.recipe, None).lr_max == pytest.approx(10 ** -1.5, rel=0.1)
 
 
+def test_lr_bounds_is_the_documented_rule_over_the_recipes_range(arrays, tmp_path, monkeypatch):
+    """`learn.lr_bounds()` (the README's snippet): fastai's lr_find from the settings' 1e-6 (fastai's own default
+    is 1e-7) to 10 over `lr_find_iters` batches; on a curve lowest at LR 10^-1.5, LRMAX 10^-2.5 and LRMIN 10^-4.5."""
+    lrs = np.logspace(-6, 1, 141)
+    losses = 1.0 + (np.log10(lrs) + 1.5) ** 2
+    asked = {}
+    def fake_fit(self, n_epoch, cbs=None, **kwargs):
+        finder = cbs                                                 # fastai passes its LRFinder alone
+        sched = finder.scheds["lr"]                                  # the LR as a function of the test's progress
+        asked.update(start=sched(0.0), end=sched(1.0), num_it=finder.num_it)
+        self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
+    monkeypatch.setattr(Learner, "fit", fake_fit)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
+    lr_min, lr_max, rule = learn.lr_bounds(show_plot=False)
+    assert asked == {"start": 1e-6, "end": 10.0, "num_it": 141} and rule == "minimum"
+    assert lr_max == pytest.approx(10 ** -2.5) and lr_min == pytest.approx(10 ** -4.5)
+
+
+def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder, tmp_path):
+    "The notebook's one call and the command line run the same range test on the same pipeline: the same bounds."
+    args = ["--width", "0.25", "--bs", "10", "--lr-find-iters", "30"]
+    p = cli(["lr-find", "--data", str(tiny_folder), "--out", str(tmp_path / "cli"), *args], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    want = json.loads((tmp_path / "cli" / "lr_bounds.json").read_text())
+    learn = cifar_learner(tiny_folder, path=tmp_path, width=0.25, bs=10, lr_find_iters=30)
+    with learn.no_bar(): got = learn.lr_bounds(show_plot=False)
+    assert got.lr_max == pytest.approx(want["lr_max"], rel=1e-6)
+    assert got.lr_min == pytest.approx(want["lr_min"], rel=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("out", ["relative", "absolute", "default"])
 def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out):
@@ -135,10 +165,10 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
     "The README's notebook lines, run as written except for the data path and a shorter schedule."
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    assert "cifar_learner" in block and "lr_find" in block and "fit_one_cycle_peak" in block and "export" in block
-    code = (block.replace('"PATH/TO/cifar10"', repr(str(tiny_folder)) + ", bs=10")
+    assert "cifar_learner" in block and "lr_bounds()" in block and "fit_one_cycle_peak" in block and "export" in block
+    code = (block.replace('"PATH/TO/cifar10"', repr(str(tiny_folder)) + ", bs=10, lr_find_iters=8")
                  .replace("fit_one_cycle_peak(24,", "fit_one_cycle_peak(2,").replace("peak_epoch=5", "peak_epoch=1")
-                 .replace("lr_find(", "lr_find(num_it=8, show_plot=False, "))
+                 .replace("lr_bounds()", "lr_bounds(show_plot=False)"))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     from fastai.learner import load_learner

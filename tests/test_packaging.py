@@ -24,3 +24,12 @@ def test_dependency_floors_cover_what_the_code_uses():
     for name, need in NEEDS.items():
         assert name in found, f"{name} has no floor in pyproject.toml"
         assert all(v >= need for v in found[name]), f"{name} floor {found[name]} below {need}"
+
+
+def test_importing_the_package_shows_no_warning_from_fastais_own_jit_use():
+    "fastai's layers call the deprecated `torch.jit.script`; a user of fastresnet is not shown that at import."
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-W", "always", "-c", "import fastresnet.learner"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and "torch.jit.script" not in p.stderr, p.stderr[-2000:]

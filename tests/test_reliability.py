@@ -1,5 +1,6 @@
 """Bad input gets one clear paragraph and a non-zero exit; interruption and failure lose nothing."""
 import errno
+import json
 import pickle
 import signal
 import subprocess
@@ -123,6 +124,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
     assert p.returncode == 130, err[-2000:]
     assert f"fastresnet train --resume {out}" in err
     assert load_checkpoint(out / "checkpoint.pth")["epoch"] >= 0
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped"   # not "started", as if still running
 
 
 # ---------------------------------------------------------------- model files and prediction input

@@ -3,6 +3,7 @@ and an interrupted-and-resumed run that must equal an uninterrupted one exactly.
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -26,9 +27,12 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "LR bounds: LRMAX" in p.stdout and "Test accuracy" in p.stdout
+    assert "LR range test: 6 batches of 10, LR 1e-06 to 1\n  range test: batch 1/6, LR " in p.stdout  # piped: lines
+    assert "\r" not in p.stdout and "epoch 2/2  train_loss " in p.stdout                          # not bars
     for f in ("settings.ini", "lr_bounds.json", "lr_find.json", "metrics.csv", "metrics.json", "final.json",
               "model.pkl", "run.json", "checkpoint.pth"):
         assert (out / f).is_file(), f
+    assert not (out / "models").exists()                        # the range test's model_dir, left empty, is gone
     hist = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [0, 1]
     assert all(k in hist[0] for k in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"))
@@ -50,6 +54,9 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert ev["accuracy"] == pytest.approx(final["accuracy"]) and ev["n_images"] == 20
     assert sum(map(sum, ev["confusion"])) == 20
+    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "evaluate", "--model", str(out / "model.pkl"),
+                        "--data", str(tiny_folder)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("Test accuracy: ")  # a pipe gets no bar fragments
     check_report(out)
     for png in out.glob("*.png"): png.unlink()
     (out / "report.md").unlink()
@@ -73,10 +80,21 @@ def check_report(out):
     assert "Test accuracy" in report and "LRMAX" in report and "| cat |" in report and "[train]" in report
 
 
+def test_learn_save_writes_into_models_as_fastai_does(tiny_folder, tmp_path):
+    from fastresnet import cifar_learner
+    learn = cifar_learner(tiny_folder, path=tmp_path, width=0.25, bs=10)
+    assert learn.save("x") == tmp_path / "models" / "x.pth" and (tmp_path / "models" / "x.pth").is_file()
+    learn.load("x")
+
+
 def test_summary(capsys):
     assert main(["summary"]) == 0
     out = capsys.readouterr().out
     assert "6,573,130" in out                                  # the parameter count of the spec
+    # width 0.25: channels 16, 32, 64, 128; 3x3 convs without bias, BatchNorm's 2 per channel, the 10-class head
+    convs = 27 * 16 + 9 * 16 * 32 + 2 * 9 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 128 + 2 * 9 * 128 * 128
+    assert main(["summary", "--width", "0.25"]) == 0
+    assert f"{convs + 2 * (16 + 3 * 32 + 64 + 3 * 128) + 128 * 10 + 10:,}" in capsys.readouterr().out  # 412,954
 
 
 def test_existing_run_folder_is_refused(tmp_path, arrays):
@@ -93,14 +111,23 @@ class Interrupt(Callback):
         if self.epoch == self.at: raise KeyboardInterrupt
 
 
+class Sleep(Callback):
+    "A slow epoch: `seconds` more at the end of each (before its checkpoint)."
+    def __init__(self, seconds): self.seconds = seconds
+    def after_epoch(self): time.sleep(self.seconds)
+
+
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
     r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
     train_run(r, tmp_path / "full", str(tiny_folder), log=lambda *a: None)
     with pytest.raises(KeyboardInterrupt):
-        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2)], log=lambda *a: None)
+        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2), Sleep(5)], log=lambda *a: None)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "stopped"
     train_run(None, tmp_path / "cut", resume=True, log=lambda *a: None)
+    info = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert info["status"] == "finished" and info["seconds"] >= 10   # the first session's two 5-second epochs count
     schedule = lambda run: json.loads((tmp_path / run / "schedule.json").read_text())
     assert schedule("cut") == schedule("full") and len(schedule("full")["lr"]) == 4 * 4   # per-batch LR and beta1
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
