@@ -162,7 +162,9 @@ def test_an_exported_learner_given_data_by_dls_for_takes_every_fastai_call(sourc
     final = json.loads((source_run / "final.json").read_text())
     with learn.no_bar():
         _, acc = learn.validate()
-        assert acc == pytest.approx(final["accuracy"], abs=1e-6)   # the same 20 test images the run tested
+        # the same 20 test images the run tested: its accuracy, within one image (the run may have tested in bf16,
+        # where the CPU has it; an exported learner predicts in fp32)
+        assert len(learn.dls.valid_ds) == final["n_images"] == 20 and abs(acc - final["accuracy"]) <= 1 / 20 + 1e-6
         preds, targs = learn.tta(n=2)
         assert preds.shape == (20, 10) and len(targs) == 20
         found = learn.lr_find(num_it=12, show_plot=False)
