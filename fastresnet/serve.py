@@ -133,12 +133,13 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
                 label = gr.Label(num_top_classes=3, label="Top 3 classes", elem_id="label")
                 seen = gr.Image(label=f"What the model sees ({size}x{size}, enlarged)", interactive=False,
                                 elem_id="seen")
+        # registered before the examples: their click runs `predict` too and would take its name ("/predict_1")
+        button.click(predict, inputs=upload, outputs=[label, seen], api_name="predict")  # for gradio_client
         shown = example_images(path, vocab, examples, out=workdir)
         gr.Examples(examples=shown, inputs=upload, outputs=[label, seen], fn=predict, run_on_click=True,
                     cache_examples=False, label="Examples (click one)")
         facts = run_facts(path)
         if facts: gr.Markdown(facts, elem_id="facts")
-        button.click(predict, inputs=upload, outputs=[label, seen], api_name="predict")  # also for gradio_client
         upload.upload(predict, inputs=upload, outputs=[label, seen], api_visibility="undocumented")
         upload.clear(lambda: (None, None), outputs=[label, seen], api_visibility="private")  # no stale result
     app.example_folders = sorted({str(Path(f).parent) for f in shown})  # Gradio serves files from these only

@@ -116,7 +116,10 @@ def server(run_dir):
 def test_the_api_endpoint_answers_like_learn_predict(server, run_dir, tiny_folder):
     from gradio_client import Client, handle_file
     img = tiny_folder / "test" / "bird" / sorted(os.listdir(tiny_folder / "test" / "bird"))[0]
-    label, _ = Client(server, verbose=False).predict(handle_file(str(img)), api_name="/predict")
+    client = Client(server, verbose=False)
+    # the one documented endpoint is the button's, named as the README and the page's "Use via API" say
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/predict"]
+    label, _ = client.predict(handle_file(str(img)), api_name="/predict")
     assert label["label"] == load_learner(run_dir / "model.pkl").predict(img)[0]
     assert len(label["confidences"]) == 3
 
