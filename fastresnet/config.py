@@ -123,6 +123,9 @@ class Recipe:
                             lr_find=False)
     compile: bool = setting("runtime", False, "torch.compile the model for training (pays off on GPUs)",
                             lr_find=False)
+    keep_checkpoint: bool = setting("runtime", True, "keep checkpoint.pth (weights, optimizer and random state: 79 MB "
+                                    "at full width) once the run has finished; false removes it after the export "
+                                    "(the weights stay in model.safetensors and model.pkl)", lr_find=False)
 
     def validate(self) -> "Recipe":
         "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."

@@ -60,6 +60,10 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     if resume:
         r, info, ck = _open_run(run_dir)
         data, subset, init = data or run_data(info), info.get("subset"), info.get("init")
+        if ck is None and info.get("status") == "finished":  # its checkpoint removed (keep_checkpoint = false)
+            raise RunError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
+                           f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
+                           f"run with another --out.")
         if ck is None:
             log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
             overwrite = True
@@ -217,6 +221,10 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
                 accuracy_tta=res.get("accuracy_tta"))
     write_json(run_dir / RUN, info)
     make_report(run_dir, learn, losses)
+    if not learn.recipe.keep_checkpoint and (run_dir / CHECKPOINT).is_file():  # only now: the export is complete
+        mb = (run_dir / CHECKPOINT).stat().st_size / 2**20
+        (run_dir / CHECKPOINT).unlink()
+        log(f"Removed {run_dir / CHECKPOINT} ({mb:.0f} MB; keep_checkpoint = false): the weights are in {WEIGHTS}.")
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
     tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})" if "accuracy_tta_crops" in res else ""
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
