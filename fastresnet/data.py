@@ -275,7 +275,9 @@ def _unpickle(path: Path) -> dict:
 
 
 def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
-    "Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not 32."
+    """Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not 32.
+    Not torchvision's `datasets.CIFAR10`: it checks each file's md5 against the release and refuses a repacked but
+    pixel-identical copy (other image order, another pickle protocol) as "not found or corrupted"."""
     folder = Path(folder)
     meta = _unpickle(folder / "batches.meta")
     vocab = [n.decode() for n in meta[b"label_names"]]
