@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for", "RECIPES", "recipe_file"]
+           "recipe_to_ini", "parse_setting", "peak_for", "RECIPES", "recipe_file", "RETIRED", "drop_retired"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
@@ -76,7 +76,6 @@ class Recipe:
     ema_warmup: int = setting("optimizer", 1, "epochs of training before the average starts (its first update copies "
                               "the weights)", lr_find=False, min=0)
     # [schedule]
-    shape: str = setting("schedule", "linear", "shape of both phases", lr_find=False, choices=("linear", "cos"))
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0: take it from the LR range test by lr_rule", lr_find=False,
                             min=0.0)
     lr_min: float = setting("schedule", 0.0, "LRMIN; 0: LRMAX / lr_min_div", lr_find=False, min=0.0)
@@ -98,8 +97,6 @@ class Recipe:
     width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: cheaper, "
                            "but 0.25 ranks regularisation the other way round: docs/experiments.md section 9)",
                            min=0.01)
-    logit_scale: float = setting("model", 1.0, "multiplier on the logits", min=1e-9)
-    zero_init_residual: bool = setting("model", False, "start each residual branch's last BatchNorm weight at 0")
     bn_momentum: float = setting("model", 0.1, "BatchNorm momentum: the weight of each new batch in the running "
                                  "statistics the test uses (torch's convention and default)", lr_find=False,
                                  min=0.0, max=1.0)
@@ -201,6 +198,26 @@ def recipe_file(name_or_file: str | Path) -> Path:
                         "settings file.")
 
 
+# Settings of fastresnet 0.1 that 0.2 settled and removed (docs/experiments.md section 4). Every 0.1 run folder
+# and weights file records them at these values, which read as before; another value is a recipe 0.2 cannot run.
+RETIRED = {"shape": "linear", "logit_scale": 1.0, "zero_init_residual": False}
+
+
+def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
+    "`values` without the retired settings, each checked to be at its settled value (raw text or parsed)."
+    for key in RETIRED.keys() & values.keys():
+        v, settled = values.pop(key), RETIRED[key]
+        if isinstance(v, str) and isinstance(settled, bool): v = v.strip().lower() not in ("false", "no", "0", "off")
+        elif isinstance(v, str) and isinstance(settled, float):
+            try: v = float(v)
+            except ValueError: pass
+        if v != settled:
+            raise SettingsError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
+                                f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
+                                "version, or run the recipe with fastresnet 0.1.")
+    return values
+
+
 def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
     """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
     a typo silently ignored would change the recipe."""
@@ -219,6 +236,9 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
         if sec not in SECTIONS:
             raise SettingsError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
         for key, raw in cp.items(sec):
+            if key in RETIRED:
+                drop_retired({key: raw}, str(path))
+                continue
             if key not in SECTIONS[sec]:
                 raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
             values[key] = parse_setting(byname[key], raw, str(path))

@@ -16,12 +16,11 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner, load_learner
 from fastai.torch_core import default_device
 
-from .config import HintedError, Recipe
+from .config import HintedError, Recipe, drop_retired
 from .data import SIZE, CifarArrays, DataError, balanced_subset, cifar_dls, load_cifar, load_image
 from .learner import build_learner, unwrap
 from .run import MODEL_PKL, WEIGHTS, atomic_write
-from .legacy import named_state_dict
-from .model import CustomResNet
+from .model import CustomResNet, old_layout
 
 __all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "load_pickled_learner",
            "ModelFileError",
@@ -126,7 +125,7 @@ def save_weights(learn: Learner, path: str | Path) -> None:
     "The weights alone as safetensors (no code inside), with the class names and the recipe as metadata."
     from safetensors.torch import save
     sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(learn.model).state_dict().items()}
-    r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width, logit_scale=learn.model.logit_scale)
+    r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width)
     meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
             "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
@@ -161,17 +160,24 @@ def norm_stats(learn: Learner) -> list[list[float]]:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    "Weights from a `.safetensors` file into `model` (files from before the layers had names too)."
+    "Weights from a `.safetensors` file into `model`."
     from safetensors.torch import load_file
-    model.load_state_dict(named_state_dict(load_file(path), model))
+    model.load_state_dict(_named(load_file(path), path))
 
 
-def _recipe(meta: dict) -> Recipe:
-    "The recipe a weights file was trained with (only width and logit scale in files before format 2)."
-    if "recipe" in meta:
-        known = {f.name for f in dataclasses.fields(Recipe)}
-        return Recipe(**{k: v for k, v in json.loads(meta["recipe"]).items() if k in known})
-    return Recipe(logit_scale=float(meta.get("logit_scale", 1.0)), width=float(meta.get("width", 1.0)))
+def _named(sd: dict, path) -> dict:
+    "A state dict with today's layer names; one with positional keys (`1.1.res.0.0.weight`) is refused."
+    if next(iter(sd), "x")[:1].isdigit(): raise old_layout(str(path))
+    return sd
+
+
+def _recipe(meta: dict, path) -> Recipe:
+    "The recipe a weights file was trained with (only the width in files before format 2)."
+    saved = json.loads(meta["recipe"]) if "recipe" in meta else {k: float(meta[k]) for k in ("width", "logit_scale")
+                                                                 if k in meta}
+    for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
+    saved, known = drop_retired(saved, str(path)), {f.name for f in dataclasses.fields(Recipe)}
+    return Recipe(**{k: v for k, v in saved.items() if k in known})
 
 
 def load_weights_learner(path: str | Path) -> Learner:
@@ -189,8 +195,8 @@ def load_weights_learner(path: str | Path) -> Learner:
         raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
                              "is it truncated?") from None
     stats = json.loads(meta["stats"]) if "stats" in meta else None  # files before it: CIFAR-10's
-    learn = stub_learner(vocab, _recipe(meta).replace(precision="fp32", compile=False), stats)
-    try: learn.model.load_state_dict(named_state_dict(sd, learn.model))
+    learn = stub_learner(vocab, _recipe(meta, path).replace(precision="fp32", compile=False), stats)
+    try: learn.model.load_state_dict(_named(sd, path))
     except RuntimeError as e:
         raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
     return learn

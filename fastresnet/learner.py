@@ -99,8 +99,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     hyper = dict(mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
     opt = partial(Adam, **hyper) if r.adam_impl == "fastai" else partial(TorchAdam, impl=r.adam_impl, **hyper)
     if r.optimizer == "sgd": opt = partial(TorchSGD, mom=r.beta1_max, nesterov=r.nesterov)
-    model = CustomResNet(n_out=len(dls.vocab), logit_scale=r.logit_scale, zero_init_residual=r.zero_init_residual,
-                         width=r.width, bn_momentum=r.bn_momentum)
+    model = CustomResNet(n_out=len(dls.vocab), width=r.width, bn_momentum=r.bn_momentum)
     # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch
     # fastai gathers them from every process (padding removed), so each test image counts once.
     learn = Learner(dls, model, loss_func=loss, opt_func=opt, metrics=Accuracy(),

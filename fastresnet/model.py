@@ -12,7 +12,16 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split"]
+from .config import HintedError
+
+__all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split", "old_layout"]
+
+
+def old_layout(what: str) -> HintedError:
+    "The error for a model saved before the layers had names (positional `0`..`7`), which 0.1 read and 0.2 does not."
+    return HintedError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
+                       "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
+                       "(learn.export), or train the model again.")
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> nn.Sequential:
@@ -44,14 +53,10 @@ class CustomResNet(nn.Sequential):
     """PrepLayer → Layer1 (+R1) → Layer2 → Layer3 (+R2) → MaxPool 4 → global average pool → FC.
 
     `width` multiplies every channel count (1.0 is the spec; 0.25 or 0.5 make cheap proxies whose
-    arithmetic scales with width²). `logit_scale` multiplies the logits (1.0 is the plain spec).
-    `zero_init_residual` starts the last BatchNorm weight of each residual branch at 0, so both
-    residual blocks begin as identities and the signal first flows through the 4-conv main path.
-    `bn_momentum` is every BatchNorm's `momentum` (torch's convention: the weight of the newest batch in the
+    arithmetic scales with width²). `bn_momentum` is every BatchNorm's `momentum` (torch's convention: the weight of the newest batch in the
     running statistics the test uses; torch's default 0.1).
     """
-    def __init__(self, n_out: int = 10, c_in: int = 3, logit_scale: float = 1.0, zero_init_residual: bool = False,
-                 width: float = 1.0, bn_momentum: float = 0.1):
+    def __init__(self, n_out: int = 10, c_in: int = 3, width: float = 1.0, bn_momentum: float = 0.1):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))  # width 1: the spec
         m = bn_momentum
         super().__init__(OrderedDict(
@@ -65,10 +70,7 @@ class CustomResNet(nn.Sequential):
             flatten=nn.Flatten(),
             fc=nn.Linear(c4, n_out),
         ))
-        self.logit_scale, self.width = logit_scale, width
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, Residual): nn.init.zeros_(m.branch.b.bn.weight)
+        self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.prep.conv.in_channels:
@@ -76,14 +78,11 @@ class CustomResNet(nn.Sequential):
                              f"got {tuple(x.shape)}")
         if type(x) is not torch.Tensor:  # fastai's TensorImage sends every operation through Python (~0.1 ms each)
             x = x.as_subclass(torch.Tensor)
-        out = super().forward(x)
-        return out * self.logit_scale if self.logit_scale != 1.0 else out
+        return super().forward(x)
 
-    def __setstate__(self, state):  # learners pickled before the layers had names (fastresnet.legacy)
+    def __setstate__(self, state):
         super().__setstate__(state)
-        if "0" in self._modules:
-            from .legacy import name_positional_layers
-            name_positional_layers(self)
+        if "0" in self._modules: raise old_layout("This learner")
 
 
 def resnet_split(m: CustomResNet) -> list[list[nn.Parameter]]:

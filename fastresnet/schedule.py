@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from dataclasses import fields
 from typing import NamedTuple
 
@@ -25,20 +24,16 @@ from .config import Recipe
 __all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds", "lr_bounds"]
 
 
-def piecewise(step: float, knots: list[float], values: list[float], shape: str = "linear") -> float:
-    "`values` joined between `knots`: straight lines, or half cosines (`cos`) as fastai's `SchedCos`."
-    seg = float(np.interp(step, knots, range(len(knots))))  # 1.25: a quarter of the way along the second piece
-    i = min(int(seg), len(knots) - 2)
-    p = seg - i
-    if shape == "cos": p = (1 - math.cos(math.pi * p)) / 2
-    return values[i] + p * (values[i + 1] - values[i])
+def piecewise(step: float, knots: list[float], values: list[float]) -> float:
+    "`values` joined by straight lines between `knots` (cifar10-fast's `PiecewiseLinear`)."
+    return float(np.interp(step, knots, values))
 
 
 class OneCyclePeak(Callback):
     """Set Adam's LR (and beta1, against it) every training step from the step number alone, so a
     resumed fit lands on the same values; `hps` records them per step, continued from `hps` if given."""
     order = 60  # where fastai's ParamScheduler sits: after a distributed wrapper has sized the loaders
-    def __init__(self, lr_min: float, lr_max: float, peak_epoch: int, shape: str = "linear",
+    def __init__(self, lr_min: float, lr_max: float, peak_epoch: int,
                  moms: tuple[float, float, float] | None = None, hps: dict | None = None, lr_end: float | None = None):
         store_attr(but="hps,lr_end")
         self.lr_end = lr_min if lr_end is None else lr_end    # the spec ends where it began
@@ -48,8 +43,8 @@ class OneCyclePeak(Callback):
         if not self.training: return
         n = self.n_iter                                    # training batches an epoch
         knots, step = [0, self.peak_epoch * n, self.n_epoch * n - 1], self.epoch * n + self.iter
-        hp = {"lr": piecewise(step, knots, [self.lr_min, self.lr_max, self.lr_end], self.shape)}
-        if self.moms is not None: hp["mom"] = piecewise(step, knots, self.moms, self.shape)
+        hp = {"lr": piecewise(step, knots, [self.lr_min, self.lr_max, self.lr_end])}
+        if self.moms is not None: hp["mom"] = piecewise(step, knots, self.moms)
         self.opt.set_hypers(**hp)
         for k, v in hp.items(): self.hps[k].append(v)
 
@@ -58,7 +53,7 @@ class OneCyclePeak(Callback):
 
 @patch
 def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float, peak_epoch: int = 5,
-                       shape: str = "linear", moms: tuple[float, float, float] | None = None,
+                       moms: tuple[float, float, float] | None = None,
                        wd: float | None = None, cbs=None, start_epoch: int = 0, hps: dict | None = None,
                        lr_end: float | None = None) -> None:
     """One cycle that peaks at the end of epoch `peak_epoch` and ends at `lr_min` (no annihilation), or at `lr_end`
@@ -69,7 +64,7 @@ def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float
     if not 0 < lr_min < lr_max: raise ValueError(f"need 0 < lr_min < lr_max, got {lr_min}, {lr_max}")
     if lr_end is not None and not 0 <= lr_end < lr_max: raise ValueError(f"need 0 <= lr_end < lr_max, got {lr_end}")
     moms = tuple(moms if moms is not None else self.moms)
-    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, shape, moms if moms[0] != moms[1] else None, hps, lr_end)
+    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, moms if moms[0] != moms[1] else None, hps, lr_end)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
 
 

@@ -127,7 +127,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
             if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
                 if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
-                else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, r.shape, cbs=cbs,
+                else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
                                                lr_end=r.lr_end or None, start_epoch=start, hps=ck and ck["hps"])
         else:
             log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")

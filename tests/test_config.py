@@ -26,7 +26,7 @@ def test_repo_root_settings_is_the_packaged_file():
 
 
 def test_round_trip_through_ini(tmp_path):
-    r = Recipe(bs=64, wd=0.1, decouple_wd=False, shape="cos")
+    r = Recipe(bs=64, wd=0.1, decouple_wd=False, pad_mode="reflect")
     p = tmp_path / "s.ini"
     p.write_text(recipe_to_ini(r))
     assert load_settings(p) == r
@@ -40,7 +40,10 @@ def test_round_trip_through_ini(tmp_path):
     ("[train]\nbs = -4\n", "at least 1"),
     ("[train]\nepochs = 5\npeak_epoch = 5\n", "peak_epoch"),
     ("[schedule]\nlr_max = 0.01\nlr_min = 0.02\n", "LRMIN"),
-    ("[schedule]\nshape = square\n", "choose one of"),
+    ("[schedule]\nlr_rule = lowest\n", "choose one of"),
+    ("[schedule]\nshape = cos\n", r"`shape = cos` is a setting of fastresnet 0.1 that 0.2 removed, settled at linear"),
+    ("[model]\nlogit_scale = 0.125\n", "`logit_scale = 0.125` is a setting of fastresnet 0.1"),
+    ("[model]\nzero_init_residual = yes\n", "`zero_init_residual = True` is a setting of fastresnet 0.1"),
     ("[optimizer]\ndecouple_wd = maybe\n", "not a valid bool"),
     ("bs = 3\n", "not a valid settings file"),
 ])
@@ -49,6 +52,15 @@ def test_bad_settings_are_named(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(SettingsError, match=match):
         load_settings(p)
+
+
+def test_a_settings_file_of_0_1_reads_as_before():
+    "A run folder's settings.ini written by fastresnet 0.1, with its retired settings at their settled values."
+    old = ROOT / "docs" / "runs" / "default-bf16-s42" / "settings.ini"
+    assert "logit_scale = 1.0" in old.read_text() and "shape = linear" in old.read_text()
+    r = load_settings(old)
+    assert (r.seed, r.precision, r.wd, r.label_smoothing) == (42, "bf16", 0.8, 0.1)
+    assert not hasattr(r, "logit_scale") and "logit_scale" not in recipe_to_ini(r)
 
 
 def test_missing_settings_file(tmp_path):
@@ -93,7 +105,7 @@ def test_every_recipe_field_is_a_flag():
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--peak-epoch", "--lr-max", "--lr-min", "--tta", "--compile",
-                                  "--valid-every", "--shape", "--sync-bn"])
+                                  "--valid-every", "--ema", "--sync-bn"])
 def test_lr_find_takes_only_the_flags_it_uses(flag, capsys):
     "The range test ignores the schedule, the evaluation and compilation: lr-find refuses their flags."
     with pytest.raises(SystemExit) as e:
