@@ -7,6 +7,7 @@ steps per epoch and so the LR at every global step. What changes: throughput.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -43,14 +44,6 @@ def local_batch_size(r: Recipe) -> int:
     return r.bs // n
 
 
-def _broadcast(self, t, src):
-    "DistributedDL's index broadcast, on CPU tensors for gloo (fastai's own moves them to CUDA for nccl only)."
-    t = torch.tensor(t, dtype=torch.long)
-    if dist.get_backend() == "nccl": t = t.cuda()
-    dist.broadcast(t, src)
-    return t.cpu().tolist()
-
-
 def leave() -> None:
     """Every process waits here until rank 0 has evaluated and exported, then all leave the process group
     together: a process that exits with gloo's threads still running can abort, and torchrun then stops
@@ -69,10 +62,35 @@ def require_accelerate() -> None:
                             'pip install -e ".[distributed]"') from None
 
 
+@contextlib.contextmanager
 def distrib_ctx(learn, r: Recipe):
-    "fastai's `learn.distrib_ctx` under a distributed launch, a no-op context otherwise."
-    if world_size() == 1: return contextlib.nullcontext()
+    """fastai's `learn.distrib_ctx` under a distributed launch (its `DistributedTrainer`, with loaders that also work
+    on gloo), a no-op otherwise."""
+    if world_size() == 1:
+        yield
+        return
     require_accelerate()
-    from fastai.distributed import DistributedDL  # also patches `distrib_ctx` onto Learner
-    DistributedDL._broadcast = _broadcast
-    return learn.distrib_ctx(sync_bn=r.sync_bn, cpu=not torch.cuda.is_available())  # cpu: gloo joins the processes
+    from fastai.callback.progress import ProgressCallback
+    learn.add_cb(_trainer()(r.sync_bn, cpu=not torch.cuda.is_available()))  # cpu: gloo joins the processes
+    if rank_distrib(): learn.remove_cb(ProgressCallback)  # as fastai's `to_distributed`: one bar, rank 0's
+    try: yield
+    finally: learn.detach_distributed()
+
+
+@functools.cache
+def _trainer() -> type:
+    "fastai's `DistributedTrainer` whose `DistributedDL`s broadcast their indices over gloo too (fastai's: CUDA only)."
+    from fastai.distributed import DistributedDL, DistributedTrainer  # needs Accelerate: only under a launch
+
+    class GlooDL(DistributedDL):
+        def _broadcast(self, t, src):
+            t = torch.tensor(t, dtype=torch.long)
+            if dist.get_backend() == "nccl": t = t.cuda()
+            dist.broadcast(t, src)
+            return t.cpu().tolist()
+
+    class Trainer(DistributedTrainer):
+        name = "distributed_trainer"
+        def _wrap_dl(self, dl):
+            return dl if isinstance(dl, DistributedDL) else GlooDL(dl, device=self.learn.model.device)
+    return Trainer

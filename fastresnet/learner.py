@@ -26,7 +26,7 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import AccumMetric, accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import default_device, rank_distrib, set_seed
-from fastcore.basics import noop, patch
+from fastcore.basics import noop
 
 from . import distributed as dist
 from .config import HintedError, Recipe, SettingsError, load_settings
@@ -109,6 +109,7 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     learn.recorder.smooth_loss = SmoothLossOnDevice(learn.recorder.smooth_loss.beta)
+    if hasattr(learn, "progress"): learn.remove_cb(learn.progress).add_cb(Progress())
     if r.channels_last: learn.add_cb(ChannelsLast())
     if r.precision == "bf16": learn.add_cb(BF16())
     if r.precision == "fp16": learn.to_fp16()
@@ -201,12 +202,13 @@ class Accuracy(AccumMetric):
     def value(self): return super().value if self.hits is None else self.hits.float() / self.seen
 
 
-@patch
-def after_batch(self: ProgressCallback):
+class Progress(ProgressCallback):
     "fastai's bar, its loss read with the NaN check (every SYNC_EVERY batches) and at the last, not every batch."
-    self.pbar.update(self.iter + 1)
-    if hasattr(self, "smooth_loss") and ((self.iter + 1) % SYNC_EVERY == 0 or self.iter + 1 == self.n_iter):
-        self.pbar.comment = f"{self.smooth_loss.item():.4f}"
+    name = "progress"  # fastai's name for its bar: `learn.progress`, and `no_bar` finds this one
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if hasattr(self, "smooth_loss") and ((self.iter + 1) % SYNC_EVERY == 0 or self.iter + 1 == self.n_iter):
+            self.pbar.comment = f"{self.smooth_loss.item():.4f}"
 
 
 class PlainTestLoss(Callback):
