@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for", "RECIPES", "recipe_file", "RETIRED", "drop_retired"]
+           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED", "drop_retired"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
@@ -136,13 +136,7 @@ class Recipe:
                 raise SettingsError(f"`{f.name}` is {v}, but it must be at most {md['max']} ({md['help']}).")
             if "choices" in md and v not in md["choices"]:
                 raise SettingsError(f"`{f.name}` is {v!r}; choose one of {', '.join(md['choices'])}.")
-        if self.peak_epoch >= self.epochs:
-            raise SettingsError(f"`peak_epoch` ({self.peak_epoch}) must be smaller than `epochs` ({self.epochs}): "
-                                "the LR has to come back down after its peak.")
-        if self.lr_max and self.lr_min and self.lr_min >= self.lr_max:
-            raise SettingsError(f"LRMIN ({self.lr_min}) must be smaller than LRMAX ({self.lr_max}).")
-        if self.lr_max and self.lr_end >= self.lr_max:
-            raise SettingsError(f"`lr_end` ({self.lr_end}) must be smaller than LRMAX ({self.lr_max}).")
+        check_cycle(self.epochs, self.peak_epoch, self.lr_min or None, self.lr_max or None, self.lr_end or None)
         if self.lr_min and not self.lr_max:
             raise SettingsError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
         if self.optimizer == "sgd" and self.decouple_wd:
@@ -161,6 +155,21 @@ class Recipe:
         if "epochs" in changes and "peak_epoch" not in changes and changes["epochs"] >= 2:
             changes["peak_epoch"] = peak_for(changes["epochs"])
         return dataclasses.replace(self, **changes).validate()
+
+
+def check_cycle(epochs: int, peak_epoch: int, lr_min: float | None = None, lr_max: float | None = None,
+                lr_end: float | None = None) -> None:
+    """The one cycle's rules, on the values known (None: not yet, as LRMAX before the range test): the peak inside
+    the run, LRMIN and the last step's LR below LRMAX. A Recipe checks them when made; the fit, with the bounds."""
+    if not 0 < peak_epoch < epochs:
+        raise SettingsError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): the LR "
+                            "has to come back down after its peak.")
+    if lr_min is not None and lr_max is not None and not 0 < lr_min < lr_max:
+        raise SettingsError(f"LRMIN ({lr_min:.4g}) must be above 0 and below LRMAX ({lr_max:.4g}): need "
+                            "0 < lr_min < lr_max.")
+    if lr_end is not None and lr_max is not None and not 0 <= lr_end < lr_max:
+        raise SettingsError(f"`lr_end` ({lr_end:.4g}) must be below LRMAX ({lr_max:.4g}): need 0 <= lr_end < lr_max "
+                            "(a smaller --lr-end, or --lr-max).")
 
 
 def peak_for(epochs: int) -> int:

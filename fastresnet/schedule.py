@@ -19,7 +19,7 @@ from fastai.learner import Learner
 from fastcore.basics import patch, store_attr
 from fastcore.foundation import L
 
-from .config import Recipe
+from .config import Recipe, check_cycle
 
 __all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds", "lr_bounds"]
 
@@ -60,9 +60,7 @@ def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float
     if given (other published schedules: Page's ResNet-9 ends at 0, torch's `OneCycleLR` at max_lr/1e5).
     `moms` (beta1 at start, peak, end) defaults to the Learner's, as in `fit_one_cycle`. `start_epoch`
     and `hps` (the record so far) continue an interrupted fit."""
-    if not 0 < peak_epoch < n_epoch: raise ValueError(f"peak_epoch must be in 1..{n_epoch - 1}, got {peak_epoch}")
-    if not 0 < lr_min < lr_max: raise ValueError(f"need 0 < lr_min < lr_max, got {lr_min}, {lr_max}")
-    if lr_end is not None and not 0 <= lr_end < lr_max: raise ValueError(f"need 0 <= lr_end < lr_max, got {lr_end}")
+    check_cycle(n_epoch, peak_epoch, lr_min, lr_max, lr_end)
     moms = tuple(moms if moms is not None else self.moms)
     sched = OneCyclePeak(lr_min, lr_max, peak_epoch, moms if moms[0] != moms[1] else None, hps, lr_end)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)

@@ -105,9 +105,6 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
         else:
             if init: learn.freeze()  # the range test of a fine-tune trains the new head alone, as its first epochs do
             bounds, start = _bounds(learn, r, run_dir, log), 0
-        if r.lr_end >= bounds.lr_max:
-            raise RunError(f"`lr_end` ({r.lr_end}) is not below LRMAX ({bounds.lr_max:.4g}, {bounds.rule}).",
-                           hint="(a smaller --lr-end, or --lr-max)")
         if ck is None or start < epochs:
             if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {epochs}. " * bool(start) + (
                 f"Fine-tuning {init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole net "
