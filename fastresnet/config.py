@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED", "drop_retired"]
+           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED",
+           "drop_retired"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
@@ -162,8 +163,8 @@ def check_cycle(epochs: int, peak_epoch: int, lr_min: float | None = None, lr_ma
     """The one cycle's rules, on the values known (None: not yet, as LRMAX before the range test): the peak inside
     the run, LRMIN and the last step's LR below LRMAX. A Recipe checks them when made; the fit, with the bounds."""
     if not 0 < peak_epoch < epochs:
-        raise SettingsError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): the LR "
-                            "has to come back down after its peak.")
+        raise SettingsError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): "
+                            "the LR has to come back down after its peak.")
     if lr_min is not None and lr_max is not None and not 0 < lr_min < lr_max:
         raise SettingsError(f"LRMIN ({lr_min:.4g}) must be above 0 and below LRMAX ({lr_max:.4g}): need "
                             "0 < lr_min < lr_max.")
