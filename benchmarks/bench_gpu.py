@@ -72,7 +72,7 @@ def rung(data, name: str, epochs: int, bs: int, device, profile: bool = False) -
     r = Recipe(bs=bs, epochs=epochs, peak_epoch=1, precision=precision, channels_last=cl, lr_max=0.0026)
     learn = build_learner(cifar_dls(data, r, device=device), r, path="/tmp")
     if mode:
-        from fastresnet.learner import CompileModel
+        from fastresnet.device import CompileModel
         learn.add_cb(CompileModel(mode=None if mode == "default" else mode))
     clock = EpochClock(device)
     t0 = time.perf_counter()

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import OtherLoad, add_machine_args, forward_flops, header, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
 from fastresnet.data import CifarArrays, load_cifar  # noqa: E402
-from fastresnet.inference import evaluate_learner, labelled_dl, iter_predictions, load_model, save_weights  # noqa: E402
-from fastresnet.inference import stub_learner  # noqa: E402
+from fastresnet.inference import evaluate_learner, labelled_dl, iter_predictions  # noqa: E402
+from fastresnet.learner import load_model, save_weights, stub_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
 
 

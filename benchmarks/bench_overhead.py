@@ -38,8 +38,10 @@ from common import OtherLoad, add_machine_args, header, wait_for_idle  # noqa: E
 from fastresnet.config import Recipe  # noqa: E402
 from fastresnet.data import CifarArrays, cifar_dls  # noqa: E402
 from fastai.torch_core import trainable_params  # noqa: E402
-from fastresnet.learner import RunCheckpoint, StopOnNaN, build_learner  # noqa: E402
+from fastresnet.callbacks import StopOnNaN  # noqa: E402
+from fastresnet.learner import build_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
+from fastresnet.resume import RunCheckpoint  # noqa: E402
 
 IMPLS = ("fused", "foreach", "fastai")
 

@@ -31,7 +31,8 @@ from bench_epoch import fit_rate, rate  # noqa: E402
 from common import OtherLoad, add_machine_args, header, train_flops, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
 from fastresnet.data import CifarArrays, cifar_dls  # noqa: E402
-from fastresnet.learner import CompileModel, build_learner, cpu_native_bf16  # noqa: E402
+from fastresnet.device import CompileModel, cpu_native_bf16  # noqa: E402
+from fastresnet.learner import build_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
 
 

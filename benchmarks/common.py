@@ -117,7 +117,7 @@ def untrained_model(folder) -> "Path":
 
     from fastresnet.config import Recipe
     from fastresnet.data import CIFAR_CLASSES
-    from fastresnet.inference import stub_learner
+    from fastresnet.learner import stub_learner
     learn = stub_learner(CIFAR_CLASSES, Recipe())
     learn.export(Path(folder) / "model.pkl")
     return Path(folder) / "model.pkl"

@@ -17,7 +17,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 
 from fastresnet.data import load_cifar
-from fastresnet.train import cifar_learner
+from fastresnet.learner import cifar_learner
 
 
 class StepClock(Callback):

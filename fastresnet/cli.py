@@ -196,7 +196,8 @@ def cmd_lr_find(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from .data import DataError, load_cifar
-    from .inference import evaluate_learner, labelled_dl, load_model
+    from .inference import evaluate_learner, labelled_dl
+    from .learner import load_model
     learn = load_model(a.model)
     r = getattr(learn, "recipe", None) or Recipe()
     data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
@@ -225,7 +226,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .inference import image_files, iter_predictions, load_model
+    from .inference import image_files, iter_predictions
+    from .learner import load_model
     files = image_files(a.images)
     learn = load_model(a.model)
     rows = iter_predictions(learn, files)
@@ -322,10 +324,11 @@ def cmd_report(a) -> int:
 
 def cmd_summary(a) -> int:
     from .data import CIFAR_CLASSES
-    from .inference import image_size, load_model, stub_learner
+    from .inference import image_size
+    from .learner import load_model, stub_learner
     vocab, r = CIFAR_CLASSES, Recipe(width=a.width)
     if a.model:
-        from .learner import unwrap
+        from .device import unwrap
         src = load_model(a.model)
         vocab, r = list(src.dls.vocab), Recipe(width=unwrap(src.model).width, size=image_size(src))
     learn = stub_learner(vocab, r.replace(channels_last=False))

@@ -70,6 +70,8 @@ def distrib_ctx(learn, r: Recipe):
         yield
         return
     require_accelerate()
+    print(f"process {rank_distrib()} of {world_size()}: {local_batch_size(r)} images a step (global batch {r.bs})",
+          flush=True)
     from fastai.callback.progress import ProgressCallback
     learn.add_cb(_trainer()(r.sync_bn, cpu=not torch.cuda.is_available()))  # cpu: gloo joins the processes
     if rank_distrib(): learn.remove_cb(ProgressCallback)  # as fastai's `to_distributed`: one bar, rank 0's

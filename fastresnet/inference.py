@@ -1,39 +1,26 @@
-"""Using a trained learner: accuracy (with optional flip-TTA), per-class accuracy, the confusion
-matrix, and predictions for image files, from an exported `.pkl` or a live Learner."""
+"""Using a trained learner: accuracy (with optional flip-TTA and multi-crop TTA), per-class accuracy, the
+confusion matrix, data for a loaded learner (`dls_for`), and predictions for image files."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
-from fastai.data.transforms import Normalize
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner, load_learner
+from fastai.learner import Learner
 from fastai.torch_core import default_device
 
-from .config import HintedError, Recipe, drop_retired
+from .config import Recipe
 from .data import SIZE, CifarArrays, DataError, balanced_subset, cifar_dls, load_cifar, load_image
-from .learner import build_learner, unwrap
-from .run import MODEL_PKL, WEIGHTS, atomic_write
-from .model import CustomResNet, old_layout
+from .learner import norm_stats
 
-__all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "load_pickled_learner",
-           "ModelFileError",
-           "predict_images", "top_classes", "iter_predictions", "image_files", "load_weights",
-           "labelled_dl", "model_file", "save_weights", "norm_stats", "load_weights_learner", "load_model",
-           "stub_learner", "image_size", "dls_for"]
+__all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
+           "predict_images", "top_classes", "iter_predictions", "image_files", "image_size"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
-
-
-class ModelFileError(HintedError, ValueError):
-    "A model file that cannot be loaded; the message says why."
 
 
 class FlipInputs(Callback):
@@ -95,42 +82,6 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True, crops: bool = Fa
     return out, losses
 
 
-def load_pickled_learner(path: str | Path) -> Learner:
-    """`load_learner` with clear errors. A `.pkl` learner is a Python pickle: loading it runs code,
-    so only load files you trust (or use the weights-only `.safetensors` path)."""
-    path = Path(path)
-    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            learn = load_learner(path)
-    except (UnboundLocalError, ImportError) as e:  # fastai's load_learner swallows the ImportError, then fails so
-        raise ModelFileError(f"{path} needs a Python module that cannot be imported here ({type(e).__name__}: {e}). "
-                             "A learner exported by `fastresnet train` needs the fastresnet package installed "
-                             "(pip install -e . in the project folder); one from other code needs that code.") from None
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError,
-            ValueError, OSError) as e:
-        raise ModelFileError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}). Is it truncated, or not a "
-                             "`model.pkl` written by `fastresnet train`?") from None
-    if not isinstance(learn, Learner):
-        raise ModelFileError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
-    if not isinstance(unwrap(learn.model), CustomResNet):
-        raise ModelFileError(f"{path} is a fastai learner, but not one exported by fastresnet (its model is a "
-                             f"{type(learn.model).__name__}, not a CustomResNet).")
-    return learn
-
-
-def save_weights(learn: Learner, path: str | Path) -> None:
-    "The weights alone as safetensors (no code inside), with the class names and the recipe as metadata."
-    from safetensors.torch import save
-    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(learn.model).state_dict().items()}
-    r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width)
-    meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
-            "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
-    atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
-
-
 def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset: int | None = None,
             **changes) -> DataLoaders:
     """Data for a loaded learner: `load_learner` gives one without any (fastai exports the pipeline, not the images),
@@ -151,79 +102,6 @@ def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset
                         "init=MODEL) in Python, or fastresnet train --data DATA --init MODEL.")
     arrays = dataclasses.replace(arrays, stats=tuple(norm_stats(learn)))
     return cifar_dls(arrays, r, device=default_device())
-
-
-def norm_stats(learn: Learner) -> list[list[float]]:
-    "The (mean, std) per channel a learner's inputs are normalised with (its batch pipeline's `Normalize`)."
-    n = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
-    return [n.mean.flatten().tolist(), n.std.flatten().tolist()]
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    "Weights from a `.safetensors` file into `model`."
-    from safetensors.torch import load_file
-    model.load_state_dict(_named(load_file(path), path))
-
-
-def _named(sd: dict, path) -> dict:
-    "A state dict with today's layer names; one with positional keys (`1.1.res.0.0.weight`) is refused."
-    if next(iter(sd), "x")[:1].isdigit(): raise old_layout(str(path))
-    return sd
-
-
-def _recipe(meta: dict, path) -> Recipe:
-    "The recipe a weights file was trained with (only the width in files before format 2)."
-    saved = json.loads(meta["recipe"]) if "recipe" in meta else {k: float(meta[k]) for k in ("width", "logit_scale")
-                                                                 if k in meta}
-    for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
-    saved, known = drop_retired(saved, str(path)), {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in saved.items() if k in known})
-
-
-def load_weights_learner(path: str | Path) -> Learner:
-    """A Learner for inference from a `.safetensors` file: safe to load from anyone, since no code is
-    unpickled. Its recipe (model shape, loss) comes from the file; the preprocessing from the code."""
-    from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-        vocab = json.loads(meta["vocab"])
-    except (SafetensorError, KeyError, ValueError, OSError) as e:
-        raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
-                             "is it truncated?") from None
-    stats = json.loads(meta["stats"]) if "stats" in meta else None  # files before it: CIFAR-10's
-    learn = stub_learner(vocab, _recipe(meta, path).replace(precision="fp32", compile=False), stats)
-    try: learn.model.load_state_dict(_named(sd, path))
-    except RuntimeError as e:
-        raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
-    return learn
-
-
-def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
-    """A Learner with the recipe's pipeline (normalised by `stats`, None: CIFAR-10's) but a blank image per class as
-    data: for inference and summaries."""
-    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, r.size, r.size, dtype=torch.uint8),
-                       torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
-    return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
-
-
-def model_file(path: str | Path) -> Path:
-    "A model file as given; for a run folder its model.safetensors (weights only, safe) if present, else its model.pkl."
-    path = Path(path)
-    if not path.is_dir(): return path
-    for name in (WEIGHTS, MODEL_PKL):
-        if (path / name).is_file(): return path / name
-    raise ModelFileError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
-
-
-def load_model(path: str | Path) -> Learner:
-    """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else →
-    `load_learner` (a pickle: trusted files only)."""
-    path = model_file(path)
-    return load_weights_learner(path) if path.suffix == ".safetensors" else load_pickled_learner(path)
 
 
 def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Tensor:

@@ -17,9 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from fastcore.foundation import L
 
 from .config import HintedError
 
@@ -28,7 +26,7 @@ __all__ = ["RunError", "DiskFullError", "is_disk_full", "disk_full_error", "CHEC
            "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
-           "run_data", "run_lock", "clear_leftovers", "to_plain", "load_checkpoint", "write_metrics"]
+           "run_data", "run_lock", "clear_leftovers", "write_metrics", "set_status"]
 
 CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # model + optimizer + RNG; facts; recipe
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
@@ -236,32 +234,13 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
     else: os.replace(tmp, run_dir)
 
 
+def set_status(run_dir: Path, status: str) -> None:
+    "run.json's `status`, where the run has one and has not finished."
+    info = read_json_or_none(run_dir / RUN)
+    if info and info.get("status") != "finished": write_json(run_dir / RUN, {**info, "status": status})
+
+
 def run_data(info: dict) -> str | None:
     "The data path run.json records; None means fastai's download (older runs wrote a sentinel string)."
     d = info.get("data")
     return None if d is None or d.startswith("untar_data") else d
-
-
-# ---------------------------------------------------------------- the checkpoint
-def to_plain(o):
-    "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
-    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
-    if isinstance(o, (list, L)): return [to_plain(v) for v in o]
-    if isinstance(o, tuple): return tuple(to_plain(v) for v in o)
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
-    return o
-
-
-def _as_tuples(o):
-    "torch.load(weights_only) returns lists where tuples were saved; RNG states need their tuples back."
-    return tuple(_as_tuples(x) for x in o) if isinstance(o, (list, tuple)) else o
-
-
-def load_checkpoint(path: Path) -> dict:
-    "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    rng = ck["rng"]
-    rng["python"] = _as_tuples(rng["python"])
-    rng["dls"] = [_as_tuples(s) for s in rng["dls"]]
-    return ck

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from .data import CIFAR_CLASSES, SIZE, DataError, load_image
-from .inference import image_size, load_model, model_file, predict_images, top_classes
+from .inference import image_size, predict_images, top_classes
+from .learner import load_model, model_file
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",

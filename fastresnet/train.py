@@ -13,19 +13,20 @@ from pathlib import Path
 
 import torch
 from fastai.learner import Learner
-from fastai.torch_core import default_device, rank_distrib
+from fastai.torch_core import default_device
 
 from . import __version__
 from . import distributed as dist
-from .config import Recipe, SettingsError, load_settings, recipe_to_ini
-from .inference import evaluate_learner, norm_stats, save_weights
-from .learner import (EMA, MuteSkippedEpochs, RunCheckpoint, StopOnNaN, ValidEvery, cifar_learner, plain_output,
-                      resolve_precision, set_rng_state)
+from .callbacks import EMA, StopOnNaN, ValidEvery, plain_output
+from .config import Recipe, load_settings, recipe_to_ini
+from .device import resolve_precision
+from .inference import evaluate_learner
+from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
+from .resume import MuteSkippedEpochs, RunCheckpoint, load_checkpoint, open_run, restore
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS,
-                  DiskFullError, RunError, atomic_export, disk_full_error, is_disk_full, load_checkpoint,
-                  prepare_run_dir, read_json, read_json_or_none, run_data, run_lock, start_run_dir, write_json,
-                  write_metrics)
+                  DiskFullError, RunError, atomic_export, disk_full_error, is_disk_full, prepare_run_dir, read_json,
+                  read_json_or_none, run_data, run_lock, set_status, start_run_dir, write_json)
 from .schedule import LRBounds, find_bounds
 
 __all__ = ["RunError", "run", "lr_find_run", "learner_for_run"]
@@ -42,7 +43,7 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
         try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
-            if dist.is_main(): _set_status(run_dir, "stopped")
+            if dist.is_main(): set_status(run_dir, "stopped")
             raise
         except Exception as e:
             if not is_disk_full(e, run_dir): raise
@@ -56,80 +57,43 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
     auto = r is not None and r.precision == "auto"
-    ck, r = None, r and resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
-    if resume:
-        r, info, ck = _open_run(run_dir)
-        data, subset, init = data or run_data(info), info.get("subset"), info.get("init")
-        if ck is None and info.get("status") == "finished":  # its checkpoint removed (keep_checkpoint = false)
-            raise RunError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
-                           f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
-                           f"run with another --out.")
-        if ck is None:
-            log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
-            overwrite = True
-    if dist.world_size() > 1:
+    ck, info, why = None, {}, " (auto: bf16 where this machine has it, else fp32)" * auto
+    if resume:  # the folder's recipe, data and source model, and its checkpoint (None: no epoch had completed)
+        r, info, ck = open_run(run_dir)
+        data, subset, init, why = data or run_data(info), info.get("subset"), info.get("init"), " (the run folder's)"
+        if ck is None: overwrite, why = _restart(run_dir, info, log), ""
+    init_from = "resume" if ck is not None else "finetune" if init else "scratch"  # the start, chosen once
+    r = resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
+    if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
         if not r.lr_max:
             raise RunError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                            hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
-    if ck is None and dist.is_main(): prepare_run_dir(run_dir, overwrite)
+    if init_from != "resume" and dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
-    # checks the machine can run `r`, then loads the data; a resumed fine-tune's weights come from its checkpoint
-    learn = cifar_learner(data, r, run_dir, subset, init=init if ck is None else None,
-                          stats=info.get("stats") if ck is not None else None)  # a fine-tune's are its source's
-    r, vocab, split = learn.recipe, list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)  # width: init's
-    epochs = r.epochs + (r.freeze_epochs if init else 0)  # fine-tuning: the head's epochs first
-    why = (" (the run folder's)" if ck is not None else
-           " (auto: bf16 where this machine has it, else fp32)" if auto else "")
+    # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
+    learn = cifar_learner(data, r, run_dir, subset, init=init if init_from == "finetune" else None,
+                          stats=info.get("stats") if init_from == "resume" else None)
+    r = learn.recipe
+    epochs = r.epochs + (r.freeze_epochs if init else 0)  # a fine-tune trains the new head alone first
     if dist.is_main(): log(f"Precision: {r.precision}{why}")
-    if ck is None:
-        info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
-                "machine": platform.platform(), "data": _data_record(data), "subset": subset,
-                "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": vocab,
-                "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
-        if init: info["init"] = str(Path(init).resolve())
-        if recipe: info["recipe"] = recipe if Path(recipe).suffix != ".ini" else str(Path(recipe).resolve())
-        files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
-        if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
-            files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
-        if dist.is_main(): start_run_dir(run_dir, files)
-    elif info.get("vocab") and vocab != info["vocab"]:
-        raise RunError(f"The data's classes {vocab} differ from the run's {info['vocab']}: "
-                       f"resume {run_dir} with the data it started with.")
-    elif split is not None and split != (read_json_or_none(run_dir / SPLIT) or {}).get("valid"):
-        raise RunError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
-                       f"renamed since the run started): resume {run_dir} with the data it started with.")
-    elif dist.is_main(): _set_status(run_dir, "started")  # a resumed run runs again
+    if init_from != "resume": info = _start_folder(learn, run_dir, data, subset, init, recipe)
     with plain_output(learn):
-        if ck is not None: bounds, start = _restore(learn, ck, run_dir), ck["epoch"] + 1
+        if init_from == "resume": bounds, start = restore(learn, ck, run_dir, info, epochs)
         else:
-            if init: learn.freeze()  # the range test of a fine-tune trains the new head alone, as its first epochs do
+            if init_from == "finetune": learn.freeze()  # its range test trains the new head alone, as its start does
             bounds, start = _bounds(learn, r, run_dir, log), 0
-        if ck is None or start < epochs:
+        if start < epochs:
             if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {epochs}. " * bool(start) + (
                 f"Fine-tuning {init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole net "
                 f"(fastai's fine_tune), base LR = LRMAX = {bounds.lr_max:.3g} ({bounds.rule})" if init else
                 f"LR bounds: {bounds.describe()}"))
-            if dist.world_size() > 1:
-                print(f"process {rank_distrib()} of {dist.world_size()}: {dist.local_batch_size(r)} images a step "
-                      f"(global batch {r.bs})", flush=True)
-            cbs = [StopOnNaN(), *extra_cbs]
-            if dist.is_main():
-                cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"],
-                                         ck and ck["hps"], clock=t0))
-            if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-            if r.ema and init: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each "
-                                             "start a new average. The last weights are tested and exported.")
-            elif r.ema: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
-            if start: cbs.append(MuteSkippedEpochs(start))
             with dist.distrib_ctx(learn, r):
+                cbs = _callbacks(learn, run_dir, start, ck, t0, bool(init), extra_cbs)
                 if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
                 else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
                                                lr_end=r.lr_end or None, start_epoch=start, hps=ck and ck["hps"])
-        else:
-            log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
-            if ck.get("ema"): learn.model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items()
-                                                           if k.startswith("module.")})  # what the fit ended with
+        else: log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
         res = {}
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
             with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
@@ -139,46 +103,51 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     return res
 
 
-def _set_status(run_dir: Path, status: str) -> None:
-    "run.json's `status`, where the run has one and has not finished."
-    info = read_json_or_none(run_dir / RUN)
-    if info and info.get("status") != "finished": write_json(run_dir / RUN, {**info, "status": status})
+def _restart(run_dir: Path, info: dict, log) -> bool:
+    "A resume of a run that has no checkpoint: started again from the beginning (True: over its folder), if it may."
+    if info.get("status") == "finished":  # its checkpoint removed (keep_checkpoint = false)
+        raise RunError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
+                       f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
+                       f"run with another --out.")
+    log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
+    return True
+
+
+def _start_folder(learn: Learner, run_dir: Path, data, subset, init, recipe) -> dict:
+    "A new run's first files (settings.ini, run.json, split.json), put in place together; returns run.json's facts."
+    r, split = learn.recipe, getattr(learn.dls, "valid_files", None)
+    info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
+            "machine": platform.platform(), "data": _data_record(data), "subset": subset,
+            "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": list(learn.dls.vocab),
+            "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
+    if init: info["init"] = str(Path(init).resolve())
+    if recipe: info["recipe"] = recipe if Path(recipe).suffix != ".ini" else str(Path(recipe).resolve())
+    files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
+    if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
+        files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
+    if dist.is_main(): start_run_dir(run_dir, files)
+    return info
+
+
+def _callbacks(learn: Learner, run_dir: Path, start: int, ck: dict | None, t0: float, fine_tune: bool,
+               extra_cbs) -> list:
+    "The fit's callbacks: the NaN stop, the per-epoch checkpoint (continued from `ck`), and what the recipe asks for."
+    r, cbs = learn.recipe, [StopOnNaN(), *extra_cbs]
+    if dist.is_main():
+        cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"], ck and ck["hps"],
+                                 clock=t0))
+    if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
+    if r.ema and fine_tune: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start "
+                                          "a new average. The last weights are tested and exported.")
+    elif r.ema: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
+    if start: cbs.append(MuteSkippedEpochs(start))
+    return cbs
 
 
 def _data_record(data: str | None) -> str | None:
     "The data as run.json records it: a folder as an absolute path; a data set's name (cifar10, cifar100) as given."
     from .data import dataset_name
     return data if data is None or dataset_name(data) else str(Path(data).resolve())
-
-
-def _open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
-    "A run folder's settings, facts and last checkpoint (None if no epoch had completed)."
-    if not run_dir.is_dir(): raise RunError(f"No run folder at {run_dir}.")
-    info = read_json(run_dir / RUN)
-    try: r = load_settings(run_dir / SETTINGS)
-    except SettingsError as e: raise RunError(str(e)) from None
-    if not (run_dir / CHECKPOINT).is_file(): return r, info, None
-    try: ck = load_checkpoint(run_dir / CHECKPOINT)
-    except Exception as e:
-        raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}): cut short by a "
-                       "crash or a full disk? Start the run again, or restore the file from a copy.",
-                       hint="(--overwrite starts it again in the same folder)") from None
-    if "hypers" in ck["opt"] and r.adam_impl != "fastai": r = r.replace(adam_impl="fastai")  # began with fastai's Adam
-    return r, info, ck
-
-
-def _restore(learn: Learner, ck: dict, run_dir: Path) -> LRBounds:
-    "Weights, optimizer state and random streams from a checkpoint; the bounds the run found."
-    learn.create_opt()
-    try: learn.model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise RunError(f"The checkpoint in {run_dir} does not fit a model for this data "
-                       f"({str(e).splitlines()[0]}): resume with the data the run started with.") from None
-    learn.opt.load_state_dict(ck["opt"])
-    set_rng_state(learn, ck["rng"])
-    write_metrics(run_dir, ck["history"][:ck["epoch"] + 1], ck["hps"])
-    b = read_json(run_dir / LR_BOUNDS)
-    return LRBounds(b["lr_min"], b["lr_max"], b["rule"])
 
 
 def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBounds:
@@ -231,7 +200,6 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
 
 def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:
     "A finished run's model on its data (or `data`), rebuilt from safe files: settings + safetensors."
-    from .inference import load_weights
     run_dir = Path(run_dir).absolute()
     info = read_json(run_dir / RUN)
     learn = cifar_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"),

@@ -37,7 +37,7 @@ def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
     "Make the next run signal itself at (kind, n): `monkeypatch_setattr(obj, name, value)` installs the hooks."
     import torch
 
-    import fastresnet.learner as learner_mod
+    import fastresnet.resume as resume_mod
     import fastresnet.run as run_files
     import fastresnet.train as T
     build, calls = T.cifar_learner, {"n": 0}
@@ -60,7 +60,7 @@ def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
         if kind != "checkpoint_write": learn.add_cb(SignalAt(kind, n, sig))
         return learn
     monkeypatch_setattr(T, "cifar_learner", setup_with_signal)
-    monkeypatch_setattr(learner_mod, "atomic_torch_save", save_then_signal)
+    monkeypatch_setattr(resume_mod, "atomic_torch_save", save_then_signal)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ import torch
 from fastai.callback.core import Callback
 from safetensors.torch import load_file
 
+from fastresnet.callbacks import EMA
 from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
 from fastresnet.inference import SHIFTS, ShiftInputs, evaluate_learner
-from fastresnet.learner import EMA, build_learner
+from fastresnet.learner import build_learner
 from interrupt import install
 
 TINY = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-max", "0.003", "--no-tta"]

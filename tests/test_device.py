@@ -6,11 +6,14 @@ import torch
 from fastai.callback.core import Callback
 from torch.overrides import TorchFunctionMode
 
-import fastresnet.learner as L
+import fastresnet.device as D
 from conftest import make_arrays
-from fastresnet.config import Recipe
+from fastresnet.callbacks import DivergedError, StopOnNaN
+from fastresnet.config import Recipe, SettingsError
 from fastresnet.data import cifar_dls
-from fastresnet.learner import SYNC_EVERY, RunCheckpoint, StopOnNaN, build_learner
+from fastresnet.device import SYNC_EVERY
+from fastresnet.learner import build_learner
+from fastresnet.resume import RunCheckpoint
 
 SYNCING = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "__format__"}
 
@@ -71,17 +74,17 @@ def test_divergence_is_caught_within_sync_every_batches_and_named(tmp_path):
     class Count(Callback):
         def after_batch(self):
             if self.training: seen.append(self.iter)
-    with pytest.raises(L.DivergedError, match=r"epoch 1 \(batch 8\) at LR"):
+    with pytest.raises(DivergedError, match=r"epoch 1 \(batch 8\) at LR"):
         with learn.no_bar(): learn.fit_one_cycle_peak(2, 1e-4, 1e-3, 1, cbs=[StopOnNaN(), NaNAt(7), Count()])
     assert len(seen) <= SYNC_EVERY                                          # stopped within SYNC_EVERY batches
 
 
 def test_bf16_on_a_cpu_with_bf16_units_autocasts_and_keeps_fp32_weights(tmp_path, monkeypatch):
     "Forced as if native (the arithmetic is the same where oneDNN emulates it): convolutions in bf16, weights fp32."
-    monkeypatch.setattr(L, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(D, "cpu_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = Recipe(bs=10, width=0.125, precision="bf16", lr_max=1e-3)
-    L.check_runtime(r)                                                      # accepted
+    D.check_runtime(r)                                                      # accepted
     learn = build_learner(cifar_dls(make_arrays(), r), r, tmp_path)
     dtypes = []
     learn.model.layer1.conv.conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
@@ -95,11 +98,11 @@ def test_bf16_on_a_cpu_with_bf16_units_autocasts_and_keeps_fp32_weights(tmp_path
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_the_run_records_the_choice(
         monkeypatch, tmp_path, tiny_folder, native):
-    monkeypatch.setattr(L, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(D, "cpu_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     want = "bf16" if native else "fp32"
-    assert L.resolve_precision(Recipe(precision="auto")).precision == want
-    assert L.resolve_precision(Recipe(precision="fp32")).precision == "fp32"      # an explicit choice stays
+    assert D.resolve_precision(Recipe(precision="auto")).precision == want
+    assert D.resolve_precision(Recipe(precision="fp32")).precision == "fp32"      # an explicit choice stays
     from fastresnet.config import load_settings
     from fastresnet.train import run
     assert Recipe().precision == "auto"                                            # the default
@@ -111,12 +114,12 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_the_run
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_units_and_fp16_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(L, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(D, "cpu_native_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(L.SettingsError, match="avx512_bf16 or amx_bf16"):
-        L.check_runtime(Recipe(precision="bf16"))
-    with pytest.raises(L.SettingsError, match="fp16 needs a CUDA GPU"):
-        L.check_runtime(Recipe(precision="fp16"))
+    with pytest.raises(SettingsError, match="avx512_bf16 or amx_bf16"):
+        D.check_runtime(Recipe(precision="bf16"))
+    with pytest.raises(SettingsError, match="fp16 needs a CUDA GPU"):
+        D.check_runtime(Recipe(precision="fp16"))
 
 
 def test_cpu_flags_decide_native_bf16(monkeypatch, tmp_path):
@@ -128,7 +131,7 @@ def test_cpu_flags_decide_native_bf16(monkeypatch, tmp_path):
                        ("flags : fpu avx2 avx512f avx512_vnni", False), ("flags : avx512_bf16x", False)]:
         monkeypatch.setattr(Path, "read_text", lambda self, *a, text=text, **k:
                             text if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
-        assert L.cpu_native_bf16() is want, text
+        assert D.cpu_native_bf16() is want, text
     del builtins
 
 

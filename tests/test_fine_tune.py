@@ -141,7 +141,7 @@ def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path, capsys):
     convs = 27 * 16 + 9 * 16 * 32 + 2 * 9 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 128 + 2 * 9 * 128 * 128
     out = capsys.readouterr().out
     assert f"{convs + 2 * (16 + 3 * 32 + 64 + 3 * 128) + 128 * 2 + 2:,}" in out and "3 x 48 x 48" in out
-    from fastresnet.inference import load_model
+    from fastresnet.learner import load_model
     assert load_model(run / "model.safetensors").dls.test_dl([str(root / "red" / "0.png")]).one_batch()[0].shape \
         == (1, 3, 48, 48)
 

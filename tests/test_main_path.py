@@ -178,7 +178,8 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
 
 def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
     "The width travels with the weights: a proxy's model.safetensors rebuilds a model of its own width."
-    from fastresnet.inference import iter_predictions, load_weights_learner
+    from fastresnet.inference import iter_predictions
+    from fastresnet.learner import load_weights_learner
     from fastresnet.train import run as train_run
     r = Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25, tta=False)
     train_run(r, tmp_path / "w", str(tiny_folder), log=lambda *a: None)

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from fastresnet.model import CustomResNet, Residual
+from fastresnet.model import CustomResNet
 
 
 def test_parameter_count():
@@ -83,7 +85,7 @@ def test_weights_with_positional_keys_are_refused_naming_the_version_that_reads_
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from fastresnet.config import HintedError, Recipe
-    from fastresnet.inference import load_weights_learner, save_weights, stub_learner
+    from fastresnet.learner import load_weights_learner, save_weights, stub_learner
     new = tmp_path / "new.safetensors"
     save_weights(stub_learner(list("abcdefghij"), Recipe(width=0.25)), new)
     with safe_open(new, framework="pt") as f: meta = f.metadata()
@@ -115,3 +117,18 @@ def test_a_learner_pickled_before_the_layers_had_names_is_refused_naming_the_ver
     with pytest.raises(HintedError, match=r"This learner holds a model saved before.*fastresnet 0\.1 reads it"):
         pickle.loads(pickle.dumps(m))
     assert pickle.loads(pickle.dumps(CustomResNet(width=0.5))).width == 0.5   # today's layout unpickles
+
+
+def test_a_learner_exported_by_0_1_loads_and_predicts_as_it_did(tmp_path):
+    """tests/data/learner-0.1.pkl: a width-0.03125 learner exported by fastresnet 0.1 (its callbacks pickled as
+    fastresnet.learner.*); the probabilities are what 0.1's `load_learner(...).predict` gave for this image."""
+    import numpy as np
+    from fastai.learner import load_learner
+    from PIL import Image
+    img = (np.arange(32 * 32 * 3).reshape(32, 32, 3) * 7 % 256).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    learn = load_learner(Path(__file__).parent / "data" / "learner-0.1.pkl")
+    with learn.no_bar(): label, _, probs = learn.predict(tmp_path / "x.png")
+    assert label == "g"
+    assert probs.tolist() == pytest.approx([0.077866, 0.104719, 0.11205, 0.110999, 0.099549, 0.094843, 0.113127,
+                                            0.075558, 0.098833, 0.112455], abs=2e-6)

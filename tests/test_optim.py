@@ -15,7 +15,7 @@ from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
 from fastresnet.model import CustomResNet
 from fastresnet.optim import TorchAdam
-from fastresnet.run import load_checkpoint
+from fastresnet.resume import load_checkpoint
 from fastresnet.train import run as train_run
 
 from conftest import make_arrays

@@ -98,7 +98,7 @@ def test_bad_folders_and_csv_paths_exit_2(run, tmp_path, capsys, case, match, ti
 
 
 def test_a_run_folder_is_a_model_its_safetensors_first(run, tmp_path, tiny_folder, capsys):
-    from fastresnet.inference import ModelFileError, model_file
+    from fastresnet.learner import ModelFileError, model_file
     assert model_file(run) == run / "model.safetensors" and model_file(run / "model.pkl") == run / "model.pkl"
     img = str(sorted((tiny_folder / "test" / "cat").iterdir())[0])
     assert main(["predict", img, "--model", str(run)]) == 0

@@ -13,12 +13,13 @@ import torch
 from fastai.callback.core import Callback
 from PIL import Image
 
-import fastresnet.learner as learner_mod
+import fastresnet.device as device_mod
 import fastresnet.run as run_files
+from fastresnet.callbacks import DivergedError
 from fastresnet.cli import main
 from fastresnet.config import Recipe
-from fastresnet.learner import DivergedError
-from fastresnet.run import atomic_torch_save, load_checkpoint
+from fastresnet.resume import load_checkpoint
+from fastresnet.run import atomic_torch_save
 from fastresnet.train import run as train_run
 
 QUIET = dict(log=lambda *a: None)
@@ -44,7 +45,7 @@ def run_cli(args, capsys):
 ])
 def test_bad_flags_exit_2_with_a_message(tiny_folder, tmp_path, capsys, monkeypatch, args, match):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the bf16/fp16 cases: CPU-only machines,
-    monkeypatch.setattr(learner_mod, "cpu_native_bf16", lambda: False)  # without bf16 units
+    monkeypatch.setattr(device_mod, "cpu_native_bf16", lambda: False)  # without bf16 units
     code, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), *args], capsys)
     assert code == 2 and match in err and "Traceback" not in err
 

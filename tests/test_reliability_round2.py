@@ -136,7 +136,7 @@ def test_ctrl_c_while_importing(capsys, monkeypatch):
 
 
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_folder, tmp_path):
-    from fastresnet.learner import DivergedError
+    from fastresnet.callbacks import DivergedError
     from test_reliability import NaNAt
     with pytest.raises(DivergedError, match="no checkpoint yet"):
         train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3), tmp_path / "r", str(tiny_folder),
@@ -235,9 +235,9 @@ def test_resume_prints_no_rows_for_the_epochs_it_skips(tiny_folder, tmp_path, ca
 def test_top_loss_titles_do_not_reach_the_row_above(finished, tiny_folder, monkeypatch):
     import matplotlib.pyplot as plt
     import fastresnet.report as R
+    from fastresnet.inference import evaluate_learner
     from fastresnet.report import plot_top_losses
     from fastresnet.train import learner_for_run
-    from fastresnet.inference import evaluate_learner
     learn = learner_for_run(finished, str(tiny_folder))
     with learn.no_bar(): _, losses = evaluate_learner(learn, tta=False)
     saved = []

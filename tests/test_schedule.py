@@ -103,8 +103,8 @@ def test_every_lr_rule_gives_lrmax_directly(arrays, tmp_path, monkeypatch, rule)
 
 
 def test_compiled_training_saves_plain_weights(arrays, tmp_path):
-    from fastresnet.learner import CompileModel, RunCheckpoint
-    from fastresnet.run import load_checkpoint
+    from fastresnet.device import CompileModel
+    from fastresnet.resume import RunCheckpoint, load_checkpoint
     learn = tiny_learner(arrays, tmp_path, bs=20)
     plain = learn.model
     learn.add_cb(CompileModel(backend="eager"))                 # the wrapper, without minutes of code generation

@@ -13,7 +13,7 @@ from fastai.learner import load_learner
 from fastresnet.cli import main
 from fastresnet.config import Recipe
 from fastresnet.data import load_image
-from fastresnet.run import load_checkpoint
+from fastresnet.resume import load_checkpoint
 from fastresnet.train import RunError, run as train_run
 
 TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1"]
@@ -169,7 +169,8 @@ def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
 def test_test_loss_is_plain_cross_entropy_while_training_is_smoothed(tiny_folder, tmp_path):
     """Label smoothing is the training loss only: the reported test loss (metrics, top losses) is -mean(log p_y),
     and the weights file remembers the smoothing. Smoothed CE would be (1 - eps)·CE + eps·mean_c(-log p_c)."""
-    from fastresnet.inference import evaluate_learner, load_weights_learner
+    from fastresnet.inference import evaluate_learner
+    from fastresnet.learner import load_weights_learner
     from fastresnet.train import learner_for_run
     out = tmp_path / "r"
     train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, label_smoothing=0.2, tta=False), out,
