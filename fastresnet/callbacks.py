@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback, CancelValidException
 from fastai.learner import Learner
 
-from .config import HintedError, SettingsError
+from .config import UserError
 from .device import SYNC_EVERY, unwrap
 from .run import CHECKPOINT
 
-__all__ = ["HeadFitsData", "PlainTestLoss", "EMA", "ValidEvery", "DivergedError", "StopOnNaN", "plain_output",
+__all__ = ["HeadFitsData", "PlainTestLoss", "EMA", "ValidEvery", "StopOnNaN", "plain_output",
            "RangeTestLines"]
 
 
@@ -28,9 +28,9 @@ class HeadFitsData(Callback):
         fc, n_cls = getattr(unwrap(self.model), "fc", None), len(self.dls.vocab)  # CustomResNet's head, if it is one
         n_out = getattr(fc, "out_features", n_cls)
         if n_out != n_cls:
-            raise SettingsError(f"The model's head has {n_out} outputs but the data has {n_cls} classes. To train on "
-                                "new classes, start from the model with a new head: cifar_learner(data, init=MODEL) "
-                                "in Python, or fastresnet train --data DATA --init MODEL.")
+            raise UserError(f"The model's head has {n_out} outputs but the data has {n_cls} classes. To train on "
+                            "new classes, start from the model with a new head: cifar_learner(data, init=MODEL) "
+                            "in Python, or fastresnet train --data DATA --init MODEL.")
 
 
 class PlainTestLoss(Callback):
@@ -75,10 +75,6 @@ class ValidEvery(Callback):
         if not last and (self.n == 0 or (self.epoch + 1) % self.n): raise CancelValidException()
 
 
-class DivergedError(HintedError, RuntimeError):
-    "Training produced a non-finite loss."
-
-
 class StopOnNaN(Callback):
     """Stop within SYNC_EVERY batches of the first non-finite training loss, and always before the epoch's
     checkpoint, with an error naming the epoch, batch and LR. The check is a flag on the device, read
@@ -99,9 +95,9 @@ class StopOnNaN(Callback):
         lr = sched.hps["lr"][step] if sched is not None and step < len(sched.hps["lr"]) else self.opt.hypers[-1]["lr"]
         kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
                 else "No epoch had completed, so there is no checkpoint yet.")
-        raise DivergedError(f"Training diverged: the loss became non-finite in epoch {step // self.n_iter + 1} "
-                            f"(batch {step % self.n_iter + 1}) at LR {lr:.4g}. {kept} Try a smaller LRMAX, for "
-                            f"example {lr / 3:.3g}.", hint=f"(--lr-max {lr / 3:.3g})")
+        raise UserError(f"Training diverged: the loss became non-finite in epoch {step // self.n_iter + 1} "
+                        f"(batch {step % self.n_iter + 1}) at LR {lr:.4g}. {kept} Try a smaller LRMAX, for "
+                        f"example {lr / 3:.3g}.", hint=f"(--lr-max {lr / 3:.3g})")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import HintedError, Recipe, SettingsError, parse_setting  # stdlib only: `fastresnet --help` stays instant
+from .config import Recipe, UserError, parse_setting  # stdlib only: `fastresnet --help` stays instant
 
 __all__ = ["main", "build_parser"]
 
@@ -40,7 +40,7 @@ def _setting_type(f):
     "argparse type for one Recipe field: the settings file's parser, its message kept."
     def convert(raw: str):
         try: return parse_setting(f, raw, _flag(f.name))
-        except SettingsError as e: raise argparse.ArgumentTypeError(str(e)) from None
+        except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None
     convert.__name__ = f.type if isinstance(f.type, str) else f.type.__name__
     return convert
 
@@ -156,9 +156,9 @@ def cmd_train(a) -> int:
         given += ["--settings"] * bool(a.settings) + ["--recipe"] * bool(a.recipe) + ["--subset"] * bool(a.subset)
         given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite + ["--init"] * bool(a.init)
         if given:
-            raise SettingsError(f"--resume continues a run with the settings it started with; "
-                                f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
-                                "with --out (only --data may be given, if the data moved).")
+            raise UserError(f"--resume continues a run with the settings it started with; "
+                            f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
+                            "with --out (only --data may be given, if the data moved).")
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     out = Path(a.out or f"runs/{_stamp()}")
@@ -195,14 +195,14 @@ def cmd_lr_find(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .data import DataError, load_cifar
+    from .data import load_cifar
     from .inference import evaluate_learner, labelled_dl
     from .learner import load_model
     learn = load_model(a.model)
     r = getattr(learn, "recipe", None) or Recipe()
     data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
-        raise DataError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
+        raise UserError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
     quiet = a.json or not sys.stdout.isatty()  # JSON, a file or a pipe: the results alone, no bar fragments
     with learn.no_bar() if quiet else contextlib.nullcontext():
         res, _ = evaluate_learner(learn, labelled_dl(learn, data), tta=True, crops=a.tta_crops)
@@ -253,7 +253,7 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
     interruption leaves the rows done so far in PATH.partial. Returns how many files were skipped."""
     import csv
     from fastprogress.fastprogress import progress_bar
-    if path.is_dir(): raise SettingsError(f"--csv {path} is a folder; give a file name, e.g. {path}/predictions.csv.")
+    if path.is_dir(): raise UserError(f"--csv {path} is a folder; give a file name, e.g. {path}/predictions.csv.")
     partial, skipped, done = path.with_name(path.name + ".partial"), [], 0
     try:
         with open(partial, "w", newline="", encoding="utf-8") as f:
@@ -266,14 +266,14 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
                 w.writerow([row["file"]] + [x for c, p in row["top"] for x in (c, f"{p:.4f}")])
                 done += 1
     except FileNotFoundError:
-        raise SettingsError(f"--csv {path}: the folder {path.parent} does not exist.") from None
+        raise UserError(f"--csv {path}: the folder {path.parent} does not exist.") from None
     except OSError as e:
         from .run import disk_full_error, is_disk_full
         if not is_disk_full(e): raise
         size = partial.stat().st_size if partial.exists() else 0
         partial.unlink(missing_ok=True)
         full = disk_full_error(path, size * n // done if done else None)
-        raise type(full)(f"{full.message} Nothing was written to {path}; free space or give "
+        raise UserError(f"{full.message} Nothing was written to {path}; free space or give "
                          "--csv a path on another disk.") from None
     except KeyboardInterrupt:
         print(f"\nInterrupted: the {done} predictions made so far are in {partial}.", file=sys.stderr)
@@ -292,11 +292,11 @@ def cmd_serve(a) -> int:
         print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
               "(or pip install gradio).", file=sys.stderr)
         return 2
-    if not 0 < a.port < 65536: raise SettingsError(f"--port {a.port} is not a port number (1-65535).")
+    if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
     print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's stop closes the server like Ctrl-C
     if a.max_queue is not None and a.max_queue < 1:
-        raise SettingsError(f"--max-queue {a.max_queue}: at least one request must be able to wait.")
+        raise UserError(f"--max-queue {a.max_queue}: at least one request must be able to wait.")
     try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
@@ -308,10 +308,10 @@ def cmd_serve(a) -> int:
 def cmd_report(a) -> int:
     from .inference import evaluate_learner
     from .report import make_report
-    from .run import RUN, RunError
+    from .run import RUN
     from .train import learner_for_run
     if not (Path(a.run_dir) / RUN).is_file():
-        raise RunError(f"{a.run_dir} is not a fastresnet run folder (no run.json).")
+        raise UserError(f"{a.run_dir} is not a fastresnet run folder (no run.json).")
     learn = losses = None
     try:
         learn = learner_for_run(a.run_dir, a.data)
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                         "serve": cmd_serve, "report": cmd_report, "summary": cmd_summary}
             try:
                 return commands[a.command](a)
-            except HintedError as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
+            except UserError as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
                 print(f"fastresnet: error: {e.message}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "HintedError", "SettingsError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
+__all__ = ["Recipe", "UserError", "UserError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
            "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED",
            "drop_retired"]
 
@@ -21,15 +21,13 @@ PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
 
 
-class HintedError(Exception):
-    "An error stated in the library's terms; `hint` is the flag advice the `fastresnet` command adds."
-    def __init__(self, message: str, hint: str | None = None):
+class UserError(Exception):
+    """Every error fastresnet raises for something its user can fix: a setting or flag, the data, a model file, a run
+    folder, a full disk (`disk_full`), a diverged run. `message` says it in the library's terms (it survives fastai
+    prefixing a callback's name to `args`); `hint` is the flag advice the `fastresnet` command adds."""
+    def __init__(self, message: str, hint: str | None = None, disk_full: bool = False):
         super().__init__(message)
-        self.message, self.hint = message, hint  # `message` survives fastai prefixing the callback's name to args
-
-
-class SettingsError(HintedError, ValueError):
-    "A settings file or flag value that cannot be used; the message says which and why."
+        self.message, self.hint, self.disk_full = message, hint, disk_full
 
 
 def setting(section: str, default: Any, help: str, lr_find: bool = True, **check: Any) -> Any:
@@ -126,27 +124,27 @@ class Recipe:
                                     "(the weights stay in model.safetensors and model.pkl)", lr_find=False)
 
     def validate(self) -> "Recipe":
-        "Check ranges and cross-field rules; raise `SettingsError` naming the offending value."
+        "Check ranges and cross-field rules; raise `UserError` naming the offending value."
         for f in fields(self):
             v, md = getattr(self, f.name), f.metadata
             if isinstance(v, float) and not math.isfinite(v):
-                raise SettingsError(f"`{f.name}` is {v}, but it must be a finite number ({md['help']}).")
+                raise UserError(f"`{f.name}` is {v}, but it must be a finite number ({md['help']}).")
             if "min" in md and v < md["min"]:
-                raise SettingsError(f"`{f.name}` is {v}, but it must be at least {md['min']} ({md['help']}).")
+                raise UserError(f"`{f.name}` is {v}, but it must be at least {md['min']} ({md['help']}).")
             if "max" in md and v > md["max"]:
-                raise SettingsError(f"`{f.name}` is {v}, but it must be at most {md['max']} ({md['help']}).")
+                raise UserError(f"`{f.name}` is {v}, but it must be at most {md['max']} ({md['help']}).")
             if "choices" in md and v not in md["choices"]:
-                raise SettingsError(f"`{f.name}` is {v!r}; choose one of {', '.join(md['choices'])}.")
+                raise UserError(f"`{f.name}` is {v!r}; choose one of {', '.join(md['choices'])}.")
         check_cycle(self.epochs, self.peak_epoch, self.lr_min or None, self.lr_max or None, self.lr_end or None)
         if self.lr_min and not self.lr_max:
-            raise SettingsError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
+            raise UserError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
         if self.optimizer == "sgd" and self.decouple_wd:
-            raise SettingsError("optimizer = sgd adds its weight decay to the gradient (torch's SGD, as Page's "
-                                "baseline): set decouple_wd = false (--no-decouple-wd) and give wd in those units.")
+            raise UserError("optimizer = sgd adds its weight decay to the gradient (torch's SGD, as Page's "
+                            "baseline): set decouple_wd = false (--no-decouple-wd) and give wd in those units.")
         if self.beta1_min > self.beta1_max:
-            raise SettingsError(f"`beta1_min` ({self.beta1_min}) must not exceed `beta1_max` ({self.beta1_max}).")
+            raise UserError(f"`beta1_min` ({self.beta1_min}) must not exceed `beta1_max` ({self.beta1_max}).")
         if self.lr_find_start >= self.lr_find_end:
-            raise SettingsError("`lr_find_start` must be smaller than `lr_find_end`.")
+            raise UserError("`lr_find_start` must be smaller than `lr_find_end`.")
         return self
 
     def replace(self, **changes: Any) -> "Recipe":
@@ -163,14 +161,14 @@ def check_cycle(epochs: int, peak_epoch: int, lr_min: float | None = None, lr_ma
     """The one cycle's rules, on the values known (None: not yet, as LRMAX before the range test): the peak inside
     the run, LRMIN and the last step's LR below LRMAX. A Recipe checks them when made; the fit, with the bounds."""
     if not 0 < peak_epoch < epochs:
-        raise SettingsError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): "
-                            "the LR has to come back down after its peak.")
+        raise UserError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): "
+                        "the LR has to come back down after its peak.")
     if lr_min is not None and lr_max is not None and not 0 < lr_min < lr_max:
-        raise SettingsError(f"LRMIN ({lr_min:.4g}) must be above 0 and below LRMAX ({lr_max:.4g}): need "
-                            "0 < lr_min < lr_max.")
+        raise UserError(f"LRMIN ({lr_min:.4g}) must be above 0 and below LRMAX ({lr_max:.4g}): need "
+                        "0 < lr_min < lr_max.")
     if lr_end is not None and lr_max is not None and not 0 <= lr_end < lr_max:
-        raise SettingsError(f"`lr_end` ({lr_end:.4g}) must be below LRMAX ({lr_max:.4g}): need 0 <= lr_end < lr_max "
-                            "(a smaller --lr-end, or --lr-max).")
+        raise UserError(f"`lr_end` ({lr_end:.4g}) must be below LRMAX ({lr_max:.4g}): need 0 <= lr_end < lr_max "
+                        "(a smaller --lr-end, or --lr-max).")
 
 
 def peak_for(epochs: int) -> int:
@@ -195,7 +193,7 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
         if f.type in ("float", float): return float(raw)
         return raw
     except ValueError:
-        raise SettingsError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
+        raise UserError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
 
 
 def recipe_file(name_or_file: str | Path) -> Path:
@@ -204,8 +202,8 @@ def recipe_file(name_or_file: str | Path) -> Path:
     shipped = RECIPES / f"{name_or_file}.ini"
     if shipped.is_file(): return shipped
     names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.ini")))
-    raise SettingsError(f"No recipe {str(name_or_file)!r}: give a shipped recipe's name ({names}) or the path of a "
-                        "settings file.")
+    raise UserError(f"No recipe {str(name_or_file)!r}: give a shipped recipe's name ({names}) or the path of a "
+                    "settings file.")
 
 
 # Settings of fastresnet 0.1 that 0.2 settled and removed (docs/experiments.md section 4). Every 0.1 run folder
@@ -222,9 +220,9 @@ def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
             try: v = float(v)
             except ValueError: pass
         if v != settled:
-            raise SettingsError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
-                                f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
-                                "version, or run the recipe with fastresnet 0.1.")
+            raise UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
+                            f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
+                            "version, or run the recipe with fastresnet 0.1.")
     return values
 
 
@@ -232,28 +230,28 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
     """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
     a typo silently ignored would change the recipe."""
     path = Path(path)
-    if not path.is_file(): raise SettingsError(f"Settings file {path} does not exist.")
+    if not path.is_file(): raise UserError(f"Settings file {path} does not exist.")
     cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)  # `%` is a character
     try: cp.read(path, encoding="utf-8")
     except configparser.Error as e:
-        raise SettingsError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
+        raise UserError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
     except UnicodeDecodeError as e:
-        raise SettingsError(f"{path} is not UTF-8 text (byte {e.start}): is it a settings file?") from None
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): is it a settings file?") from None
     if cp.defaults():  # configparser would copy [DEFAULT] into every section, past the unknown-key check
-        raise SettingsError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section.")
+        raise UserError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section.")
     byname, values = {f.name: f for f in fields(Recipe)}, {}
     for sec in cp.sections():
         if sec not in SECTIONS:
-            raise SettingsError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
+            raise UserError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
         for key, raw in cp.items(sec):
             if key in RETIRED:
                 drop_retired({key: raw}, str(path))
                 continue
             if key not in SECTIONS[sec]:
-                raise SettingsError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
+                raise UserError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
             values[key] = parse_setting(byname[key], raw, str(path))
     try: return (base or Recipe()).replace(**values)
-    except SettingsError as e: raise SettingsError(f"{path}: {e}") from None
+    except UserError as e: raise UserError(f"{path}: {e}") from None
 
 
 def recipe_to_ini(r: Recipe) -> str:

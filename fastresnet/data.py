@@ -26,10 +26,10 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
-from .run import DiskFullError, atomic_write
-from .config import HintedError, Recipe
+from .config import Recipe, UserError
+from .run import atomic_write
 
-__all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
+__all__ = ["CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
            "pil_to_tensor", "PairOrFile", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls",
            "balanced_subset", "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES",
            "DATASETS", "dataset_name"]
@@ -37,10 +37,6 @@ __all__ = ["DataError", "CifarArrays", "load_cifar", "read_folder", "read_python
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZE = 32  # CIFAR images are 32x32: the recipe's default `size`, and the smallest the network's pooling stages take
 DATASETS = {"cifar10": "CIFAR", "cifar100": "CIFAR_100"}  # `--data NAME`: fastai's `URLs` attribute, downloaded once
-
-
-class DataError(HintedError, ValueError):
-    "Data that cannot be used as it is; the message says what is wrong and what to do."
 
 
 @dataclass
@@ -76,19 +72,19 @@ def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.M
     converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`.
     An image of more than `max_pixels` is refused from its header, before it is decoded."""
     path = Path(path)
-    if not path.is_file(): raise DataError(f"Image {path} does not exist.")
+    if not path.is_file(): raise UserError(f"Image {path} does not exist.")
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
-                raise DataError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
+                raise UserError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
                                 f"accepted: the model sees {size}x{size}; shrink the image first.")
             im.load()
             return pil_to_tensor(im, str(path), resize, size)
     except Image.DecompressionBombError:
-        raise DataError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
+        raise UserError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
                         f"the model sees {size}x{size}; shrink the image first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
+        raise UserError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
 
 
 def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, size: int = SIZE) -> torch.Tensor:
@@ -98,7 +94,7 @@ def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, si
         im = im.convert("RGB")
     if im.size != (size, size):
         if not resize:
-            raise DataError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {size}x{size}: the model's "
+            raise UserError(f"Image {name} is {im.size[0]}x{im.size[1]}, not {size}x{size}: the model's "
                             f"images must be {size}x{size}; resize the folder or remove the file.")
         warnings.warn(f"{name} is {im.size[0]}x{im.size[1]}; resized to {size}x{size}.")
         im = im.resize((size, size), Image.BILINEAR)
@@ -121,16 +117,16 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     folders of them is a group of classes (CIFAR-100's superclasses: train/<superclass>/<class>/): its folders are
     the classes, named by their own names, as fastai's `parent_label` names them."""
     if not _subfolders(split_dir):
-        raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
+        raise UserError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
     out, where = {}, {}
     for d in _subfolders(split_dir):
         listed = _images(d)
         subs = _subfolders(d) if not listed[0] else []  # no images of its own but folders: a group of classes
         for c, (imgs, others) in ([(sub, _images(sub)) for sub in subs] if subs else [(d, listed)]):
             if others: warnings.warn(f"{c}: skipping {others} file(s) that are not images by their extension.")
-            if not imgs: raise DataError(f"Class folder {c} holds no images: every class needs examples.")
+            if not imgs: raise UserError(f"Class folder {c} holds no images: every class needs examples.")
             if c.name in out:
-                raise DataError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
+                raise UserError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
                                 "must be unique. Rename one of them.")
             out[c.name], where[c.name] = imgs, c
     return dict(sorted(out.items()))
@@ -149,7 +145,7 @@ def _cache_path(key: str) -> Path:
     cache = Path(os.environ.get("FASTRESNET_CACHE", Path.home() / ".cache" / "fastresnet"))
     try: cache.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise DataError(f"The cache folder {cache} (from $FASTRESNET_CACHE or the default) is a file; "
+        raise UserError(f"The cache folder {cache} (from $FASTRESNET_CACHE or the default) is a file; "
                         "point FASTRESNET_CACHE at a folder.") from None
     return cache / f"cifar-{key}.npz"
 
@@ -161,17 +157,17 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
         train, test = _class_files(root / "train"), _class_files(held)
         if list(train) != list(test):
             only_tr, only_te = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-            raise DataError(f"The class folders of {root}/train and {held} differ "
+            raise UserError(f"The class folders of {root}/train and {held} differ "
                             f"(only in train: {only_tr or 'none'}; only in {held.name}: {only_te or 'none'}).")
         return train, test
     if (root / "train").is_dir() or held is not None:
-        raise DataError(f"{root} has {'train/' if held is None else held.name + '/'} but no "
+        raise UserError(f"{root} has {'train/' if held is None else held.name + '/'} but no "
                         f"{'test/ (or valid/)' if held is None else 'train/'} folder. Give both, each holding one "
                         f"folder of images per class, or put the class folders directly in {root} (then "
                         "valid_pct of each class is held out for testing).")
     try: return _class_files(root), None
-    except DataError:
-        raise DataError(f"{root} is neither layout fastresnet reads: {root}/train/<class>/<images> with "
+    except UserError:
+        raise UserError(f"{root} is neither layout fastresnet reads: {root}/train/<class>/<images> with "
                         f"{root}/test/<class>/<images> (or valid/), or {root}/<class>/<images> (one folder of images "
                         "per class), or the python archive folder `cifar-10-batches-py`.") from None
 
@@ -184,7 +180,7 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
         warnings.simplefilter("always")
         for k, f in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
             try: images[k] = load_image(f, resize=True, size=size).numpy()
-            except DataError as e: bad.append(str(e))
+            except UserError as e: bad.append(str(e))
     for what, how in (("converted to RGB", "were not RGB (grayscale, palette or RGBA) and were converted to RGB"),
                       ("resized to", f"were not {size}x{size} and were resized (squashed) to {size}x{size}, as "
                                      "`fastresnet predict` and `learn.predict` resize theirs")):
@@ -192,7 +188,7 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
         if found: warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
     if bad:
         more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +
+        raise UserError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +
                         "\nRemove or replace them and run again.")
     return images
 
@@ -219,9 +215,9 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
     vocab = list(train)
     if test is None:
         few = [c for c, fs in train.items() if len(fs) < 2]
-        if few: raise DataError(f"Class folder(s) {', '.join(str(root / c) for c in few)} hold a single image: a "
+        if few: raise UserError(f"Class folder(s) {', '.join(str(root / c) for c in few)} hold a single image: a "
                                 "random split needs at least 2 per class (one to train on, one to test).")
-    if len(vocab) < 2: raise DataError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
+    if len(vocab) < 2: raise UserError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
     files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
     key = _fingerprint(root, [f for f, _ in files]) + (f"-{size}px" if size != SIZE else "")  # 32: the old caches
@@ -240,7 +236,7 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
         images = _decode(root, [f for f, _ in files], size)
         if cache:
             try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
-            except (OSError, DiskFullError) as e:  # a cache is a convenience: training goes on without it
+            except (OSError, UserError) as e:  # a cache is a convenience: training goes on without it
                 warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the "
                               "next run decodes them again.")
     valid_files = None
@@ -268,9 +264,9 @@ def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f: return pickle.load(f, encoding="bytes")
     except FileNotFoundError:
-        raise DataError(f"The python archive is missing {path.name} (looked in {path.parent}).") from None
+        raise UserError(f"The python archive is missing {path.name} (looked in {path.parent}).") from None
     except Exception as e:
-        raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
+        raise UserError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); "
                         "download and extract cifar-10-python.tar.gz again.") from None
 
 
@@ -284,7 +280,7 @@ def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
     parts = [_unpickle(folder / n) for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
     for n, p in zip(range(1, 7), parts):
         if b"data" not in p or p[b"data"].shape[1:] != (3 * SIZE * SIZE,) or len(p[b"data"]) != len(p[b"labels"]):
-            raise DataError(f"Batch {n} of {folder} does not hold 3072-byte images with one label each: "
+            raise UserError(f"Batch {n} of {folder} does not hold 3072-byte images with one label each: "
                             "the archive is damaged; extract it again.")
     images = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, SIZE, SIZE)
     labels = np.concatenate([np.asarray(p[b"labels"]) for p in parts]).astype(np.int64)
@@ -317,12 +313,12 @@ def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int
         name = str(path or "cifar10")
         try: path = untar_data(getattr(URLs, DATASETS[name]))
         except Exception as e:
-            raise DataError(f"Could not download {name.upper().replace('CIFAR', 'CIFAR-')} ({type(e).__name__}: "
+            raise UserError(f"Could not download {name.upper().replace('CIFAR', 'CIFAR-')} ({type(e).__name__}: "
                             f"{e}). Without internet, give the path of a folder in fastai's layout (or of "
                             "`cifar-10-batches-py`).", hint="(--data PATH)") from None
     path = Path(path).expanduser()
-    if not path.exists(): raise DataError(f"Data path {path} does not exist.")
-    if not path.is_dir(): raise DataError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
+    if not path.exists(): raise UserError(f"Data path {path} does not exist.")
+    if not path.is_dir(): raise UserError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
                                           "or the class folders.")
     if (path / "batches.meta").exists(): return read_python_archive(path, size)
     if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py", size)
@@ -333,16 +329,16 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
     """The first `n // n_classes` training images of every class (plus all validation images): a
     smoke-run subset that keeps the class balance, whatever order the files came in."""
     if n > data.n_train:
-        raise DataError(f"A subset of {n} images is larger than the {data.n_train} training images available.")
+        raise UserError(f"A subset of {n} images is larger than the {data.n_train} training images available.")
     k = len(data.vocab)
-    if n < k: raise DataError(f"A subset of {n} images is smaller than the number of classes ({k}).")
+    if n < k: raise UserError(f"A subset of {n} images is smaller than the number of classes ({k}).")
     tr = data.labels[:data.n_train]
     per = [torch.nonzero(tr == c).flatten() for c in range(k)]
     take = n // k
     if take * k != n: warnings.warn(f"subset {n}: took {take * k} images ({take} per class), the largest number "
                                     f"up to {n} that keeps the {k} classes balanced.")
     if min(len(p) for p in per) < take:
-        raise DataError(f"A subset of {n} images needs {take} per class, but a class has only "
+        raise UserError(f"A subset of {n} images needs {take} per class, but a class has only "
                         f"{min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values
     idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
@@ -363,7 +359,7 @@ class ToTensorImage(Transform):
 
     def encodes(self, o: torch.Tensor) -> TensorImage:
         if o.ndim == 3 and o.shape[1:] != (self.size, self.size):
-            if o.shape[0] != 3: raise DataError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
+            if o.shape[0] != 3: raise UserError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
             o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", True,
                               self.size)
         return TensorImage(o)

@@ -17,7 +17,7 @@ from fastai.metrics import AccumMetric, accuracy
 from fastcore.foundation import L
 from torch.amp import GradScaler
 
-from .config import Recipe, SettingsError
+from .config import Recipe, UserError
 
 __all__ = ["cpu_native_bf16", "resolve_precision", "check_runtime", "BF16", "SmoothLossOnDevice", "LossesToHost",
            "Accuracy", "Progress", "CompileModel", "unwrap", "SYNC_EVERY"]
@@ -44,11 +44,11 @@ def resolve_precision(r: Recipe) -> Recipe:
 def check_runtime(r: Recipe) -> None:
     "Refuse settings this machine cannot honour, before any data is loaded."
     if r.precision == "fp16" and not torch.cuda.is_available():
-        raise SettingsError("precision = fp16 needs a CUDA GPU (fp16 with loss scaling is a GPU format). Use fp32, "
-                            "or bf16 on a CPU with bf16 units.")
+        raise UserError("precision = fp16 needs a CUDA GPU (fp16 with loss scaling is a GPU format). Use fp32, "
+                        "or bf16 on a CPU with bf16 units.")
     if r.precision == "bf16" and not torch.cuda.is_available() and not cpu_native_bf16():
-        raise SettingsError("precision = bf16 needs a GPU or a CPU with bf16 units (the avx512_bf16 or amx_bf16 flag); "
-                            "this CPU would emulate it, slower than fp32. Use fp32 here.")
+        raise UserError("precision = bf16 needs a GPU or a CPU with bf16 units (the avx512_bf16 or amx_bf16 flag); "
+                        "this CPU would emulate it, slower than fp32. Use fp32 here.")
 
 
 class BF16(MixedPrecision):

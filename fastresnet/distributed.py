@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from fastai.torch_core import num_distrib, rank_distrib
 
-from .config import Recipe, SettingsError
+from .config import Recipe, UserError
 
 __all__ = ["world_size", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx", "leave"]
 
@@ -39,8 +39,8 @@ def local_batch_size(r: Recipe) -> int:
     "Each process's share of the global batch; the global batch must split evenly."
     n = world_size()
     if r.bs % n:
-        raise SettingsError(f"The batch size {r.bs} does not split evenly over {n} processes; "
-                            f"choose a multiple of {n} so the global batch stays {r.bs}.")
+        raise UserError(f"The batch size {r.bs} does not split evenly over {n} processes; "
+                        f"choose a multiple of {n} so the global batch stays {r.bs}.")
     return r.bs // n
 
 
@@ -58,8 +58,8 @@ def require_accelerate() -> None:
     try:
         import accelerate  # noqa: F401
     except ImportError:
-        raise SettingsError("A distributed launch needs Hugging Face Accelerate, which is not installed: "
-                            'pip install -e ".[distributed]"') from None
+        raise UserError("A distributed launch needs Hugging Face Accelerate, which is not installed: "
+                        'pip install -e ".[distributed]"') from None
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import default_device
 
-from .config import Recipe
-from .data import SIZE, CifarArrays, DataError, balanced_subset, cifar_dls, load_cifar, load_image
+from .config import Recipe, UserError
+from .data import SIZE, CifarArrays, balanced_subset, cifar_dls, load_cifar, load_image
 from .learner import norm_stats
 
 __all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
@@ -97,7 +97,7 @@ def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, image_size(learn))
     if subset: arrays = balanced_subset(arrays, subset)
     if list(arrays.vocab) != list(learn.dls.vocab):
-        raise DataError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
+        raise UserError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
                         "train on other classes, start from this model with a new head: cifar_learner(data, "
                         "init=MODEL) in Python, or fastresnet train --data DATA --init MODEL.")
     arrays = dataclasses.replace(arrays, stats=tuple(norm_stats(learn)))
@@ -134,7 +134,7 @@ def iter_predictions(learn: Learner, files: list[str | Path], bs: int = INFER_BS
                     warnings.simplefilter("always")
                     imgs.append(load_image(f, resize=True, size=size))
                 rows.append({"file": str(f), "notes": [str(x.message) for x in w]})
-            except DataError as e:
+            except UserError as e:
                 rows.append({"file": str(f), "error": str(e)})
         probs = iter(predict_images(learn, imgs, bs) if imgs else [])
         for row in rows:
@@ -152,7 +152,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(get_image_files(p))
-            if not found: raise DataError(f"Folder {p} holds no image files (looked recursively, by extension).")
+            if not found: raise UserError(f"Folder {p} holds no image files (looked recursively, by extension).")
             out += found
         else: out.append(p)
     return out

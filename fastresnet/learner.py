@@ -23,7 +23,7 @@ from fastai.torch_core import default_device, rank_distrib, set_seed
 from . import distributed as dist
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak and lr_bounds onto Learner)
 from .callbacks import HeadFitsData, PlainTestLoss
-from .config import HintedError, Recipe, SettingsError, drop_retired, load_settings
+from .config import Recipe, UserError, drop_retired, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 # build_learner's callbacks are also found here under the names fastresnet 0.1 exported them with (fastresnet.learner.X)
 from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, SmoothLossOnDevice, check_runtime,
@@ -32,7 +32,7 @@ from .model import CustomResNet, old_layout, resnet_split
 from .optim import TorchAdam, TorchSGD
 from .run import MODEL_PKL, WEIGHTS, atomic_write
 
-__all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", "ModelFileError",
+__all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
            "save_weights", "load_weights", "norm_stats"]
 
 
@@ -82,8 +82,8 @@ def load_body(model: torch.nn.Module, source: torch.nn.Module) -> None:
     body = {k: v for k, v in unwrap(source).state_dict().items() if not k.startswith("fc.")}
     missing, unexpected = unwrap(model).load_state_dict(body, strict=False)
     if unexpected or any(not k.startswith("fc.") for k in missing):
-        raise SettingsError(f"The model to start from does not fit this network (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}).")
+        raise UserError(f"The model to start from does not fit this network (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}).")
 
 
 def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learner:
@@ -125,17 +125,13 @@ def norm_stats(learn: Learner) -> list[list[float]]:
 
 
 # ---------------------------------------------------------------- model files
-class ModelFileError(HintedError, ValueError):
-    "A model file that cannot be loaded; the message says why."
-
-
 def model_file(path: str | Path) -> Path:
     "A model file as given; for a run folder its model.safetensors (weights only, safe) if present, else its model.pkl."
     path = Path(path)
     if not path.is_dir(): return path
     for name in (WEIGHTS, MODEL_PKL):
         if (path / name).is_file(): return path / name
-    raise ModelFileError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
+    raise UserError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
 
 
 def load_model(path: str | Path) -> Learner:
@@ -149,25 +145,25 @@ def load_pickled_learner(path: str | Path) -> Learner:
     """`load_learner` with clear errors. A `.pkl` learner is a Python pickle: loading it runs code,
     so only load files you trust (or use the weights-only `.safetensors` path)."""
     path = Path(path)
-    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
+    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             learn = load_learner(path)
     except (UnboundLocalError, ImportError) as e:  # fastai's load_learner swallows the ImportError, then fails so
-        raise ModelFileError(f"{path} needs a Python module that cannot be imported here ({type(e).__name__}: {e}). "
-                             "A learner exported by `fastresnet train` needs the fastresnet package installed "
-                             "(pip install -e . in the project folder); one from other code needs that code.") from None
+        raise UserError(f"{path} needs a Python module that cannot be imported here ({type(e).__name__}: {e}). "
+                        "A learner exported by `fastresnet train` needs the fastresnet package installed "
+                        "(pip install -e . in the project folder); one from other code needs that code.") from None
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError,
             ValueError, OSError) as e:
-        raise ModelFileError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}). Is it truncated, or not a "
-                             "`model.pkl` written by `fastresnet train`?") from None
+        raise UserError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}). Is it truncated, or not a "
+                        "`model.pkl` written by `fastresnet train`?") from None
     if not isinstance(learn, Learner):
-        raise ModelFileError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
+        raise UserError(f"{path} holds a {type(learn).__name__}, not a fastai Learner.")
     if not isinstance(unwrap(learn.model), CustomResNet):
-        raise ModelFileError(f"{path} is a fastai learner, but not one exported by fastresnet (its model is a "
-                             f"{type(learn.model).__name__}, not a CustomResNet).")
+        raise UserError(f"{path} is a fastai learner, but not one exported by fastresnet (its model is a "
+                        f"{type(learn.model).__name__}, not a CustomResNet).")
     return learn
 
 
@@ -176,20 +172,20 @@ def load_weights_learner(path: str | Path) -> Learner:
     unpickled. Its recipe (model shape, loss) comes from the file; the preprocessing from the code."""
     from safetensors import SafetensorError, safe_open
     path = Path(path)
-    if not path.is_file(): raise ModelFileError(f"Model file {path} does not exist.")
+    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
         vocab = json.loads(meta["vocab"])
     except (SafetensorError, KeyError, ValueError, OSError) as e:
-        raise ModelFileError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
-                             "is it truncated?") from None
+        raise UserError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
+                        "is it truncated?") from None
     stats = json.loads(meta["stats"]) if "stats" in meta else None  # files before it: CIFAR-10's
     learn = stub_learner(vocab, _recipe(meta, path).replace(precision="fp32", compile=False), stats)
     try: learn.model.load_state_dict(_named(sd, path))
     except RuntimeError as e:
-        raise ModelFileError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
+        raise UserError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
     return learn
 
 

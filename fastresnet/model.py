@@ -12,16 +12,16 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import HintedError
+from .config import UserError
 
 __all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split", "old_layout"]
 
 
-def old_layout(what: str) -> HintedError:
+def old_layout(what: str) -> UserError:
     "The error for a model saved before the layers had names (positional `0`..`7`), which 0.1 read and 0.2 does not."
-    return HintedError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
-                       "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
-                       "(learn.export), or train the model again.")
+    return UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
+                     "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
+                     "(learn.export), or train the model again.")
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> nn.Sequential:

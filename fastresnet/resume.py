@@ -18,10 +18,10 @@ from fastcore.basics import noop
 from fastcore.foundation import L
 
 from . import distributed as dist
-from .config import Recipe, SettingsError, load_settings
+from .config import Recipe, UserError, load_settings
 from .device import unwrap
-from .run import (CHECKPOINT, LR_BOUNDS, RUN, SETTINGS, SPLIT, RunError, atomic_torch_save, read_json,
-                  read_json_or_none, set_status, write_metrics)
+from .run import (CHECKPOINT, LR_BOUNDS, RUN, SETTINGS, SPLIT, atomic_torch_save, read_json, read_json_or_none,
+                  set_status, write_metrics)
 from .schedule import LRBounds
 
 __all__ = ["RunCheckpoint", "MuteSkippedEpochs", "open_run", "restore", "load_checkpoint", "rng_state", "set_rng_state",
@@ -90,16 +90,15 @@ class MuteSkippedEpochs(Callback):
 
 def open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
     "A run folder's settings, facts and last checkpoint (None if no epoch had completed)."
-    if not run_dir.is_dir(): raise RunError(f"No run folder at {run_dir}.")
+    if not run_dir.is_dir(): raise UserError(f"No run folder at {run_dir}.")
     info = read_json(run_dir / RUN)
-    try: r = load_settings(run_dir / SETTINGS)
-    except SettingsError as e: raise RunError(str(e)) from None
+    r = load_settings(run_dir / SETTINGS)
     if not (run_dir / CHECKPOINT).is_file(): return r, info, None
     try: ck = load_checkpoint(run_dir / CHECKPOINT)
     except Exception as e:
-        raise RunError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}): cut short by a "
-                       "crash or a full disk? Start the run again, or restore the file from a copy.",
-                       hint="(--overwrite starts it again in the same folder)") from None
+        raise UserError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}): cut short by a "
+                        "crash or a full disk? Start the run again, or restore the file from a copy.",
+                        hint="(--overwrite starts it again in the same folder)") from None
     if "hypers" in ck["opt"] and r.adam_impl != "fastai": r = r.replace(adam_impl="fastai")  # began with fastai's Adam
     return r, info, ck
 
@@ -111,17 +110,17 @@ def restore(learn: Learner, ck: dict, run_dir: Path, info: dict, epochs: int) ->
     while finishing) gets the weights its fit ended with (the EMA average, if it kept one)."""
     vocab, split = list(learn.dls.vocab), getattr(learn.dls, "valid_files", None)
     if info.get("vocab") and vocab != info["vocab"]:
-        raise RunError(f"The data's classes {vocab} differ from the run's {info['vocab']}: "
-                       f"resume {run_dir} with the data it started with.")
+        raise UserError(f"The data's classes {vocab} differ from the run's {info['vocab']}: "
+                        f"resume {run_dir} with the data it started with.")
     if split is not None and split != (read_json_or_none(run_dir / SPLIT) or {}).get("valid"):
-        raise RunError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
-                       f"renamed since the run started): resume {run_dir} with the data it started with.")
+        raise UserError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
+                        f"renamed since the run started): resume {run_dir} with the data it started with.")
     if dist.is_main(): set_status(run_dir, "started")  # a resumed run runs again
     learn.create_opt()
     try: learn.model.load_state_dict(ck["model"])
     except RuntimeError as e:
-        raise RunError(f"The checkpoint in {run_dir} does not fit a model for this data "
-                       f"({str(e).splitlines()[0]}): resume with the data the run started with.") from None
+        raise UserError(f"The checkpoint in {run_dir} does not fit a model for this data "
+                        f"({str(e).splitlines()[0]}): resume with the data the run started with.") from None
     learn.opt.load_state_dict(ck["opt"])
     set_rng_state(learn, ck["rng"])
     write_metrics(run_dir, ck["history"][:ck["epoch"] + 1], ck["hps"])

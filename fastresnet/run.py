@@ -1,7 +1,7 @@
 """The run folder: every file a run writes, its name and format, and how it is written. Every
 file, the exported learner and the plots included, goes through `atomic_path` (temporary file, fsync,
 rename, the umask's mode), so a crash or a full disk leaves the previous version intact, never a
-half-written one, and a full disk is a `DiskFullError` naming the disk and the space the file needs;
+half-written one, and a full disk is a `UserError` naming the disk and the space the file needs;
 a new run's first files appear together (`start_run_dir`); what a killed process left half-done is
 cleared when the folder is next taken (`run_lock`)."""
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .config import HintedError
+from .config import UserError
 
-__all__ = ["RunError", "DiskFullError", "is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND",
+__all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND",
            "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT",
            "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
@@ -33,14 +33,6 @@ LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # 
 METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
 SPLIT = "split.json"  # a folder of class folders: valid_pct, seed and the held-out files (relative paths)
-
-
-class RunError(HintedError, RuntimeError):
-    "A run that cannot start or continue as asked; the message says what to do."
-
-
-class DiskFullError(RunError):
-    "The disk filled up while a file was written; the message names the disk, the file and the space it needs."
 
 
 # ---------------------------------------------------------------- writing files
@@ -58,6 +50,7 @@ def is_disk_full(e: BaseException, folder: Path | None = None) -> bool:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        if getattr(e, "disk_full", False): return True  # ours, from `atomic_path`
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
         if folder is not None and isinstance(e, RuntimeError) and "unexpected pos" in str(e):
             return _free(Path(folder))[1] < 64 * 2**20
@@ -68,14 +61,14 @@ def is_disk_full(e: BaseException, folder: Path | None = None) -> bool:
 def _mb(n: int) -> str: return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{-(-n // 1024)} kB"
 
 
-def disk_full_error(path: Path, needed: int | None = None, what: str | None = None) -> DiskFullError:
+def disk_full_error(path: Path, needed: int | None = None, what: str | None = None) -> UserError:
     "The one paragraph a full disk gets: which disk, which file (`what`), how much it needs, how much is free."
     path = Path(path).absolute()
     mount, free = _free(path.parent)
     need = f", which needs about {_mb(needed)}," if needed else ""
     more = f"; free at least {_mb(needed - free)} more there" if needed and needed > free else "; free some space there"
-    return DiskFullError(f"The disk holding {path.parent} (mounted at {mount}) is full: writing {what or path.name}"
-                         f"{need} failed with {_mb(free)} free{more}.")
+    return UserError(f"The disk holding {path.parent} (mounted at {mount}) is full: writing {what or path.name}"
+                     f"{need} failed with {_mb(free)} free{more}.", disk_full=True)
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -91,7 +84,7 @@ TMP_SUFFIX = ".tmp"  # `.NAME.XXXXXXXX.tmp`: what a killed writer leaves behind 
 @contextlib.contextmanager
 def atomic_path(path: Path, needed: int | None = None):
     """A temporary path beside `path` to write to; when the block succeeds it is fsynced and renamed onto `path`.
-    A full disk removes the temporary file and raises `DiskFullError` (`needed`: the file's size, if known)."""
+    A full disk removes the temporary file and raises `UserError` (`needed`: the file's size, if known)."""
     path, full = Path(path), False
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
@@ -134,11 +127,11 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path) -> dict:
-    "A run file that must be there: missing or damaged is a `RunError` naming it."
+    "A run file that must be there: missing or damaged is a `UserError` naming it."
     path = Path(path)
     try: return json.loads(path.read_text())
-    except FileNotFoundError: raise RunError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
-    except json.JSONDecodeError as e: raise RunError(f"{path} is damaged ({e}).") from None
+    except FileNotFoundError: raise UserError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
+    except json.JSONDecodeError as e: raise UserError(f"{path} is damaged ({e}).") from None
 
 
 def read_json_or_none(path: Path):
@@ -170,15 +163,15 @@ def run_lock(run_dir: Path):
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")
     except OSError as e:
-        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
-                       hint="Choose another with --out.") from None
+        raise UserError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
+                        hint="Choose another with --out.") from None
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
-        raise RunError(f"Run folder {run_dir} is in use by process {holder} (another fastresnet train).",
-                       hint="Wait for it to end or stop it, or choose another folder with --out.") from None
+        raise UserError(f"Run folder {run_dir} is in use by process {holder} (another fastresnet train).",
+                        hint="Wait for it to end or stop it, or choose another folder with --out.") from None
     f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
     clear_leftovers(run_dir)
     try: yield
@@ -204,14 +197,14 @@ def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     files, so a typo in the other flags cannot destroy a finished run."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"Run folder {run_dir} is an existing file, not a folder.", hint="Choose another with --out.")
+        raise UserError(f"Run folder {run_dir} is an existing file, not a folder.", hint="Choose another with --out.")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise RunError(f"Run folder {run_dir} already exists.", hint=f"Use --resume {run_dir} to continue it, "
-                       "--overwrite to replace it, or --out to choose another folder.")
+        raise UserError(f"Run folder {run_dir} already exists.", hint=f"Use --resume {run_dir} to continue it, "
+                        "--overwrite to replace it, or --out to choose another folder.")
     parent = next((p for p in run_dir.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder).",
-                       hint="Choose another with --out.")
+        raise UserError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder).",
+                        hint="Choose another with --out.")
     return run_dir
 
 
@@ -224,8 +217,8 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
         os.chmod(tmp, umask_mode(0o777))
         for name, text in files.items(): (tmp / name).write_text(text)
     except OSError as e:
-        raise RunError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
-                       hint="Choose another with --out.") from None
+        raise UserError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
+                        hint="Choose another with --out.") from None
     if run_dir.exists():
         old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
         os.replace(run_dir, old)

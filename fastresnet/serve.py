@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import CIFAR_CLASSES, SIZE, DataError, load_image
+from .config import UserError
+from .data import CIFAR_CLASSES, SIZE, load_image
 from .inference import image_size, predict_images, top_classes
 from .learner import load_model, model_file
 from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
@@ -57,12 +58,12 @@ def run_facts(model_path: Path) -> str:
         tta = f" (flip-TTA {final['accuracy_tta']:.2%})" if final.get("accuracy_tta") is not None else ""
         lines.append(f"**Test accuracy:** {final['accuracy']:.2%}{tta} on {final.get('n_images', 0):,} test images")
     if (d / SETTINGS).is_file():
-        from .config import SettingsError, load_settings
+        from .config import UserError, load_settings
         try:
             r = load_settings(d / SETTINGS)
             lines.append(f"**Training:** {r.epochs} epochs, batch {r.bs}, peak at epoch {r.peak_epoch}, "
                          f"width {r.width:g}")
-        except (SettingsError, OSError): pass  # facts are a courtesy: a bad settings file must not stop the page
+        except (UserError, OSError): pass  # facts are a courtesy: a bad settings file must not stop the page
     if info:
         n = f"{info['n_train']:,} training images" if "n_train" in info else "training images: unknown"
         if info.get("subset"): n += " (a subset of the data)"
@@ -80,7 +81,7 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
     from fastai.data.transforms import get_image_files
     if folder is not None:
         files = sorted(get_image_files(folder))[:n]
-        if not files: raise DataError(f"--examples {folder} holds no image files.")
+        if not files: raise UserError(f"--examples {folder} holds no image files.")
         return [str(f) for f in files]
     info = read_json_or_none(model_path.parent / RUN) or {}
     test = Path(info["data"]) / "test" if info.get("data") else None
@@ -100,8 +101,8 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
 
 
 def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.ndarray]:
-    "One uploaded file → ({class: probability} of the top `k`, the RGB image the model saw). Raises DataError."
-    if not path: raise DataError("No image was uploaded.")
+    "One uploaded file → ({class: probability} of the top `k`, the RGB image the model saw). Raises UserError."
+    if not path: raise UserError("No image was uploaded.")
     img = load_image(path, resize=True, max_pixels=MAX_PIXELS, size=image_size(learn))
     probs = predict_images(learn, [img])[0]
     return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
@@ -117,7 +118,7 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
     def predict(file):
         try:
             with learn.no_bar(): label, seen = classify(learn, file)
-        except DataError as e:
+        except UserError as e:
             raise gr.Error(_upload_message(str(e), file), print_exception=False) from None
         return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)  # 192 px, whatever the size
 

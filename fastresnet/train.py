@@ -18,18 +18,18 @@ from fastai.torch_core import default_device
 from . import __version__
 from . import distributed as dist
 from .callbacks import EMA, StopOnNaN, ValidEvery, plain_output
-from .config import Recipe, load_settings, recipe_to_ini
+from .config import Recipe, UserError, load_settings, recipe_to_ini
 from .device import resolve_precision
 from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
 from .resume import MuteSkippedEpochs, RunCheckpoint, load_checkpoint, open_run, restore
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS,
-                  DiskFullError, RunError, atomic_export, disk_full_error, is_disk_full, prepare_run_dir, read_json,
-                  read_json_or_none, run_data, run_lock, set_status, start_run_dir, write_json)
+                  atomic_export, disk_full_error, is_disk_full, prepare_run_dir, read_json, read_json_or_none,
+                  run_data, run_lock, set_status, start_run_dir, write_json)
 from .schedule import LRBounds, find_bounds
 
-__all__ = ["RunError", "run", "lr_find_run", "learner_for_run"]
+__all__ = ["run", "lr_find_run", "learner_for_run"]
 
 
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
@@ -47,12 +47,12 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
             raise
         except Exception as e:
             if not is_disk_full(e, run_dir): raise
-            full = e if isinstance(e, DiskFullError) else disk_full_error(run_dir / "x", what="into the run folder")
+            full = e if getattr(e, "disk_full", False) else disk_full_error(run_dir / "x", what="into the run folder")
     ck = run_dir / CHECKPOINT
     kept = (f"the checkpoint of epoch {load_checkpoint(ck)['epoch'] + 1}" if ck.is_file() else
             "no epoch had completed, so the run starts again" if (run_dir / RUN).is_file() else "nothing was written")
-    raise DiskFullError(f"{full.message} The files written before are intact ({kept}); once there is space, "
-                        f"continue the run with: fastresnet train --resume {run_dir}") from None
+    raise UserError(f"{full.message} The files written before are intact ({kept}); once there is space, "
+                    f"continue the run with: fastresnet train --resume {run_dir}") from None
 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
@@ -67,8 +67,8 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
         if not r.lr_max:
-            raise RunError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
-                           hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
+            raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
+                            hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
     if init_from != "resume" and dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
     # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
@@ -106,9 +106,9 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
 def _restart(run_dir: Path, info: dict, log) -> bool:
     "A resume of a run that has no checkpoint: started again from the beginning (True: over its folder), if it may."
     if info.get("status") == "finished":  # its checkpoint removed (keep_checkpoint = false)
-        raise RunError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
-                       f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
-                       f"run with another --out.")
+        raise UserError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
+                        f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
+                        f"run with another --out.")
     log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
     return True
 
@@ -160,8 +160,8 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
                 + f" ({passes:.0f} passes over the training images)" * (passes >= 2))
         try: bounds, found = find_bounds(learn, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start,
                                          r.lr_find_end)
-        except ValueError as e: raise RunError(f"{e} Give LRMAX yourself to skip the range test.",
-                                               hint="(--lr-max)") from None
+        except ValueError as e: raise UserError(f"{e} Give LRMAX yourself to skip the range test.",
+                                                hint="(--lr-max)") from None
         if run_dir is not None and dist.is_main():
             rec = learn.recorder
             write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs],

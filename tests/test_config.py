@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from fastresnet.cli import build_parser, recipe_from_args
-from fastresnet.config import PACKAGED_SETTINGS, Recipe, SettingsError, load_settings, recipe_to_ini
+from fastresnet.config import PACKAGED_SETTINGS, Recipe, UserError, load_settings, recipe_to_ini
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_round_trip_through_ini(tmp_path):
 def test_bad_settings_are_named(tmp_path, text, match):
     p = tmp_path / "s.ini"
     p.write_text(text)
-    with pytest.raises(SettingsError, match=match):
+    with pytest.raises(UserError, match=match):
         load_settings(p)
 
 
@@ -64,7 +64,7 @@ def test_a_settings_file_of_0_1_reads_as_before():
 
 
 def test_missing_settings_file(tmp_path):
-    with pytest.raises(SettingsError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_settings(tmp_path / "nope.ini")
 
 
@@ -89,7 +89,7 @@ def test_the_short_run_peak_is_one_continuous_rule(capsys):
     assert "peaks at the end of epoch 1 (5/24 of training" in capsys.readouterr().err
     r = recipe_from_args(build_parser().parse_args(["train", "--epochs", "12", "--peak-epoch", "5"]))
     assert r.peak_epoch == 5                                          # given: kept
-    with pytest.raises(SettingsError, match="peak_epoch"):
+    with pytest.raises(UserError, match="peak_epoch"):
         recipe_from_args(build_parser().parse_args(["train", "--epochs", "4", "--peak-epoch", "4"]))
 
 

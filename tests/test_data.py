@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 
 from conftest import make_folder, make_python_archive, synthetic_images
-from fastresnet.config import Recipe
-from fastresnet.data import (CIFAR_CLASSES, DataError, balanced_subset, cifar_dls, load_cifar, load_image,
-                             split_by_class)
+from fastresnet.config import Recipe, UserError
+from fastresnet.data import CIFAR_CLASSES, balanced_subset, cifar_dls, load_cifar, load_image, split_by_class
 
 
 def test_folder_layout_reads_exact_pixels(tmp_path):
@@ -73,14 +72,14 @@ def test_truncated_python_archive(tmp_path):
     folder = make_python_archive(tmp_path)
     raw = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match="data_batch_3 is truncated or corrupt"):
+    with pytest.raises(UserError, match="data_batch_3 is truncated or corrupt"):
         load_cifar(folder)
 
 
 def test_python_archive_missing_batch(tmp_path):
     folder = make_python_archive(tmp_path)
     (folder / "test_batch").unlink()
-    with pytest.raises(DataError, match="missing test_batch"):
+    with pytest.raises(UserError, match="missing test_batch"):
         load_cifar(folder)
 
 
@@ -88,7 +87,7 @@ def test_balanced_subset(arrays):
     s = balanced_subset(arrays, 20)
     assert s.n_train == 20 and s.n_valid == arrays.n_valid
     assert torch.bincount(s.labels[:20], minlength=10).tolist() == [2] * 10
-    with pytest.raises(DataError, match="larger than the 40"):
+    with pytest.raises(UserError, match="larger than the 40"):
         balanced_subset(arrays, 41)
 
 
@@ -101,38 +100,38 @@ def test_dls_batches(arrays):
 
 # ---------------------------------------------------------------- bad input: each refused or converted, clearly
 def test_missing_path(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_cifar(tmp_path / "nowhere")
 
 
 def test_wrong_layout(tmp_path):
     (tmp_path / "x" / "train").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"has train/ but no test/ \(or valid/\) folder"):
+    with pytest.raises(UserError, match=r"has train/ but no test/ \(or valid/\) folder"):
         load_cifar(tmp_path / "x")
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "notes.txt").write_text("no class folders")
-    with pytest.raises(DataError, match="is neither layout fastresnet reads"):
+    with pytest.raises(UserError, match="is neither layout fastresnet reads"):
         load_cifar(tmp_path / "y")
 
 
 def test_no_class_folders(tmp_path):
     root = tmp_path / "x"
     for s in ("train", "test"): (root / s).mkdir(parents=True)
-    with pytest.raises(DataError, match="no class folders"):
+    with pytest.raises(UserError, match="no class folders"):
         load_cifar(root)
 
 
 def test_classes_differ(tmp_path):
     root = make_folder(tmp_path / "c", 20, 10)
     shutil.rmtree(root / "test" / "ship")
-    with pytest.raises(DataError, match=r"only in train: \['ship'\]"):
+    with pytest.raises(UserError, match=r"only in train: \['ship'\]"):
         load_cifar(root)
 
 
 def test_empty_class(tmp_path):
     root = make_folder(tmp_path / "c", 20, 10)
     for f in (root / "train" / "frog").iterdir(): f.unlink()
-    with pytest.raises(DataError, match="frog holds no images"):
+    with pytest.raises(UserError, match="frog holds no images"):
         load_cifar(root)
 
 
@@ -141,7 +140,7 @@ def test_corrupt_and_truncated_images_are_listed(tmp_path):
     (root / "train" / "cat" / "0003.png").write_bytes(b"not a png at all")
     good = (root / "train" / "dog" / "0005.png").read_bytes()
     (root / "train" / "dog" / "0005.png").write_bytes(good[:40])
-    with pytest.raises(DataError) as e:
+    with pytest.raises(UserError) as e:
         load_cifar(root)
     assert "2 image file(s)" in str(e.value) and "0003.png" in str(e.value) and "0005.png" in str(e.value)
 
@@ -238,7 +237,7 @@ def test_a_folder_of_class_folders_is_split_and_normalised_by_its_own_statistics
     assert np.allclose(norm.mean.flatten().tolist(), mean)
     (root / "birds").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "birds" / "only.png")
-    with pytest.raises(DataError, match="birds hold a single image: a random split needs at least 2"):
+    with pytest.raises(UserError, match="birds hold a single image: a random split needs at least 2"):
         load_cifar(root)
 
 
@@ -276,7 +275,7 @@ def test_class_folders_inside_group_folders_are_the_classes_as_in_cifar100(tmp_p
         assert int(img[0, 0, 0]) // 10 == len(d.vocab[y])
     _png(root / "train" / "trees" / "ray" / "0.png", 0)                            # a second class called "ray"
     _png(root / "test" / "trees" / "ray" / "0.png", 0)
-    with pytest.raises(DataError, match=r"Two class folders are named 'ray' \(.*fish/ray and .*trees/ray\)"):
+    with pytest.raises(UserError, match=r"Two class folders are named 'ray' \(.*fish/ray and .*trees/ray\)"):
         load_cifar(root)
 
 

@@ -8,8 +8,8 @@ from torch.overrides import TorchFunctionMode
 
 import fastresnet.device as D
 from conftest import make_arrays
-from fastresnet.callbacks import DivergedError, StopOnNaN
-from fastresnet.config import Recipe, SettingsError
+from fastresnet.callbacks import StopOnNaN
+from fastresnet.config import Recipe, UserError
 from fastresnet.data import cifar_dls
 from fastresnet.device import SYNC_EVERY
 from fastresnet.learner import build_learner
@@ -74,7 +74,7 @@ def test_divergence_is_caught_within_sync_every_batches_and_named(tmp_path):
     class Count(Callback):
         def after_batch(self):
             if self.training: seen.append(self.iter)
-    with pytest.raises(DivergedError, match=r"epoch 1 \(batch 8\) at LR"):
+    with pytest.raises(UserError, match=r"epoch 1 \(batch 8\) at LR"):
         with learn.no_bar(): learn.fit_one_cycle_peak(2, 1e-4, 1e-3, 1, cbs=[StopOnNaN(), NaNAt(7), Count()])
     assert len(seen) <= SYNC_EVERY                                          # stopped within SYNC_EVERY batches
 
@@ -116,9 +116,9 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_the_run
 def test_bf16_is_refused_on_a_cpu_without_bf16_units_and_fp16_without_a_gpu(monkeypatch):
     monkeypatch.setattr(D, "cpu_native_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SettingsError, match="avx512_bf16 or amx_bf16"):
+    with pytest.raises(UserError, match="avx512_bf16 or amx_bf16"):
         D.check_runtime(Recipe(precision="bf16"))
-    with pytest.raises(SettingsError, match="fp16 needs a CUDA GPU"):
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         D.check_runtime(Recipe(precision="fp16"))
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fastresnet.cli import main
+from fastresnet.config import UserError
 from interrupt import install
 
 pytestmark = pytest.mark.slow
@@ -155,7 +156,6 @@ def test_an_exported_learner_given_data_by_dls_for_takes_every_fastai_call(sourc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from fastresnet import dls_for
-    from fastresnet.data import DataError
     learn = load_learner(source_run / "model.pkl")
     assert len(learn.dls.valid_ds) == 0  # what fastai exports: the pipeline, not the images
     learn.dls = dls_for(learn, tiny_folder, bs=10)
@@ -176,4 +176,4 @@ def test_an_exported_learner_given_data_by_dls_for_takes_every_fastai_call(sourc
         learn.fine_tune(1, 1e-3)
     assert len(learn.recorder.values) == 1 and math.isfinite(learn.recorder.values[-1][0])
     pictures(tmp_path / "flowers", ["daisy", "rose", "tulip"], 4)
-    with pytest.raises(DataError, match="init=MODEL"): dls_for(learn, tmp_path / "flowers")
+    with pytest.raises(UserError, match="init=MODEL"): dls_for(learn, tmp_path / "flowers")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from fastai.learner import Learner
 
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.learner import cifar_learner
-from fastresnet.train import RunError, _bounds
+from fastresnet.train import _bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
@@ -49,7 +49,7 @@ def test_a_range_test_still_falling_at_its_end_is_refused_not_trained(arrays, tm
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
     learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100)
-    with pytest.raises(RunError, match=r"still falling near its end \(lowest at LR 4\.4") as e:
+    with pytest.raises(UserError, match=r"still falling near its end \(lowest at LR 4\.4") as e:
         _bounds(learn, learn.recipe, None)
     assert e.value.hint == "(--lr-max)"
     # turning up more than a tenth of the test before its end passes: lowest at LR 10^-0.5 -> LRMAX 10^-1.5
@@ -222,9 +222,9 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     assert torch.equal(frozen["w"], frozen["w_after"]) and not torch.equal(frozen["fc"], frozen["fc_after"])
     assert not torch.equal(whole["w"], whole["w_after"])                         # then the body trains too
     assert whole["lrs"][1] / whole["lrs"][0] == pytest.approx(100)               # slice(base_lr / 100, base_lr)
-    from fastresnet.config import SettingsError
+    from fastresnet.config import UserError
     from fastresnet.data import CifarArrays
     ten = make_arrays(30, 10)                                                    # the same images as 3 classes:
     learn.dls = cifar_dls(CifarArrays(ten.images, ten.labels % 3, ["x", "y", "z"], 30), learn.recipe.replace(bs=10))
-    with pytest.raises(SettingsError, match="head has 10 outputs but the data has 3 classes.*init=MODEL"):
+    with pytest.raises(UserError, match="head has 10 outputs but the data has 3 classes.*init=MODEL"):
         learn.fine_tune(1)                                                       # fastai would keep the 10-way head

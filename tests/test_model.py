@@ -84,7 +84,7 @@ def test_named_layers():
 def test_weights_with_positional_keys_are_refused_naming_the_version_that_reads_them(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    from fastresnet.config import HintedError, Recipe
+    from fastresnet.config import Recipe, UserError
     from fastresnet.learner import load_weights_learner, save_weights, stub_learner
     new = tmp_path / "new.safetensors"
     save_weights(stub_learner(list("abcdefghij"), Recipe(width=0.25)), new)
@@ -92,7 +92,7 @@ def test_weights_with_positional_keys_are_refused_naming_the_version_that_reads_
     old = tmp_path / "old.safetensors"   # the same weights under positional keys (`1.1.res.0.0.weight` and so on)
     save_file({f"{i}.{k}": v for i, (k, v) in enumerate(load_file(new).items())}, old, metadata=meta)
     assert load_weights_learner(new).model.width == 0.25
-    with pytest.raises(HintedError, match="old.safetensors holds a model saved before fastresnet named its layers"
+    with pytest.raises(UserError, match="old.safetensors holds a model saved before fastresnet named its layers"
                                           r".*fastresnet 0\.1 reads it"):
         load_weights_learner(old)
 
@@ -101,7 +101,7 @@ def test_a_learner_pickled_before_the_layers_had_names_is_refused_naming_the_ver
     "Rebuild the old positional layout by hand, pickle it, and unpickle it into today's class."
     import pickle
     from collections import OrderedDict
-    from fastresnet.config import HintedError
+    from fastresnet.config import UserError
     m = CustomResNet()
     def positional(seq): seq._modules = OrderedDict((str(i), c) for i, c in enumerate(seq._modules.values()))
     for layer in (m.layer1, m.layer3):
@@ -114,7 +114,7 @@ def test_a_learner_pickled_before_the_layers_had_names_is_refused_naming_the_ver
     for block in (m.prep, m.layer2): positional(block)
     positional(m)
     assert list(m._modules) == [str(i) for i in range(8)] and "1.1.res.0.0.weight" in m.state_dict()
-    with pytest.raises(HintedError, match=r"This learner holds a model saved before.*fastresnet 0\.1 reads it"):
+    with pytest.raises(UserError, match=r"This learner holds a model saved before.*fastresnet 0\.1 reads it"):
         pickle.loads(pickle.dumps(m))
     assert pickle.loads(pickle.dumps(CustomResNet(width=0.5))).width == 0.5   # today's layout unpickles
 

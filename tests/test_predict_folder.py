@@ -10,7 +10,7 @@ from PIL import Image
 
 from fastresnet import inference
 from fastresnet.cli import main
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_bad_folders_and_csv_paths_exit_2(run, tmp_path, capsys, case, match, ti
 
 
 def test_a_run_folder_is_a_model_its_safetensors_first(run, tmp_path, tiny_folder, capsys):
-    from fastresnet.learner import ModelFileError, model_file
+    from fastresnet.learner import model_file
     assert model_file(run) == run / "model.safetensors" and model_file(run / "model.pkl") == run / "model.pkl"
     img = str(sorted((tiny_folder / "test" / "cat").iterdir())[0])
     assert main(["predict", img, "--model", str(run)]) == 0
@@ -106,4 +106,4 @@ def test_a_run_folder_is_a_model_its_safetensors_first(run, tmp_path, tiny_folde
     assert main(["predict", img, "--model", str(run / "model.pkl")]) == 0
     assert capsys.readouterr().out == by_folder
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelFileError, match="neither model.safetensors nor model.pkl"): model_file(tmp_path / "empty")
+    with pytest.raises(UserError, match="neither model.safetensors nor model.pkl"): model_file(tmp_path / "empty")

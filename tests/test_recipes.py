@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastresnet.cli import main
-from fastresnet.config import RECIPES, Recipe, SettingsError, load_settings, recipe_file
+from fastresnet.config import RECIPES, Recipe, UserError, load_settings, recipe_file
 from fastresnet.optim import TorchSGD
 
 
@@ -31,13 +31,13 @@ def test_the_shipped_recipes_hold_what_their_sources_state():
 
 
 def test_unknown_recipe_names_the_shipped_ones_and_a_file_path_works(tmp_path):
-    with pytest.raises(SettingsError, match="No recipe 'pagesgd': give a shipped recipe's name "
+    with pytest.raises(UserError, match="No recipe 'pagesgd': give a shipped recipe's name "
                                             r"\(adam-933, default, page-sgd, seed\)"):
         recipe_file("pagesgd")
     mine = tmp_path / "mine.ini"
     mine.write_text("[optimizer]\nwd = 0.4\n")
     assert load_settings(recipe_file(mine)).wd == 0.4
-    with pytest.raises(SettingsError, match="optimizer = sgd adds its weight decay to the gradient"):
+    with pytest.raises(UserError, match="optimizer = sgd adds its weight decay to the gradient"):
         Recipe().replace(optimizer="sgd")
 
 

@@ -15,9 +15,8 @@ from PIL import Image
 
 import fastresnet.device as device_mod
 import fastresnet.run as run_files
-from fastresnet.callbacks import DivergedError
 from fastresnet.cli import main
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.resume import load_checkpoint
 from fastresnet.run import atomic_torch_save
 from fastresnet.train import run as train_run
@@ -90,7 +89,7 @@ class NaNAt(Callback):
 
 def test_divergence_stops_at_once_naming_lr_and_epoch_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
     r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3)
-    with pytest.raises(DivergedError, match=r"epoch 2 \(batch 1\) at LR [0-9.e-]+.*smaller LRMAX") as e:
+    with pytest.raises(UserError, match=r"epoch 2 \(batch 1\) at LR [0-9.e-]+.*smaller LRMAX") as e:
         train_run(r, tmp_path / "r", str(tiny_folder), extra_cbs=[NaNAt(1)], **QUIET)
     assert "--lr-max" not in str(e.value) and e.value.hint.startswith("(--lr-max")   # flag advice is the CLI's
     ck = load_checkpoint(tmp_path / "r" / "checkpoint.pth")

@@ -13,7 +13,7 @@ import torch
 
 import fastresnet.train as T
 from fastresnet.cli import main
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_cifar
 from fastresnet.train import run as train_run
 
@@ -136,9 +136,8 @@ def test_ctrl_c_while_importing(capsys, monkeypatch):
 
 
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_folder, tmp_path):
-    from fastresnet.callbacks import DivergedError
     from test_reliability import NaNAt
-    with pytest.raises(DivergedError, match="no checkpoint yet"):
+    with pytest.raises(UserError, match="no checkpoint yet"):
         train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3), tmp_path / "r", str(tiny_folder),
                   extra_cbs=[NaNAt(0)], **QUIET)
 
@@ -202,9 +201,9 @@ def test_small_messages(finished, tiny_folder, tmp_path, capsys):
     code, _, err = run_cli(["train", "--resume", str(run)], capsys)
     assert code == 2 and "--overwrite" in err
     from PIL import Image
-    from fastresnet.data import DataError, load_image
+    from fastresnet.data import load_image
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
-    with pytest.raises(DataError) as e: load_image(tmp_path / "big.png")
+    with pytest.raises(UserError) as e: load_image(tmp_path / "big.png")
     assert "training data" not in str(e.value)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from fastai.callback.core import CancelFitException, Callback
 
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
 from fastresnet.schedule import find_bounds, piecewise
@@ -37,7 +37,7 @@ def test_an_end_lr_other_than_lrmin_is_reached_at_the_last_step_by_a_straight_li
     # step i >= 4: lr = 1e-2 + (i - 4) / (11 - 4) * (1e-6 - 1e-2), the line from the peak to the last step
     assert lrs[4:] == pytest.approx([1e-2 + (i - 4) / 7 * (1e-6 - 1e-2) for i in range(4, 12)])
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-6)
-    with pytest.raises(ValueError, match="lr_end < lr_max"):
+    with pytest.raises(UserError, match="lr_end < lr_max"):
         learn.fit_one_cycle_peak(6, 1e-4, 1e-2, 2, lr_end=1e-2)
 
 
@@ -53,9 +53,9 @@ def test_default_24_epoch_schedule_peaks_after_five_epochs():
 
 def test_bad_schedule_arguments(arrays, tmp_path):
     learn = tiny_learner(arrays, tmp_path)
-    with pytest.raises(ValueError, match="peak_epoch"):
+    with pytest.raises(UserError, match="peak_epoch"):
         learn.fit_one_cycle_peak(3, 1e-4, 1e-2, peak_epoch=3)
-    with pytest.raises(ValueError, match="lr_min < lr_max"):
+    with pytest.raises(UserError, match="lr_min < lr_max"):
         learn.fit_one_cycle_peak(3, 1e-2, 1e-4, peak_epoch=1)
 
 

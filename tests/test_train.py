@@ -11,10 +11,10 @@ from fastai.callback.core import Callback
 from fastai.learner import load_learner
 
 from fastresnet.cli import main
-from fastresnet.config import Recipe
+from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_image
 from fastresnet.resume import load_checkpoint
-from fastresnet.train import RunError, run as train_run
+from fastresnet.train import run as train_run
 
 TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1"]
 
@@ -119,7 +119,7 @@ def test_summary(capsys):
 def test_existing_run_folder_is_refused(tmp_path, arrays):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("keep me")
-    with pytest.raises(RunError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         train_run(Recipe(), tmp_path / "run")
 
 
