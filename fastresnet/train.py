@@ -19,7 +19,6 @@ from . import __version__
 from . import distributed as dist
 from .callbacks import EMA, StopOnNaN, ValidEvery, plain_output
 from .config import Recipe, UserError, load_settings, recipe_to_ini
-from .device import resolve_precision
 from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
@@ -63,7 +62,6 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
         data, subset, init, why = data or run_data(info), info.get("subset"), info.get("init"), " (the run folder's)"
         if ck is None: overwrite, why = _restart(run_dir, info, log), ""
     init_from = "resume" if ck is not None else "finetune" if init else "scratch"  # the start, chosen once
-    r = resolve_precision(r)  # the run folder records what `auto` chose: a resume keeps it
     if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
         if not r.lr_max:
@@ -74,7 +72,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
     learn = cifar_learner(data, r, run_dir, subset, init=init if init_from == "finetune" else None,
                           stats=info.get("stats") if init_from == "resume" else None)
-    r = learn.recipe
+    r = learn.recipe  # `auto` precision resolved (the folder records it: a resume keeps it), a fine-tune's width
     epochs = r.epochs + (r.freeze_epochs if init else 0)  # a fine-tune trains the new head alone first
     if dist.is_main(): log(f"Precision: {r.precision}{why}")
     if init_from != "resume": info = _start_folder(learn, run_dir, data, subset, init, recipe)
