@@ -218,7 +218,6 @@ def test_the_random_split_holds_out_valid_pct_of_each_class():
 
 def test_a_folder_of_class_folders_is_split_and_normalised_by_its_own_statistics(tmp_path):
     root = tmp_path / "pets"
-    rng = np.random.default_rng(0)
     for c, n, level in (("cats", 10, 40), ("dogs", 5, 200)):
         (root / c).mkdir(parents=True)
         for i in range(n): Image.fromarray(np.full((32, 32, 3), level + i, np.uint8)).save(root / c / f"{i}.png")

@@ -4,7 +4,6 @@ naming the disk and the space needed, exit 2, every earlier file intact; after s
 with the weights of an uninterrupted run."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -19,7 +19,7 @@ from fastresnet.resume import load_checkpoint
 from fastresnet.train import run as train_run
 
 from conftest import make_arrays
-from test_train import Interrupt
+from test_resume import Interrupt
 
 IMPLS = ["fused", "foreach"]
 

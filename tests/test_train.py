@@ -1,19 +1,16 @@
-"""End-to-end runs on tiny synthetic data: the CLI, the run folder, export → load_learner → predict,
-and an interrupted-and-resumed run that must equal an uninterrupted one exactly."""
+"""End-to-end runs on tiny synthetic data: the CLI, the run folder, export → load_learner → predict (resume:
+test_resume.py)."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from fastai.callback.core import Callback
 from fastai.learner import load_learner
 
 from fastresnet.cli import main
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_image
-from fastresnet.resume import load_checkpoint
 from fastresnet.train import run as train_run
 
 TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1"]
@@ -121,40 +118,6 @@ def test_existing_run_folder_is_refused(tmp_path, arrays):
     (tmp_path / "run" / "x").write_text("keep me")
     with pytest.raises(UserError, match="already exists"):
         train_run(Recipe(), tmp_path / "run")
-
-
-class Interrupt(Callback):
-    "Ctrl-C at the start of epoch `at`."
-    def __init__(self, at): self.at = at
-    def before_epoch(self):
-        if self.epoch == self.at: raise KeyboardInterrupt
-
-
-class Sleep(Callback):
-    "A slow epoch: `seconds` more at the end of each (before its checkpoint)."
-    def __init__(self, seconds): self.seconds = seconds
-    def after_epoch(self): time.sleep(self.seconds)
-
-
-@pytest.mark.slow
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
-    r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
-    train_run(r, tmp_path / "full", str(tiny_folder), log=lambda *a: None)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2), Sleep(5)], log=lambda *a: None)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
-    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "stopped"
-    train_run(None, tmp_path / "cut", resume=True, log=lambda *a: None)
-    info = json.loads((tmp_path / "cut" / "run.json").read_text())
-    assert info["status"] == "finished" and info["seconds"] >= 10   # the first session's two 5-second epochs count
-    schedule = lambda run: json.loads((tmp_path / run / "schedule.json").read_text())
-    assert schedule("cut") == schedule("full") and len(schedule("full")["lr"]) == 4 * 4   # per-batch LR and beta1
-    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
-    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pth")
-    assert a["epoch"] == b["epoch"] == 3
-    for k in a["model"]: assert torch.equal(a["model"][k], b["model"][k]), k   # bit-identical weights
-    strip = lambda h: [{k: v for k, v in row.items() if k != "time"} for row in h]
-    assert strip(a["history"]) == strip(b["history"])            # and identical metrics history
 
 
 def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):

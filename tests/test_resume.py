@@ -1,25 +1,65 @@
-"""Soaks that prove resume: one tiny run is stopped by SIGTERM (in this process), another by SIGKILL (a real
-`kill -9` of a child process) at ten points each (drawn at random, and always including the LR range test, the
-validation pass and the middle of a checkpoint write) and resumed after each; the final weights must equal an
-uninterrupted run's bit for bit."""
+"""Resume's promise: a run stopped anywhere and resumed ends with the weights, metrics and schedule of an
+uninterrupted run, bit for bit. A run stopped by Ctrl-C at an epoch's start (its clock goes on over sessions); and
+soaks: one tiny run stopped by SIGTERM (in this process), another by SIGKILL (a real `kill -9` of a child process)
+at ten points each (drawn at random, and always including the LR range test, the validation pass and the middle of
+a checkpoint write), resumed after each."""
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from fastai.callback.core import Callback
 from interrupt import install, next_point
 from safetensors.torch import load_file
 
 from fastresnet.cli import main
+from fastresnet.config import Recipe
+from fastresnet.resume import load_checkpoint
+from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
+
+
+class Interrupt(Callback):
+    "Ctrl-C at the start of epoch `at`."
+    def __init__(self, at): self.at = at
+    def before_epoch(self):
+        if self.epoch == self.at: raise KeyboardInterrupt
+
+
+class Sleep(Callback):
+    "A slow epoch: `seconds` more at the end of each (before its checkpoint)."
+    def __init__(self, seconds): self.seconds = seconds
+    def after_epoch(self): time.sleep(self.seconds)
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
+    r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
+    train_run(r, tmp_path / "full", str(tiny_folder), log=lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2), Sleep(5)], log=lambda *a: None)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "stopped"
+    train_run(None, tmp_path / "cut", resume=True, log=lambda *a: None)
+    info = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert info["status"] == "finished" and info["seconds"] >= 10   # the first session's two 5-second epochs count
+    schedule = lambda run: json.loads((tmp_path / run / "schedule.json").read_text())
+    assert schedule("cut") == schedule("full") and len(schedule("full")["lr"]) == 4 * 4   # per-batch LR and beta1
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pth")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]: assert torch.equal(a["model"][k], b["model"][k]), k   # bit-identical weights
+    strip = lambda h: [{k: v for k, v in row.items() if k != "time"} for row in h]
+    assert strip(a["history"]) == strip(b["history"])            # and identical metrics history
 
 
 def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypatch, capsys):
