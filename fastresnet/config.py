@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "UserError", "UserError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
+__all__ = ["Recipe", "UserError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
            "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED",
            "drop_retired"]
 

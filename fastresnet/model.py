@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import UserError
+from .config import UserError, drop_retired
 
 __all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split", "old_layout"]
 
@@ -83,6 +83,7 @@ class CustomResNet(nn.Sequential):
     def __setstate__(self, state):
         super().__setstate__(state)
         if "0" in self._modules: raise old_layout("This learner")
+        drop_retired({k: self.__dict__.pop(k) for k in ("logit_scale",) if k in self.__dict__}, "This learner")
 
 
 def resnet_split(m: CustomResNet) -> list[list[nn.Parameter]]:

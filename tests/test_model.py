@@ -132,3 +132,15 @@ def test_a_learner_exported_by_0_1_loads_and_predicts_as_it_did(tmp_path):
     assert label == "g"
     assert probs.tolist() == pytest.approx([0.077866, 0.104719, 0.11205, 0.110999, 0.099549, 0.094843, 0.113127,
                                             0.075558, 0.098833, 0.112455], abs=2e-6)
+
+
+def test_a_0_1_network_pickled_with_another_logit_scale_is_refused():
+    "0.1 multiplied the logits by `logit_scale`; 0.2 has no such step, so only the settled 1.0 may load."
+    import pickle
+    from fastresnet.config import UserError
+    m = CustomResNet(width=0.25)
+    m.logit_scale = 1.0                                                  # as every 0.1 network carried it
+    assert "logit_scale" not in vars(pickle.loads(pickle.dumps(m)))
+    m.logit_scale = 0.125
+    with pytest.raises(UserError, match="`logit_scale = 0.125` is a setting of fastresnet 0.1"):
+        pickle.loads(pickle.dumps(m))
