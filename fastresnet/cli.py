@@ -161,9 +161,22 @@ def cmd_train(a) -> int:
                             "with --out (only --data may be given, if the data moved).")
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
-    out = Path(a.out or f"runs/{_stamp()}")
-    return _run_interruptible(lambda: run(r, out, a.data, a.subset, a.overwrite, init=a.init,
-                                          recipe=a.recipe or "default"), out)
+    a.out = a.out or f"runs/{_stamp()}"  # named here, so that what stops the run can say where it is
+    return _run_interruptible(lambda: run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
+                                          recipe=a.recipe or "default"), Path(a.out))
+
+
+def _kept(run_dir: Path) -> str | None:
+    "What a stopped run left in `run_dir`, as a sentence that ends in its resume command; None: nothing yet."
+    from .run import CHECKPOINT, RUN
+    if (run_dir / CHECKPOINT).is_file():
+        from .resume import load_checkpoint
+        try: epoch = f"epoch {load_checkpoint(run_dir / CHECKPOINT)['epoch'] + 1}"
+        except Exception: epoch = "the last completed epoch"  # the message must not fail: resume says what is wrong
+        what = f"the checkpoint of {epoch} is saved; continue with"
+    elif (run_dir / RUN).is_file(): what = "no epoch had completed; start the run again with its settings:"
+    else: return None
+    return f"{what} fastresnet train --resume {run_dir}"
 
 
 def _run_interruptible(fn, run_dir: Path) -> int:
@@ -173,15 +186,27 @@ def _run_interruptible(fn, run_dir: Path) -> int:
         fn()
         return 0
     except KeyboardInterrupt:
-        from .run import CHECKPOINT, RUN
-        if (run_dir / CHECKPOINT).exists(): what = "The last completed epoch is saved: continue with"
-        elif (run_dir / RUN).exists(): what = "No epoch had completed; this starts the run again with its settings:"
-        else: what = None
-        print("\nInterrupted. " + (f"{what}\n  fastresnet train --resume {run_dir}" if what else
-                                   "Nothing was written yet; run the same command again."), file=sys.stderr)
+        print(f"\nInterrupted: {_kept(run_dir) or 'nothing was written yet; run the same command again.'}",
+              file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _full_disk(a, e: BaseException) -> UserError | None:
+    """A full disk, wherever it struck (the one place that handles it): which disk, how much the file needed,
+    what the command left intact and how to go on. None if `e` is not a full disk."""
+    from .run import disk_full_error, is_disk_full
+    folder = Path(getattr(a, "resume", None) or getattr(a, "out", None) or ".")  # train's run folder, lr-find's
+    if not is_disk_full(e, folder): return None
+    full = e if getattr(e, "disk_full", False) else disk_full_error(folder / "x", what=f"into {folder}")
+    if a.command == "train":
+        after = (f"The files written before are intact: {_kept(folder)}, once there is space." if _kept(folder)
+                 else "Nothing was written; free space and run the same command again.")
+    elif getattr(a, "csv", None):
+        after = f"Nothing was written to {a.csv}; free space or give --csv a path on another disk."
+    else: after = "Free space there and run the same command again."
+    return UserError(f"{full.message} {after}")
 
 
 def cmd_lr_find(a) -> int:
@@ -267,14 +292,12 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
                 done += 1
     except FileNotFoundError:
         raise UserError(f"--csv {path}: the folder {path.parent} does not exist.") from None
-    except OSError as e:
-        from .run import disk_full_error, is_disk_full
-        if not is_disk_full(e): raise
+    except OSError:  # a full disk or another failed write: no half-written file is left
         size = partial.stat().st_size if partial.exists() else 0
         partial.unlink(missing_ok=True)
-        full = disk_full_error(path, size * n // done if done else None)
-        raise UserError(f"{full.message} Nothing was written to {path}; free space or give "
-                         "--csv a path on another disk.") from None
+        from .run import disk_full_error, is_disk_full
+        if is_disk_full(sys.exc_info()[1]): raise disk_full_error(path, size * n // done if done else None) from None
+        raise
     except KeyboardInterrupt:
         print(f"\nInterrupted: the {done} predictions made so far are in {partial}.", file=sys.stderr)
         raise
@@ -352,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                         "serve": cmd_serve, "report": cmd_report, "summary": cmd_summary}
             try:
                 return commands[a.command](a)
-            except UserError as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
+            except Exception as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
+                e = _full_disk(a, e) or e
+                if not isinstance(e, UserError): raise
                 print(f"fastresnet: error: {e.message}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing

@@ -29,60 +29,59 @@ __all__ = ["RunCheckpoint", "MuteSkippedEpochs", "open_run", "restore", "load_ch
 
 
 class RunCheckpoint(Callback):
-    """After every epoch: append the epoch's row to the metrics history, write `metrics.csv` /
-    `metrics.json` / `schedule.json`, and save model + optimizer + RNG + history + schedule to `checkpoint.pth`."""
+    """After every epoch: append the epoch's row to the metrics history, write `metrics.csv` / `metrics.json` /
+    `schedule.json`, and save model + optimizer + RNG + history + schedule (+ the `ema` callback's average) to
+    `checkpoint.pth`. The run's one schedule record is kept here: the LR and beta1 of every training step as the
+    optimizer applied them, whichever scheduler set them (the recipe's one cycle, or fastai's in `fine_tune`)."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
     def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
-                 hps: dict | None = None, clock: float | None = None):
-        self.run_dir, self.history, self.smooth = Path(run_dir), list(history or []), smooth_loss
-        self.hps_before = hps or {}  # fastai's schedulers (fine_tune): the steps of the fits before this one
+                 hps: dict | None = None, clock: float | None = None, ema: Callback | None = None):
+        self.run_dir, self.history, self.smooth, self.ema = Path(run_dir), list(history or []), smooth_loss, ema
+        self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}  # the steps trained so far
         self.clock = clock  # time.time() of the run's start, moved on by the time its earlier sessions ran
+        self.skipped = False
 
     def before_fit(self):
         "On resume, continue the Recorder's smoothed training loss instead of restarting its average."
         if self.smooth:
             self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
+    def after_batch(self):
+        if not self.training: return
+        for k in self.hps: self.hps[k].append(self.opt.hypers[-1][k])
+
+    def after_cancel_epoch(self): self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch)
+
     def after_epoch(self):
-        epoch = self.epoch + getattr(self.learn, "epoch_offset", 0)  # of the run (fine_tune's frozen epochs first)
-        if epoch < len(self.history): return  # an epoch a resumed run skipped (fastai still fires after_epoch)
+        if self.skipped:
+            self.skipped = False
+            return
         values = list(self.recorder.log[1:-1])  # between the epoch number and the time
-        row = {"epoch": epoch}
+        row = {"epoch": len(self.history)}  # of the run: fine_tune's two fits count on
         for n in self.recorder.metric_names[1:-1]:  # train_*, then valid_* unless that pass was skipped
             row[n] = None if self.recorder.cancel_valid and n.startswith("valid_") else float(values.pop(0))
         row["time"] = str(self.recorder.log[-1])  # fastai's mm:ss
         row["lr_end"] = float(self.opt.hypers[-1]["lr"])
         self.history.append(row)
-        ck = {"epoch": epoch, "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
+        ck = {"epoch": row["epoch"], "model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(),
               "rng": rng_state(self.learn), "history": self.history, "n_epoch": self.n_epoch,
               "smooth_loss": {"count": self.recorder.smooth_loss.count, "val": self.recorder.smooth_loss.val},
-              "hps": self._hps(),  # the LR and beta1 of every step so far, as the schedule set them
-              "ema": self.ema.avg.state_dict() if hasattr(self.learn, "ema") else None,
+              "hps": self.hps, "ema": self.ema.avg.state_dict() if self.ema else None,
               "seconds": time.time() - self.clock if self.clock else None}  # the run's time up to here, all sessions
         atomic_torch_save(to_plain(ck), self.run_dir / CHECKPOINT)
-        write_metrics(self.run_dir, self.history, ck["hps"])
-
-    def after_fit(self):
-        if getattr(self.learn, "param_scheduler", None) is not None: self.hps_before = self._hps()
-
-    def _hps(self) -> dict:
-        "The recipe's schedule records the whole run; fastai's records one fit, which follows `hps_before`."
-        own = getattr(self.learn, "one_cycle_peak", None)
-        if own is not None: return own.hps
-        return {k: list(self.hps_before.get(k, [])) + list(v) for k, v in self.param_scheduler.hps.items()}
+        write_metrics(self.run_dir, self.history, self.hps)
 
 
 class MuteSkippedEpochs(Callback):
-    """A resumed fit passes through the epochs it skips; fastai would still print an empty row for each.
-    Mute the logger for those (before the Recorder logs, order 50) and give it back at the next epoch."""
+    """A resumed fit passes through the epochs it skips (fastai's SkipToEpoch cancels them); fastai would still
+    print an empty row for each. Mute the logger for those (before the Recorder logs, order 50) and give it back
+    at the next epoch."""
     order = 49
-    def __init__(self, start_epoch: int): self.start, self.saved = start_epoch, None
+    saved = None
     def before_epoch(self): self._restore()
     def after_fit(self): self._restore()
-    def after_epoch(self):
-        if self.epoch + getattr(self.learn, "epoch_offset", 0) < self.start:
-            self.saved, self.learn.logger = self.learn.logger, noop
+    def after_cancel_epoch(self): self.saved, self.learn.logger = self.learn.logger, noop
 
     def _restore(self):
         if self.saved is not None: self.learn.logger, self.saved = self.saved, None

@@ -31,13 +31,14 @@ def piecewise(step: float, knots: list[float], values: list[float]) -> float:
 
 class OneCyclePeak(Callback):
     """Set Adam's LR (and beta1, against it) every training step from the step number alone, so a
-    resumed fit lands on the same values; `hps` records them per step, continued from `hps` if given."""
+    resumed fit lands on the same values; `hps` records this fit's, as fastai's `ParamScheduler` does."""
     order = 60  # where fastai's ParamScheduler sits: after a distributed wrapper has sized the loaders
     def __init__(self, lr_min: float, lr_max: float, peak_epoch: int,
-                 moms: tuple[float, float, float] | None = None, hps: dict | None = None, lr_end: float | None = None):
-        store_attr(but="hps,lr_end")
+                 moms: tuple[float, float, float] | None = None, lr_end: float | None = None):
+        store_attr(but="lr_end")
         self.lr_end = lr_min if lr_end is None else lr_end    # the spec ends where it began
-        self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}
+
+    def before_fit(self): self.hps = {"lr": [], "mom": []} if self.moms is not None else {"lr": []}
 
     def before_batch(self):
         if not self.training: return
@@ -54,15 +55,14 @@ class OneCyclePeak(Callback):
 @patch
 def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float, peak_epoch: int = 5,
                        moms: tuple[float, float, float] | None = None,
-                       wd: float | None = None, cbs=None, start_epoch: int = 0, hps: dict | None = None,
-                       lr_end: float | None = None) -> None:
+                       wd: float | None = None, cbs=None, start_epoch: int = 0, lr_end: float | None = None) -> None:
     """One cycle that peaks at the end of epoch `peak_epoch` and ends at `lr_min` (no annihilation), or at `lr_end`
     if given (other published schedules: Page's ResNet-9 ends at 0, torch's `OneCycleLR` at max_lr/1e5).
-    `moms` (beta1 at start, peak, end) defaults to the Learner's, as in `fit_one_cycle`. `start_epoch`
-    and `hps` (the record so far) continue an interrupted fit."""
+    `moms` (beta1 at start, peak, end) defaults to the Learner's, as in `fit_one_cycle`. `start_epoch` continues
+    an interrupted fit."""
     check_cycle(n_epoch, peak_epoch, lr_min, lr_max, lr_end)
     moms = tuple(moms if moms is not None else self.moms)
-    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, moms if moms[0] != moms[1] else None, hps, lr_end)
+    sched = OneCyclePeak(lr_min, lr_max, peak_epoch, moms if moms[0] != moms[1] else None, lr_end)
     self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
 
 

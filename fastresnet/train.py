@@ -22,9 +22,9 @@ from .config import Recipe, UserError, load_settings, recipe_to_ini
 from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
-from .resume import MuteSkippedEpochs, RunCheckpoint, load_checkpoint, open_run, restore
+from .resume import MuteSkippedEpochs, RunCheckpoint, open_run, restore
 from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS,
-                  atomic_export, disk_full_error, is_disk_full, prepare_run_dir, read_json, read_json_or_none,
+                  atomic_export, prepare_run_dir, read_json, read_json_or_none,
                   run_data, run_lock, set_status, start_run_dir, write_json)
 from .schedule import LRBounds, find_bounds
 
@@ -44,14 +44,6 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
             if dist.is_main(): set_status(run_dir, "stopped")
             raise
-        except Exception as e:
-            if not is_disk_full(e, run_dir): raise
-            full = e if getattr(e, "disk_full", False) else disk_full_error(run_dir / "x", what="into the run folder")
-    ck = run_dir / CHECKPOINT
-    kept = (f"the checkpoint of epoch {load_checkpoint(ck)['epoch'] + 1}" if ck.is_file() else
-            "no epoch had completed, so the run starts again" if (run_dir / RUN).is_file() else "nothing was written")
-    raise UserError(f"{full.message} The files written before are intact ({kept}); once there is space, "
-                    f"continue the run with: fastresnet train --resume {run_dir}") from None
 
 
 def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
@@ -90,7 +82,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
                 cbs = _callbacks(learn, run_dir, start, ck, t0, bool(init), extra_cbs)
                 if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
                 else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
-                                               lr_end=r.lr_end or None, start_epoch=start, hps=ck and ck["hps"])
+                                               lr_end=r.lr_end or None, start_epoch=start)
         else: log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
         res = {}
         if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
@@ -130,15 +122,15 @@ def _start_folder(learn: Learner, run_dir: Path, data, subset, init, recipe) -> 
 def _callbacks(learn: Learner, run_dir: Path, start: int, ck: dict | None, t0: float, fine_tune: bool,
                extra_cbs) -> list:
     "The fit's callbacks: the NaN stop, the per-epoch checkpoint (continued from `ck`), and what the recipe asks for."
-    r, cbs = learn.recipe, [StopOnNaN(), *extra_cbs]
-    if dist.is_main():
-        cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"], ck and ck["hps"],
-                                 clock=t0))
+    r, cbs, ema = learn.recipe, [StopOnNaN(), *extra_cbs], None
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
     if r.ema and fine_tune: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start "
                                           "a new average. The last weights are tested and exported.")
-    elif r.ema: cbs.append(EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
-    if start: cbs.append(MuteSkippedEpochs(start))
+    elif r.ema: cbs.append(ema := EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
+    if dist.is_main():
+        cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"], ck and ck["hps"],
+                                 clock=t0, ema=ema))
+    if start: cbs.append(MuteSkippedEpochs())
     return cbs
 
 
