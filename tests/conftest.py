@@ -81,3 +81,23 @@ def tiny_folder(tmp_path_factory) -> Path:
 @pytest.fixture
 def arrays() -> CifarArrays:
     return make_arrays()
+
+
+def pictures(root, classes, n, seed=0, size=(32, 32)):
+    "n noisy pictures per class, class k's colour set apart, written as root/<class>/<i>.png."
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (size[1], size[0], 3)) + np.array([k * 37 % 200, k * 71 % 200, k * 13 % 200])
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / c / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def source_run(tmp_path_factory, tiny_folder):
+    "A CIFAR-10-shaped run to start from."
+    from fastresnet.cli import main
+    run = tmp_path_factory.mktemp("source") / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), "--epochs", "2", "--width", "0.25",
+                 "--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]) == 0
+    return run

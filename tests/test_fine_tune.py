@@ -1,34 +1,21 @@
 """Other data sets through the command: CIFAR-100 by name (fastai's `untar_data` on a generated data set of the
-archive's layout), fine-tuning a trained model on new classes (`--init`, fastai's `fine_tune`, resumable), and a
-`size` other than 32 from training to `load_learner().predict`."""
+archive's layout), fine-tuning a trained model on new classes (`--init`, fastai's `fine_tune`; its resume:
+test_resume.py), and a `size` other than 32 from training to `load_learner().predict`."""
 import json
 import math
-import signal
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 from fastai.learner import load_learner
-from PIL import Image
 from safetensors.torch import load_file
 
 from fastresnet.cli import main
 from fastresnet.config import UserError
-from interrupt import install
+from conftest import pictures
 
 pytestmark = pytest.mark.slow
 TINY = ["--width", "0.25", "--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
-
-
-def pictures(root, classes, n, seed=0, size=(32, 32)):
-    "n noisy pictures per class, class k's colour set apart, written as root/<class>/<i>.png."
-    rng = np.random.default_rng(seed)
-    for k, c in enumerate(classes):
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            img = rng.integers(0, 60, (size[1], size[0], 3)) + np.array([k * 37 % 200, k * 71 % 200, k * 13 % 200])
-            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / c / f"{i}.png")
 
 
 def test_cifar100_by_name_comes_through_fastai_untar_data(tmp_path, monkeypatch, capsys):
@@ -57,14 +44,6 @@ def test_cifar100_by_name_comes_through_fastai_untar_data(tmp_path, monkeypatch,
     assert main(["evaluate", "--model", "run", "--data", "cifar100", "--tta-crops"]) == 0
     out = capsys.readouterr().out
     assert "most frequent confusions" in out.lower() and "with multi-crop TTA: " in out
-
-
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory, tiny_folder):
-    "A CIFAR-10-shaped run to start from."
-    run = tmp_path_factory.mktemp("source") / "run"
-    assert main(["train", "--data", str(tiny_folder), "--out", str(run), "--epochs", "2", *TINY]) == 0
-    return run
 
 
 def test_init_fine_tunes_a_trained_body_with_a_new_head_on_fastai_fine_tune_schedule(source_run, tmp_path):
@@ -96,35 +75,6 @@ def test_init_fine_tunes_a_trained_body_with_a_new_head_on_fastai_fine_tune_sche
     assert whole == pytest.approx([one_cycle(i, 2 * n_iter, 0.001, 0.3, 5) for i in range(2 * n_iter)])
     convs = [k for k in src if k.endswith("conv.weight")]     # unfrozen for the last 2 epochs: the body moved
     assert len(convs) == 8 and all(not torch.equal(out[k], src[k]) for k in convs)
-
-
-def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path,
-                                                                                             monkeypatch, capsys):
-    new = tmp_path / "flowers"
-    pictures(new, ["daisy", "rose", "tulip"], 12)
-    args = ["--data", str(new), "--init", str(source_run), "--epochs", "2", *TINY[2:]]
-    base = tmp_path / "whole"
-    assert main(["train", "--out", str(base), *args]) == 0
-    run = tmp_path / "stopped"
-    install(monkeypatch.setattr, "train_batch", 5, signal.SIGTERM)      # 3 batches an epoch: in the second epoch
-    assert main(["train", "--out", str(run), *args]) == 130
-    monkeypatch.undo()
-    ck = torch.load(run / "checkpoint.pth", weights_only=False)
-    assert ck["epoch"] == 0                                            # the head's epoch was saved ...
-    src = load_file(source_run / "model.safetensors")
-    convs = [k for k in src if k.endswith("conv.weight")]
-    assert all(torch.equal(ck["model"][k], src[k]) for k in convs)     # ... with the body exactly the source's
-    assert not torch.equal(ck["model"]["fc.weight"], load_file(base / "model.safetensors")["fc.weight"])
-    install(monkeypatch.setattr, "train_batch", 4, signal.SIGTERM)      # resumed: in the last epoch
-    assert main(["train", "--resume", str(run)]) == 130
-    monkeypatch.undo()
-    assert torch.load(run / "checkpoint.pth", weights_only=False)["epoch"] == 1
-    capsys.readouterr()
-    assert main(["train", "--resume", str(run)]) == 0
-    assert "Resuming" in capsys.readouterr().out
-    a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the whole run"
-    assert json.loads((run / "schedule.json").read_text()) == json.loads((base / "schedule.json").read_text())
 
 
 def test_a_size_of_48_trains_exports_and_predicts_at_48(tmp_path, capsys):

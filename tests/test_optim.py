@@ -1,8 +1,6 @@
 """torch's fused / foreach AdamW behind fastai's OptimWrapper: Adam's formula on hand-computed values, the
-recipe's decay rules, fastai's scheduler driving lr and beta1, agreement with fastai's Adam, exact resume."""
+recipe's decay rules, fastai's scheduler driving lr and beta1, agreement with fastai's Adam (resume: test_resume.py)."""
 import copy
-import json
-import re
 
 import pytest
 import torch
@@ -15,11 +13,8 @@ from fastresnet.data import cifar_dls
 from fastresnet.learner import build_learner
 from fastresnet.model import CustomResNet
 from fastresnet.optim import TorchAdam
-from fastresnet.resume import load_checkpoint
-from fastresnet.train import run as train_run
 
 from conftest import make_arrays
-from test_resume import Interrupt
 
 IMPLS = ["fused", "foreach"]
 
@@ -119,16 +114,3 @@ def test_fastais_one_cycle_drives_torchs_param_groups():
     assert spy.seen[4][0][1] == pytest.approx(0.85) and spy.seen[0][0][1] == pytest.approx(0.95)  # beta1 cycles
     assert all([g[2] for g in s] == [0.8, 0.0, 0.8, 0.0] for s in spy.seen)   # body, head: decay on weights only
     assert all(len({g[:2] for g in s}) == 1 for s in spy.seen)
-
-
-def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_path):
-    "A run folder from before `adam_impl` existed (no such key, fastai's optimizer state) still resumes."
-    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai")
-    with pytest.raises(KeyboardInterrupt):
-        train_run(r, tmp_path / "old", str(tiny_folder), extra_cbs=[Interrupt(1)], log=lambda *a: None)
-    settings = tmp_path / "old" / "settings.ini"
-    settings.write_text(re.sub(r"(?m)^adam_impl\b.*\n", "", settings.read_text()))
-    assert "adam_impl" not in settings.read_text()
-    assert "hypers" in load_checkpoint(tmp_path / "old" / "checkpoint.pth")["opt"]   # fastai's optimizer state
-    res = train_run(None, tmp_path / "old", resume=True, log=lambda *a: None)
-    assert res["n_images"] == 20 and json.loads((tmp_path / "old" / "run.json").read_text())["status"] == "finished"

@@ -1,11 +1,13 @@
 """Resume's promise: a run stopped anywhere and resumed ends with the weights, metrics and schedule of an
-uninterrupted run, bit for bit. A run stopped by Ctrl-C at an epoch's start (its clock goes on over sessions); and
-soaks: one tiny run stopped by SIGTERM (in this process), another by SIGKILL (a real `kill -9` of a child process)
-at ten points each (drawn at random, and always including the LR range test, the validation pass and the middle of
-a checkpoint write), resumed after each."""
+uninterrupted run, bit for bit, whatever the run keeps (a weight average, fastai's Adam, a fine-tune's two phases);
+a finished run whose checkpoint was removed is refused. A run stopped by Ctrl-C at an epoch's start (its clock goes
+on over sessions); and soaks: one tiny run stopped by SIGTERM (in this process), another by SIGKILL (a real
+`kill -9` of a child process) at ten points each (drawn at random, and always including the LR range test, the
+validation pass and the middle of a checkpoint write), resumed after each."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from fastai.callback.core import Callback
+from fastai.learner import load_learner
+from conftest import pictures
 from interrupt import install, next_point
 from safetensors.torch import load_file
 
@@ -26,6 +30,8 @@ from fastresnet.train import run as train_run
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
+EMA_ARGS = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-max", "0.003", "--no-tta"]
+FT_ARGS = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 
 
 class Interrupt(Callback):
@@ -108,3 +114,82 @@ def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
     assert [f.name for f in run.iterdir() if f.name.startswith(".")] == []              # the killed writers' temp files
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []          # no lock, no half-made folder
+
+
+# ---------------------------------------------------------------- what a run keeps, resumed
+def test_an_averaged_run_resumes_to_the_same_exported_average(tiny_folder, tmp_path, monkeypatch):
+    args = ["--data", str(tiny_folder), *EMA_ARGS, "--ema", "0.9", "--ema-warmup", "1"]
+    base = tmp_path / "whole"
+    assert main(["train", "--out", str(base), *args]) == 0
+    run = tmp_path / "stopped"
+    install(monkeypatch.setattr, "train_batch", 10, signal.SIGTERM)   # 4 batches an epoch: in the third
+    assert main(["train", "--out", str(run), *args]) == 130
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0
+    a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the average differs from the uninterrupted run's"
+    ck = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert not torch.equal(ck["model"]["fc.weight"], a["fc.weight"])           # exported: the average, not the last
+    assert torch.equal(ck["ema"]["module.fc.weight"], a["fc.weight"])
+    assert json.loads((base / "final.json").read_text()) == json.loads((run / "final.json").read_text())
+
+
+def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_path):
+    "A run folder from before `adam_impl` existed (no such key, fastai's optimizer state) still resumes."
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(r, tmp_path / "old", str(tiny_folder), extra_cbs=[Interrupt(1)], log=lambda *a: None)
+    settings = tmp_path / "old" / "settings.ini"
+    settings.write_text(re.sub(r"(?m)^adam_impl\b.*\n", "", settings.read_text()))
+    assert "adam_impl" not in settings.read_text()
+    assert "hypers" in load_checkpoint(tmp_path / "old" / "checkpoint.pth")["opt"]   # fastai's optimizer state
+    res = train_run(None, tmp_path / "old", resume=True, log=lambda *a: None)
+    assert res["n_images"] == 20 and json.loads((tmp_path / "old" / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path,
+                                                                                             monkeypatch, capsys):
+    new = tmp_path / "flowers"
+    pictures(new, ["daisy", "rose", "tulip"], 12)
+    args = ["--data", str(new), "--init", str(source_run), "--epochs", "2", *FT_ARGS]
+    base = tmp_path / "whole"
+    assert main(["train", "--out", str(base), *args]) == 0
+    run = tmp_path / "stopped"
+    install(monkeypatch.setattr, "train_batch", 5, signal.SIGTERM)      # 3 batches an epoch: in the second epoch
+    assert main(["train", "--out", str(run), *args]) == 130
+    monkeypatch.undo()
+    ck = torch.load(run / "checkpoint.pth", weights_only=False)
+    assert ck["epoch"] == 0                                            # the head's epoch was saved ...
+    src = load_file(source_run / "model.safetensors")
+    convs = [k for k in src if k.endswith("conv.weight")]
+    assert all(torch.equal(ck["model"][k], src[k]) for k in convs)     # ... with the body exactly the source's
+    assert not torch.equal(ck["model"]["fc.weight"], load_file(base / "model.safetensors")["fc.weight"])
+    install(monkeypatch.setattr, "train_batch", 4, signal.SIGTERM)      # resumed: in the last epoch
+    assert main(["train", "--resume", str(run)]) == 130
+    monkeypatch.undo()
+    assert torch.load(run / "checkpoint.pth", weights_only=False)["epoch"] == 1
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "Resuming" in capsys.readouterr().out
+    a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the whole run"
+    assert json.loads((run / "schedule.json").read_text()) == json.loads((base / "schedule.json").read_text())
+
+
+def test_no_keep_checkpoint_drops_it_after_the_export_and_resume_says_finished(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_folder), "--out", str(out), "--epochs", "2", "--peak-epoch", "1",
+            "--lr-max", "0.003", "--no-tta", "--width", "0.25", "--bs", "10"]
+    assert main([*args, "--no-keep-checkpoint"]) == 0
+    assert "Removed" in capsys.readouterr().out and not (out / "checkpoint.pth").exists()
+    assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "finished"
+    img = tiny_folder / "test" / "cat" / "0003.png"
+    assert load_learner(out / "model.pkl").predict(img)[0] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                               "frog", "horse", "ship", "truck")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["train", "--resume", str(out)]) == 2            # not a fresh start over the finished run
+    err = capsys.readouterr().err
+    assert "has finished" in err and "nothing to resume" in err
+    assert sorted(p.name for p in out.iterdir()) == before       # nothing touched
+    assert main([*args[:3], "--out", str(tmp_path / "kept"), *args[5:]]) == 0   # the default keeps it
+    assert (tmp_path / "kept" / "checkpoint.pth").is_file()

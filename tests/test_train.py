@@ -1,5 +1,5 @@
-"""End-to-end runs on tiny synthetic data: the CLI, the run folder, export → load_learner → predict (resume:
-test_resume.py)."""
+"""End-to-end runs on tiny synthetic data: the CLI, the run folder, export → load_learner → predict (resume, and a
+finished run without its checkpoint: test_resume.py)."""
 import json
 import subprocess
 import sys
@@ -75,25 +75,6 @@ def check_report(out):
             assert len(set(im.convert("L").getdata())) > 10      # ... with something drawn in it
         assert f"]({name})" in report
     assert "Test accuracy" in report and "LRMAX" in report and "| cat |" in report and "[train]" in report
-
-
-def test_no_keep_checkpoint_drops_it_after_the_export_and_resume_says_finished(tiny_folder, tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_folder), "--out", str(out), "--epochs", "2", "--peak-epoch", "1",
-            "--lr-max", "0.003", "--no-tta", "--width", "0.25", "--bs", "10"]
-    assert main([*args, "--no-keep-checkpoint"]) == 0
-    assert "Removed" in capsys.readouterr().out and not (out / "checkpoint.pth").exists()
-    assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "finished"
-    img = tiny_folder / "test" / "cat" / "0003.png"
-    assert load_learner(out / "model.pkl").predict(img)[0] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                               "frog", "horse", "ship", "truck")
-    before = sorted(p.name for p in out.iterdir())
-    assert main(["train", "--resume", str(out)]) == 2            # not a fresh start over the finished run
-    err = capsys.readouterr().err
-    assert "has finished" in err and "nothing to resume" in err
-    assert sorted(p.name for p in out.iterdir()) == before       # nothing touched
-    assert main([*args[:3], "--out", str(tmp_path / "kept"), *args[5:]]) == 0   # the default keeps it
-    assert (tmp_path / "kept" / "checkpoint.pth").is_file()
 
 
 def test_learn_save_writes_into_models_as_fastai_does(tiny_folder, tmp_path):
