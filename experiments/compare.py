@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fastresnet.run import FINAL, METRICS_JSON
+from fastresnet.folder import FINAL, METRICS_JSON
 
 
 def load_run(run: Path) -> dict:

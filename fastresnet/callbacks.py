@@ -15,7 +15,7 @@ from fastai.learner import Learner
 
 from .config import UserError
 from .device import SYNC_EVERY, unwrap
-from .run import CHECKPOINT
+from .folder import CHECKPOINT
 
 __all__ = ["HeadFitsData", "PlainTestLoss", "EMA", "ValidEvery", "StopOnNaN", "plain_output",
            "RangeTestLines"]

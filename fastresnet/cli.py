@@ -168,13 +168,13 @@ def cmd_train(a) -> int:
 
 def _kept(run_dir: Path) -> str | None:
     "What a stopped run left in `run_dir`, as a sentence that ends in its resume command; None: nothing yet."
-    from .run import CHECKPOINT, RUN
+    from .folder import CHECKPOINT, RUN_JSON
     if (run_dir / CHECKPOINT).is_file():
         from .resume import load_checkpoint
         try: epoch = f"epoch {load_checkpoint(run_dir / CHECKPOINT)['epoch'] + 1}"
         except Exception: epoch = "the last completed epoch"  # the message must not fail: resume says what is wrong
         what = f"the checkpoint of {epoch} is saved; continue with"
-    elif (run_dir / RUN).is_file(): what = "no epoch had completed; start the run again with its settings:"
+    elif (run_dir / RUN_JSON).is_file(): what = "no epoch had completed; start the run again with its settings:"
     else: return None
     return f"{what} fastresnet train --resume {run_dir}"
 
@@ -196,7 +196,7 @@ def _run_interruptible(fn, run_dir: Path) -> int:
 def _full_disk(a, e: BaseException) -> UserError | None:
     """A full disk, wherever it struck (the one place that handles it): which disk, how much the file needed,
     what the command left intact and how to go on. None if `e` is not a full disk."""
-    from .run import disk_full_error, is_disk_full
+    from .folder import disk_full_error, is_disk_full
     folder = Path(getattr(a, "resume", None) or getattr(a, "out", None) or ".")  # train's run folder, lr-find's
     if not is_disk_full(e, folder): return None
     full = e if getattr(e, "disk_full", False) else disk_full_error(folder / "x", what=f"into {folder}")
@@ -295,7 +295,7 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
     except OSError:  # a full disk or another failed write: no half-written file is left
         size = partial.stat().st_size if partial.exists() else 0
         partial.unlink(missing_ok=True)
-        from .run import disk_full_error, is_disk_full
+        from .folder import disk_full_error, is_disk_full
         if is_disk_full(sys.exc_info()[1]): raise disk_full_error(path, size * n // done if done else None) from None
         raise
     except KeyboardInterrupt:
@@ -331,9 +331,9 @@ def cmd_serve(a) -> int:
 def cmd_report(a) -> int:
     from .inference import evaluate_learner
     from .report import make_report
-    from .run import RUN
+    from .folder import RUN_JSON
     from .train import learner_for_run
-    if not (Path(a.run_dir) / RUN).is_file():
+    if not (Path(a.run_dir) / RUN_JSON).is_file():
         raise UserError(f"{a.run_dir} is not a fastresnet run folder (no run.json).")
     learn = losses = None
     try:

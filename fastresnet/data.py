@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
 from .config import Recipe, UserError
-from .run import atomic_write
+from .folder import atomic_write
 
 __all__ = ["CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
            "pil_to_tensor", "PairOrFile", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls",
@@ -425,11 +425,12 @@ def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
                      batch_tfms=batch_augment(r, data.norm_stats))
 
 
-def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None,
-              num_workers: int = 0) -> DataLoaders:
-    """fastai DataLoaders over the in-memory data. No worker processes by default: a batch is
-    ~20 ms of gathering against seconds of arithmetic, and workers would compete for the cores."""
-    if data.n_train < r.bs:
-        warnings.warn(f"Only {data.n_train} training images for batch size {r.bs}: each epoch is one short batch.")
-    return cifar_datablock(data, r).dataloaders(data, bs=r.bs, device=device, num_workers=num_workers,
-                                                drop_last=False)
+def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None, num_workers: int = 0,
+              bs: int | None = None) -> DataLoaders:
+    """fastai DataLoaders over the in-memory data, in batches of `bs` (default: the recipe's; a process's share of it
+    in a distributed run). No worker processes by default: a batch is ~20 ms of gathering against seconds of
+    arithmetic, and workers would compete for the cores."""
+    bs = bs or r.bs
+    if data.n_train < bs:
+        warnings.warn(f"Only {data.n_train} training images for batch size {bs}: each epoch is one short batch.")
+    return cifar_datablock(data, r).dataloaders(data, bs=bs, device=device, num_workers=num_workers, drop_last=False)

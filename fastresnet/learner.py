@@ -30,7 +30,7 @@ from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, Smoot
                      resolve_precision, unwrap)
 from .model import CustomResNet, old_layout, resnet_split
 from .optim import TorchAdam, TorchSGD
-from .run import MODEL_PKL, WEIGHTS, atomic_write
+from .folder import MODEL_PKL, WEIGHTS, atomic_write
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
            "save_weights", "load_weights", "norm_stats"]
@@ -54,13 +54,12 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     then `learn.fine_tune(n, base_lr)`. `stats` (per-channel mean and std) overrides the input normalisation.
     """
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
-    r = resolve_precision(r.replace(**changes))
-    source = None
-    if init is not None:  # the body's shape is the source's: its width wins over the recipe's
-        source = load_model(init)
-        width = unwrap(source.model).width
-        if width != r.width: warnings.warn(f"Starting from {init}: the network's width is its {width}, not {r.width}.")
-        r = r.replace(width=width)
+    source = load_model(init) if init is not None else None
+    if source is not None:  # the body's shape is the source's: its width wins over the recipe's
+        width, asked = unwrap(source.model).width, changes.get("width", r.width)
+        if width != asked: warnings.warn(f"Starting from {init}: the network's width is its {width}, not {asked}.")
+        changes["width"] = width
+    r = resolve_precision(r.replace(**changes))  # the recipe as this run uses it, made once
     check_runtime(r)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
     if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
@@ -69,7 +68,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     set_seed(r.seed)
     torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
     torch.backends.cudnn.benchmark = not r.deterministic
-    dls = cifar_dls(arrays, r.replace(bs=dist.local_batch_size(r)), device=default_device())  # GPU if there is one
+    dls = cifar_dls(arrays, r, default_device(), bs=dist.local_batch_size(r))  # on the GPU if there is one
     dls.valid_files = arrays.valid_files  # a random split's held-out files, for the run folder (not exported)
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
     if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
@@ -115,7 +114,7 @@ def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
     data: for inference and summaries."""
     stub = CifarArrays(torch.zeros(2 * len(vocab), 3, r.size, r.size, dtype=torch.uint8),
                        torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
-    return build_learner(cifar_dls(stub, r.replace(bs=len(vocab))), r)
+    return build_learner(cifar_dls(stub, r, bs=len(vocab)), r)
 
 
 def norm_stats(learn: Learner) -> list[list[float]]:

@@ -11,7 +11,7 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
-from .run import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN, SCHEDULE, SETTINGS, atomic_write,
+from .folder import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN_JSON, SCHEDULE, SETTINGS, atomic_write,
                   read_json_or_none)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
@@ -146,7 +146,7 @@ def plot_augmented(learn: Learner, run_dir: Path, n: int = 16) -> Path:
 
 def write_report(run_dir: Path) -> Path:
     "report.md: the final numbers, the settings and every picture the run folder has."
-    info, final = read_json_or_none(run_dir / RUN) or {}, read_json_or_none(run_dir / FINAL)
+    info, final = read_json_or_none(run_dir / RUN_JSON) or {}, read_json_or_none(run_dir / FINAL)
     bounds, history = read_json_or_none(run_dir / LR_BOUNDS), read_json_or_none(run_dir / METRICS_JSON) or []
     lines = [f"# Run report: {run_dir.name}", ""]
     if final:

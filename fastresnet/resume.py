@@ -20,7 +20,7 @@ from fastcore.foundation import L
 from . import distributed as dist
 from .config import Recipe, UserError, load_settings
 from .device import unwrap
-from .run import (CHECKPOINT, LR_BOUNDS, RUN, SETTINGS, SPLIT, atomic_torch_save, read_json, read_json_or_none,
+from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, read_json, read_json_or_none,
                   set_status, write_metrics)
 from .schedule import LRBounds
 
@@ -90,7 +90,7 @@ class MuteSkippedEpochs(Callback):
 def open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
     "A run folder's settings, facts and last checkpoint (None if no epoch had completed)."
     if not run_dir.is_dir(): raise UserError(f"No run folder at {run_dir}.")
-    info = read_json(run_dir / RUN)
+    info = read_json(run_dir / RUN_JSON)
     r = load_settings(run_dir / SETTINGS)
     if not (run_dir / CHECKPOINT).is_file(): return r, info, None
     try: ck = load_checkpoint(run_dir / CHECKPOINT)

@@ -22,7 +22,7 @@ from .config import UserError
 from .data import CIFAR_CLASSES, SIZE, load_image
 from .inference import image_size, predict_images, top_classes
 from .learner import load_model, model_file
-from .run import FINAL, MODEL_PKL, RUN, SETTINGS, WEIGHTS, read_json_or_none
+from .folder import FINAL, MODEL_PKL, RUN_JSON, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",
            "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL", "MAX_QUEUE"]
@@ -51,7 +51,7 @@ def resolve_model(path: str | Path) -> Path:
 def run_facts(model_path: Path) -> str:
     "Markdown lines about the run the model comes from, if it sits in a run folder; empty otherwise."
     d = model_path.parent
-    final, info = read_json_or_none(d / FINAL), read_json_or_none(d / RUN)
+    final, info = read_json_or_none(d / FINAL), read_json_or_none(d / RUN_JSON)
     if not final and not info: return ""
     lines = [f"**Model:** `{model_path}`"]
     if final:
@@ -83,7 +83,7 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
         files = sorted(get_image_files(folder))[:n]
         if not files: raise UserError(f"--examples {folder} holds no image files.")
         return [str(f) for f in files]
-    info = read_json_or_none(model_path.parent / RUN) or {}
+    info = read_json_or_none(model_path.parent / RUN_JSON) or {}
     test = Path(info["data"]) / "test" if info.get("data") else None
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fastresnet-examples-"))
     out.mkdir(parents=True, exist_ok=True)

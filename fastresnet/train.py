@@ -23,7 +23,7 @@ from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
 from .resume import MuteSkippedEpochs, RunCheckpoint, open_run, restore
-from .run import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN, SETTINGS, SPLIT, WEIGHTS,
+from .folder import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN_JSON, SETTINGS, SPLIT, WEIGHTS,
                   atomic_export, prepare_run_dir, read_json, read_json_or_none,
                   run_data, run_lock, set_status, start_run_dir, write_json)
 from .schedule import LRBounds, find_bounds
@@ -112,7 +112,7 @@ def _start_folder(learn: Learner, run_dir: Path, data, subset, init, recipe) -> 
             "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
     if init: info["init"] = str(Path(init).resolve())
     if recipe: info["recipe"] = recipe if Path(recipe).suffix != ".ini" else str(Path(recipe).resolve())
-    files = {SETTINGS: recipe_to_ini(r), RUN: json.dumps(info, indent=2) + "\n"}
+    files = {SETTINGS: recipe_to_ini(r), RUN_JSON: json.dumps(info, indent=2) + "\n"}
     if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
         files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
     if dist.is_main(): start_run_dir(run_dir, files)
@@ -175,7 +175,7 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
     save_weights(learn, run_dir / WEIGHTS)
     info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
                 accuracy_tta=res.get("accuracy_tta"))
-    write_json(run_dir / RUN, info)
+    write_json(run_dir / RUN_JSON, info)
     make_report(run_dir, learn, losses)
     if not learn.recipe.keep_checkpoint and (run_dir / CHECKPOINT).is_file():  # only now: the export is complete
         mb = (run_dir / CHECKPOINT).stat().st_size / 2**20
@@ -191,7 +191,7 @@ def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, second
 def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:
     "A finished run's model on its data (or `data`), rebuilt from safe files: settings + safetensors."
     run_dir = Path(run_dir).absolute()
-    info = read_json(run_dir / RUN)
+    info = read_json(run_dir / RUN_JSON)
     learn = cifar_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"),
                           stats=info.get("stats"))
     load_weights(learn.model, run_dir / WEIGHTS)

@@ -38,7 +38,7 @@ def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
     import torch
 
     import fastresnet.resume as resume_mod
-    import fastresnet.run as run_files
+    import fastresnet.folder as run_files
     import fastresnet.train as T
     build, calls = T.cifar_learner, {"n": 0}
 

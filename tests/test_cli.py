@@ -20,13 +20,13 @@ from fastai.callback.core import Callback
 from PIL import Image
 
 import fastresnet.device as device_mod
-import fastresnet.run as run_files
+import fastresnet.folder as run_files
 import fastresnet.train as T
 from fastresnet.cli import main
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_cifar
 from fastresnet.resume import load_checkpoint
-from fastresnet.run import atomic_torch_save
+from fastresnet.folder import atomic_torch_save
 from fastresnet.train import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,14 +21,14 @@ import torch
 
 from .config import UserError
 
-__all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN", "SETTINGS", "LR_FIND",
+__all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN_JSON", "SETTINGS", "LR_FIND",
            "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT",
            "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
            "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
            "run_data", "run_lock", "clear_leftovers", "write_metrics", "set_status"]
 
-CHECKPOINT, RUN, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"      # model + optimizer + RNG; facts; recipe
+CHECKPOINT, RUN_JSON, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"  # model + optimizer + RNG; facts; recipe
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
 METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
@@ -229,8 +229,8 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
 
 def set_status(run_dir: Path, status: str) -> None:
     "run.json's `status`, where the run has one and has not finished."
-    info = read_json_or_none(run_dir / RUN)
-    if info and info.get("status") != "finished": write_json(run_dir / RUN, {**info, "status": status})
+    info = read_json_or_none(run_dir / RUN_JSON)
+    if info and info.get("status") != "finished": write_json(run_dir / RUN_JSON, {**info, "status": status})
 
 
 def run_data(info: dict) -> str | None:
