@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(t)
     _add_recipe(t)
     t.add_argument("--out", metavar="DIR", help="run folder (default: runs/<date-time>)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run folder")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     t.add_argument("--init", metavar="RUN_OR_WEIGHTS", help="fine-tune a trained model (its run folder, "
                    "model.safetensors or model.pkl) on --data: its body, a new head for the data's classes, then "
@@ -131,16 +131,13 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     from .config import load_settings, recipe_file
     base = load_settings(recipe_file(a.recipe)) if a.recipe else Recipe()
     if a.settings: base = load_settings(a.settings, base)
-    changes = {n: getattr(a, n) for n in _recipe_dests() if getattr(a, n, None) is not None}
+    changes = {f.name: getattr(a, f.name) for f in fields(Recipe) if getattr(a, f.name, None) is not None}
     r = base.replace(**changes)
     fine_tune = getattr(a, "init", None)  # fastai's fine_tune schedule has no peak epoch
     if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch and not fine_tune:
         print(f"note: {r.epochs} epochs: the LR peaks at the end of epoch {r.peak_epoch} (5/24 of training, as "
               "epoch 5 of 24; --peak-epoch to choose).", file=sys.stderr)
     return r
-
-
-def _recipe_dests() -> list[str]: return [f.name for f in fields(Recipe)]
 
 
 def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")
@@ -152,13 +149,11 @@ def _raise_interrupt(signum, frame): raise KeyboardInterrupt
 def cmd_train(a) -> int:
     from .train import run
     if a.resume:
-        given = [_flag(n) for n in _recipe_dests() if getattr(a, n) is not None]
-        given += ["--settings"] * bool(a.settings) + ["--recipe"] * bool(a.recipe) + ["--subset"] * bool(a.subset)
-        given += ["--out"] * bool(a.out) + ["--overwrite"] * a.overwrite + ["--init"] * bool(a.init)
+        given = [_flag(k) for k, v in vars(a).items() if v is not None and k not in ("command", "resume", "data")]
         if given:
-            raise UserError(f"--resume continues a run with the settings it started with; "
-                            f"{', '.join(dict.fromkeys(given))} would change it. Drop them, or start a new run "
-                            "with --out (only --data may be given, if the data moved).")
+            raise UserError(f"--resume continues a run with the settings it started with; {', '.join(given)} would "
+                            "change it. Drop them, or start a new run with --out (only --data may be given, if the "
+                            "data moved).")
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     a.out = a.out or f"runs/{_stamp()}"  # named here, so that what stops the run can say where it is
@@ -200,12 +195,10 @@ def _full_disk(a, e: BaseException) -> UserError | None:
     folder = Path(getattr(a, "resume", None) or getattr(a, "out", None) or ".")  # train's run folder, lr-find's
     if not is_disk_full(e, folder): return None
     full = e if getattr(e, "disk_full", False) else disk_full_error(folder / "x", what=f"into {folder}")
-    if a.command == "train":
-        after = (f"The files written before are intact: {_kept(folder)}, once there is space." if _kept(folder)
-                 else "Nothing was written; free space and run the same command again.")
-    elif getattr(a, "csv", None):
-        after = f"Nothing was written to {a.csv}; free space or give --csv a path on another disk."
-    else: after = "Free space there and run the same command again."
+    kept = _kept(folder) if a.command == "train" else None
+    after = (f"The files written before are intact: {kept}, once there is space." if kept else
+             f"Nothing was written to {a.csv}; free space or give --csv a path on another disk."
+             if getattr(a, "csv", None) else "Free space there and run the same command again.")
     return UserError(f"{full.message} {after}")
 
 
