@@ -48,7 +48,7 @@ def plot_lr_find(run_dir: Path) -> Path | None:
 
 
 def plot_schedule(run_dir: Path) -> Path | None:
-    "LR and Adam beta1 per training batch, exactly as the optimizer used them."
+    "LR and beta1 (Adam; momentum for SGD) per training batch, exactly as the optimizer used them."
     hps = read_json_or_none(run_dir / SCHEDULE)
     if not hps or not hps.get("lr"): return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -58,7 +58,7 @@ def plot_schedule(run_dir: Path) -> Path | None:
     if hps.get("mom"):
         beta1_ax = ax.twinx()
         beta1_ax.plot(hps["mom"], color="tab:orange")
-        beta1_ax.set_ylabel("Adam beta1", color="tab:orange")
+        beta1_ax.set_ylabel("beta1 (SGD: momentum)", color="tab:orange")
     ax.set_title("One cycle: LRMIN → LRMAX at the peak epoch → LRMIN", pad=14)  # clear of the axis offset
     return _save(fig, run_dir / "schedule.png")
 
