@@ -16,25 +16,19 @@ from .config import Recipe, UserError
 from .data import SIZE, CifarArrays, balanced_subset, cifar_dls, load_cifar, load_image
 from .learner import norm_stats
 
-__all__ = ["INFER_BS", "FlipInputs", "ShiftInputs", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
+__all__ = ["INFER_BS", "ShiftInputs", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
            "predict_images", "top_classes", "iter_predictions", "image_files", "image_size"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
 
 
-class FlipInputs(Callback):
-    "Mirror every input batch left-right: the second view of flip test-time augmentation."
-    order = 1
-
-    def before_batch(self): self.learn.xb = (self.xb[0].flip(-1),) + tuple(self.xb[1:])
-
-
 class ShiftInputs(Callback):
     """Move every input batch `d` pixels right and down (left and up if negative), the edge reflected in, and mirror
-    it if `flip`: one view of multi-crop test-time augmentation (a crop of the reflect-padded image, as Page's)."""
+    it if `flip`: one view of multi-crop test-time augmentation (a crop of the reflect-padded image, as Page's);
+    `ShiftInputs(0, flip=True)` is flip-TTA's second view, the mirror image."""
     order = 1
-    def __init__(self, d: int, flip: bool = False): self.d, self.flip = d, flip
+    def __init__(self, d: int = 0, flip: bool = False): self.d, self.flip = d, flip
 
     def before_batch(self):
         x = self.xb[0].as_subclass(torch.Tensor)
@@ -65,7 +59,7 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True, crops: bool = Fa
     vocab = list(learn.dls.vocab)
     out = {"n_images": len(targs)}
     if tta:
-        probs_flip, _ = learn.get_preds(dl=dl, cbs=[FlipInputs()])
+        probs_flip, _ = learn.get_preds(dl=dl, cbs=[ShiftInputs(0, flip=True)])
         out["accuracy_tta"] = float(((probs + probs_flip) / 2).argmax(1).eq(targs).float().mean())
     if crops:
         views = [probs, probs_flip] if tta else [probs]

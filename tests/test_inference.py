@@ -1,6 +1,6 @@
 """Test-time augmentation, checked against its definition on known inputs: a shift moves the picture one pixel with
-the edge reflected in, and multi-crop TTA is the mean softmax of six views (shifts -1, 0, +1, each plain and
-mirrored)."""
+the edge reflected in, flip-TTA is the mean softmax of the image and its mirror, and multi-crop TTA of six views
+(shifts -1, 0, +1, each plain and mirrored)."""
 import pytest
 import torch
 
@@ -38,4 +38,6 @@ def test_multi_crop_tta_is_the_mean_softmax_of_six_views(arrays, tmp_path):
         with torch.no_grad(): return learn.model(v.flip(-1) if flip else v).softmax(-1)
     probs = torch.stack([view(d, f) for d in SHIFTS for f in (False, True)]).mean(0)
     assert res["accuracy_tta_crops"] == pytest.approx(float(probs.argmax(1).eq(y).float().mean()))
+    flip = (view(0, False) + view(0, True)) / 2                                  # flip-TTA: the image and its mirror
+    assert res["accuracy_tta"] == pytest.approx(float(flip.argmax(1).eq(y).float().mean()))
     assert res["accuracy"] == pytest.approx(float(view(0, False).argmax(1).eq(y).float().mean()))
