@@ -322,16 +322,17 @@ def cmd_serve(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from .folder import RUN_JSON
     from .inference import evaluate_learner
     from .report import make_report
-    from .folder import RUN_JSON
     from .train import learner_for_run
     if not (Path(a.run_dir) / RUN_JSON).is_file():
         raise UserError(f"{a.run_dir} is not a fastresnet run folder (no run.json).")
     learn = losses = None
     try:
         learn = learner_for_run(a.run_dir, a.data)
-        _, losses = evaluate_learner(learn, tta=False)
+        with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():  # a file or a pipe: no bar
+            _, losses = evaluate_learner(learn, tta=False)
     except Exception as e:  # no data here, no weights yet: the file-based plots still come out
         print(f"note: top-loss and augmentation plots skipped ({e})", file=sys.stderr)
     print(f"Report: {make_report(a.run_dir, learn, losses)}")
