@@ -80,11 +80,11 @@ class StopOnNaN(Callback):
     checkpoint, with an error naming the epoch, batch and LR. The check is a flag on the device, read
     every SYNC_EVERY batches and after each epoch's training, so the host never waits on it per batch."""
     order = -5
-    def before_fit(self): self.first, self.lrs = None, {}  # the first bad step (-1 while there is none); LR by step
+    def before_fit(self): self.first, self.start = None, None  # the first bad step (-1 while none); the first step
     def after_batch(self):
         if not self.training: return
         step = self.epoch * self.n_iter + self.iter
-        self.lrs[step] = self.opt.hypers[-1]["lr"]
+        if self.start is None: self.start = step  # a resumed fit starts past 0; the Recorder's `lrs` start here
         bad = torch.where(torch.isfinite(self.loss.detach()), -1, step)
         self.first = bad if self.first is None else torch.where(self.first >= 0, self.first, bad)
         if (self.iter + 1) % SYNC_EVERY == 0: self._check()
@@ -93,7 +93,8 @@ class StopOnNaN(Callback):
     def _check(self):
         step = int(self.first) if self.first is not None else -1
         if step < 0: return
-        lr = self.lrs[step]
+        lrs = self.recorder.lrs  # fastai's record of each trained step's LR; the Recorder (order 50) logs after us
+        lr = lrs[step - self.start] if step - self.start < len(lrs) else self.opt.hypers[-1]["lr"]
         kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
                 else "No epoch had completed, so there is no checkpoint yet.")
         raise UserError(f"Training diverged: the loss became non-finite in epoch {step // self.n_iter + 1} "

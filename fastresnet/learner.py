@@ -28,9 +28,9 @@ from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 # build_learner's callbacks are also found here under the names fastresnet 0.1 exported them with (fastresnet.learner.X)
 from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, SmoothLossOnDevice, check_runtime,
                      resolve_precision, unwrap)
+from .folder import MODEL_PKL, WEIGHTS, atomic_write
 from .model import CustomResNet, old_layout, resnet_split
 from .optim import TorchAdam, TorchSGD
-from .folder import MODEL_PKL, WEIGHTS, atomic_write
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
            "save_weights", "load_weights", "norm_stats"]

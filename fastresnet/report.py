@@ -12,7 +12,7 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
 from .folder import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN_JSON, SCHEDULE, SETTINGS, atomic_write,
-                  read_json_or_none)
+                     read_json_or_none)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "chance_note", "write_report", "make_report", "PLOTS"]

@@ -20,8 +20,8 @@ from fastcore.foundation import L
 from . import distributed as dist
 from .config import Recipe, UserError, load_settings
 from .device import unwrap
-from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, read_json, read_json_or_none,
-                  set_status, write_metrics)
+from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, read_json,
+                     read_json_or_none, set_status, write_metrics)
 from .schedule import LRBounds
 
 __all__ = ["RunCheckpoint", "MuteSkippedEpochs", "open_run", "restore", "load_checkpoint", "rng_state", "set_rng_state",
@@ -49,7 +49,8 @@ class RunCheckpoint(Callback):
 
     def after_batch(self):
         if not self.training: return
-        for k in self.hps: self.hps[k].append(self.opt.hypers[-1][k])
+        hp = self.opt.hypers[-1]
+        for k in self.hps: self.hps[k].append(hp[k])
 
     def after_cancel_epoch(self): self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch)
 

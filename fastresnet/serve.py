@@ -20,9 +20,9 @@ from PIL import Image
 
 from .config import UserError
 from .data import CIFAR_CLASSES, SIZE, load_image
+from .folder import FINAL, MODEL_PKL, RUN_JSON, SETTINGS, WEIGHTS, read_json_or_none
 from .inference import image_size, predict_images, top_classes
 from .learner import load_model, model_file
-from .folder import FINAL, MODEL_PKL, RUN_JSON, SETTINGS, WEIGHTS, read_json_or_none
 
 __all__ = ["gradio", "resolve_model", "run_facts", "example_images",
            "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL", "MAX_QUEUE"]

@@ -19,13 +19,13 @@ from . import __version__
 from . import distributed as dist
 from .callbacks import EMA, StopOnNaN, ValidEvery, plain_output
 from .config import Recipe, UserError, load_settings, recipe_to_ini
+from .folder import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN_JSON, SETTINGS, SPLIT, WEIGHTS,
+                     atomic_export, prepare_run_dir, read_json, read_json_or_none, run_data, run_lock, set_status,
+                     start_run_dir, write_json)
 from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
 from .resume import MuteSkippedEpochs, RunCheckpoint, open_run, restore
-from .folder import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_PKL, RUN_JSON, SETTINGS, SPLIT, WEIGHTS,
-                  atomic_export, prepare_run_dir, read_json, read_json_or_none,
-                  run_data, run_lock, set_status, start_run_dir, write_json)
 from .schedule import LRBounds, find_bounds
 
 __all__ = ["run", "lr_find_run", "learner_for_run"]

@@ -1,6 +1,7 @@
 """What keeps a GPU busy and a bf16 CPU fast, checked on this CPU: the training loop reads values back from the
 device (a sync: the host waits for the device) at most once per SYNC_EVERY batches; bf16 trains through autocast
 with fp32 weights; determinism is a setting."""
+import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
@@ -67,15 +68,20 @@ class NaNAt(Callback):
             self.learn.loss = self.loss * float("nan")
 
 
-def test_divergence_is_caught_within_sync_every_batches_and_named(tmp_path):
+@pytest.mark.parametrize("bad, start", [(7, 0), (SYNC_EVERY - 1, 0), (2 * SYNC_EVERY + 7, 1)])
+def test_divergence_is_caught_within_sync_every_batches_and_named(tmp_path, bad, start):
+    "Named with the LR of the bad step, the one cycle's formula: 2 epochs of 100 steps peaking at step 100."
     r = Recipe(bs=2, width=0.0625)
     learn = build_learner(cifar_dls(make_arrays(4 * SYNC_EVERY, 4), r), r, tmp_path)
     seen = []
     class Count(Callback):
         def after_batch(self):
             if self.training: seen.append(self.iter)
-    with pytest.raises(UserError, match=r"epoch 1 \(batch 8\) at LR"):
-        with learn.no_bar(): learn.fit_one_cycle_peak(2, 1e-4, 1e-3, 1, cbs=[StopOnNaN(), NaNAt(7), Count()])
+    n = 2 * SYNC_EVERY                                                      # steps an epoch (200 images, bs 2)
+    lr = float(np.interp(bad, [0, n, 2 * n - 1], [1e-4, 1e-3, 1e-4]))
+    with pytest.raises(UserError, match=rf"epoch {bad // n + 1} \(batch {bad % n + 1}\) at LR {lr:.4g}\."):
+        with learn.no_bar(): learn.fit_one_cycle_peak(2, 1e-4, 1e-3, 1, cbs=[StopOnNaN(), NaNAt(bad), Count()],
+                                                      start_epoch=start)
     assert len(seen) <= SYNC_EVERY                                          # stopped within SYNC_EVERY batches
 
 
