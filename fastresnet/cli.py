@@ -55,9 +55,10 @@ def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
         md, default = f.metadata, getattr(Recipe(), f.name)
         if command == "lr-find" and not md["lr_find"]: continue
         rng = f", one of {', '.join(md['choices'])}" if "choices" in md else ""
-        rng += f", at least {md['min']:g}" if "min" in md else ""
-        rng += f", at most {md['max']:g}" if "max" in md else ""
+        rng += f", at least {md['min']:,}" if "min" in md else ""
+        rng += f", at most {md['max']:,}" if "max" in md else ""
         help = f"{md['help']} (default {str(default).lower() if isinstance(default, bool) else default}{rng})"
+        help = help.replace("%", "%%")  # argparse formats help with `%`: a literal one is doubled
         if f.type in ("bool", bool):
             g.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
@@ -65,8 +66,10 @@ def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
                            metavar=(f.type if isinstance(f.type, str) else f.type.__name__).upper())
 
 
-MODEL_HELP = ("model.pkl (a pickle: trusted files only) or model.safetensors (weights only, safe) of a run, or the "
-              "run folder (its model.safetensors is used when present)")
+MODEL_HELP = ("model.safetensors of a run (weights only, safe) or the run folder; a run's model.pkl is read from the "
+              "model.safetensors beside it; any other pickle only with --allow-pickle")
+PICKLE_HELP = ("also read a model given as a pickle (model.pkl): unpickling runs the code the file holds, so only "
+               "for files you trust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", metavar="RUN_OR_WEIGHTS", help="fine-tune a trained model (its run folder, "
                    "model.safetensors or model.pkl) on --data: its body, a new head for the data's classes, then "
                    "fastai's fine_tune (--freeze-epochs of the head alone, then --epochs of the whole net)")
+    t.add_argument("--allow-pickle", action="store_true", default=None, help="--init: " + PICKLE_HELP)
 
     f = sub.add_parser("lr-find", help="run the LR range test alone and print the bounds it gives")
     _add_data(f)
@@ -90,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test accuracy (and flip-TTA), per class, confusion matrix of a model")
     e.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP)
+    e.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     e.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (as for train); its test split is used")
     e.add_argument("--json", action="store_true", help="print the full result as JSON")
     e.add_argument("--tta-crops", action="store_true", help="also multi-crop TTA: one-pixel diagonal shifts x mirror, "
@@ -101,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", metavar="FILE", help="write path, class, probability and the top 3 to FILE (with a "
                     "progress bar) instead of printing one line per image")
     pr.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP)
+    pr.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     sv = sub.add_parser("serve", help="a Gradio page that classifies uploaded images (needs the [serve] extra)")
-    sv.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP + "; a run's model.pkl is "
-                    "served from the model.safetensors beside it: no pickle is loaded")
+    sv.add_argument("--model", required=True, metavar="FILE_OR_RUN", help=MODEL_HELP)
+    sv.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                     "0.0.0.0 serves everyone who can reach this machine, with no password)")
     sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = sm.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="FILE_OR_RUN", help="a trained model's network (its width and classes): "
                        + MODEL_HELP)
+    sm.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     which.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of a new network "
                        "(default 1.0), for CIFAR-10's 10 classes")
     return ap
@@ -158,7 +165,7 @@ def cmd_train(a) -> int:
     r = recipe_from_args(a)
     a.out = a.out or f"runs/{_stamp()}"  # named here, so that what stops the run can say where it is
     return _run_interruptible(lambda: run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
-                                          recipe=a.recipe or "default"), Path(a.out))
+                                          recipe=a.recipe or "default", allow_pickle=bool(a.allow_pickle)), Path(a.out))
 
 
 def _kept(run_dir: Path) -> str | None:
@@ -216,7 +223,7 @@ def cmd_evaluate(a) -> int:
     from .data import load_cifar
     from .inference import evaluate_learner, labelled_dl
     from .learner import load_model
-    learn = load_model(a.model)
+    learn = load_model(a.model, a.allow_pickle)
     r = getattr(learn, "recipe", None) or Recipe()
     data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
@@ -247,7 +254,7 @@ def cmd_predict(a) -> int:
     from .inference import image_files, iter_predictions
     from .learner import load_model
     files = image_files(a.images)
-    learn = load_model(a.model)
+    learn = load_model(a.model, a.allow_pickle)
     rows = iter_predictions(learn, files)
     skipped = 0
     with learn.no_bar():
@@ -302,18 +309,21 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .serve import MAX_QUEUE, gradio, resolve_model, serve
+    from .learner import load_model, model_file
+    from .serve import MAX_QUEUE, gradio, serve
     try: gradio()
     except ImportError:
         print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
               "(or pip install gradio).", file=sys.stderr)
         return 2
     if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
-    print(f"Serving {resolve_model(a.model)} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
+    model = model_file(a.model)
+    if model.suffix != ".safetensors" and not a.allow_pickle: load_model(model)  # refused before the page starts
+    print(f"Serving {model} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's stop closes the server like Ctrl-C
     if a.max_queue is not None and a.max_queue < 1:
         raise UserError(f"--max-queue {a.max_queue}: at least one request must be able to wait.")
-    try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE)
+    try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE, a.allow_pickle)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
               "(another --port or --host)", file=sys.stderr)
@@ -346,7 +356,7 @@ def cmd_summary(a) -> int:
     vocab, r = CIFAR_CLASSES, Recipe(width=a.width)
     if a.model:
         from .device import unwrap
-        src = load_model(a.model)
+        src = load_model(a.model, a.allow_pickle)
         vocab, r = list(src.dls.vocab), Recipe(width=unwrap(src.model).width, size=image_size(src))
     learn = stub_learner(vocab, r.replace(channels_last=False))
     with learn.no_bar(): print(learn.summary())

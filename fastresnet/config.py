@@ -39,17 +39,20 @@ def setting(section: str, default: Any, help: str, lr_find: bool = True, **check
 class Recipe:
     "Every number the recipe uses, by settings.ini section."
     # [train]
-    bs: int = setting("train", 512, "batch size", min=1)
-    epochs: int = setting("train", 24, "total epochs (at least one up to LRMAX and one down)", lr_find=False, min=2)
+    bs: int = setting("train", 512, "batch size", min=1, max=65536)
+    epochs: int = setting("train", 24, "total epochs (at least one up to LRMAX and one down)", lr_find=False, min=2,
+                          max=10000)
     peak_epoch: int = setting("train", 5, "the LR peaks at the end of this epoch; a run of other length "
                               "without it peaks at 5/24 of the epochs, rounded half up", lr_find=False, min=1)
-    seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0)
+    seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0,
+                     max=2**32 - 1)  # numpy's seeds end there
     valid_pct: float = setting("train", 0.2, "data as one folder of class folders (no train/ and test/): the share "
                                "of each class held out for testing, drawn with `seed`", min=0.01, max=0.9)
     size: int = setting("train", 32, "images are resized to size x size pixels when the data is read (32: CIFAR's own; "
-                         "at least 32, which the network's pooling stages need)", min=32)
+                         "at least 32, which the network's pooling stages need)", min=32, max=512)
     freeze_epochs: int = setting("train", 1, "fine-tuning (--init): epochs training the new head alone before the "
-                                 "whole net trains for `epochs` (fastai's fine_tune)", lr_find=False, min=0)
+                                 "whole net trains for `epochs` (fastai's fine_tune)", lr_find=False, min=0,
+                                 max=10000)
     # [optimizer]
     optimizer: str = setting("optimizer", "adam", "adam (the spec), or sgd: torch's SGD with momentum beta1_max "
                              "(Nesterov's if `nesterov`) and L2 decay (decouple_wd = false), as Page's ResNet-9 "
@@ -73,7 +76,7 @@ class Recipe:
                          "statistics), which is then tested and exported instead of the last weights; 0: off, "
                          "e.g. 0.999", lr_find=False, min=0.0, max=0.99999)
     ema_warmup: int = setting("optimizer", 1, "epochs of training before the average starts (its first update copies "
-                              "the weights)", lr_find=False, min=0)
+                              "the weights)", lr_find=False, min=0, max=10000)
     # [schedule]
     lr_max: float = setting("schedule", 0.0, "LRMAX; 0: take it from the LR range test by lr_rule", lr_find=False,
                             min=0.0)
@@ -84,18 +87,18 @@ class Recipe:
     lr_end: float = setting("schedule", 0.0, "LR at the last step; 0: LRMIN, as the spec has it (no annihilation). "
                             "Other published schedules end lower (e.g. 1.8e-7 for LRMAX 0.018)", lr_find=False, min=0.0)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
-    lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6)
+    lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6, max=100000)
     lr_find_start: float = setting("schedule", 1e-6, "LR range test start", min=0.0)
     lr_find_end: float = setting("schedule", 10.0, "LR range test end", min=0.0)
     # [augment]
-    pad: int = setting("augment", 4, "padding before the random 32x32 crop", min=0)
+    pad: int = setting("augment", 4, "padding before the random 32x32 crop", min=0, max=64)
     pad_mode: str = setting("augment", "zeros", "how the padding is filled", choices=("zeros", "reflect"))
     flip: bool = setting("augment", True, "random horizontal flip")
-    cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0)
+    cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0, max=512)
     # [model]
     width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: cheaper, "
                            "but 0.25 ranks regularisation the other way round: docs/experiments.md section 9)",
-                           min=0.01)
+                           min=0.01, max=4.0)
     bn_momentum: float = setting("model", 0.1, "BatchNorm momentum: the weight of each new batch in the running "
                                  "statistics the test uses (torch's convention and default)", lr_find=False,
                                  min=0.0, max=1.0)
@@ -114,7 +117,7 @@ class Recipe:
     deterministic: bool = setting("runtime", False, "GPUs: bit-exact cuDNN kernels (slower) instead of autotuned ones; "
                                   "CPU runs are exact either way")
     valid_every: int = setting("runtime", 1, "test-set pass every N epochs (0: after the last only)", lr_find=False,
-                               min=0)
+                               min=0, max=10000)
     sync_bn: bool = setting("runtime", False, "distributed runs: BatchNorm statistics over the global batch",
                             lr_find=False)
     compile: bool = setting("runtime", False, "torch.compile the model for training (pays off on GPUs)",
@@ -146,6 +149,20 @@ class Recipe:
         if self.lr_find_start >= self.lr_find_end:
             raise UserError("`lr_find_start` must be smaller than `lr_find_end`.")
         return self
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> "Recipe":
+        "A Recipe from JSON values (a weights file's), each of its field's type, then validated; other keys ignored."
+        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+        byname, known = {f.name: f for f in fields(cls)}, {}
+        for k, v in values.items():
+            if k not in byname: continue  # a field of another version
+            t = byname[k].type if isinstance(byname[k].type, str) else byname[k].type.__name__
+            if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool"):
+                raise UserError(f"{where}: the recipe's `{k}` is {v!r:.40}, not a {t}.")
+            known[k] = float(v) if t == "float" else v
+        try: return cls(**known).validate()
+        except UserError as e: raise UserError(f"{where}: {e.message}") from None
 
     def replace(self, **changes: Any) -> "Recipe":
         """A validated copy with `changes` (None values ignored). A new `epochs` without a `peak_epoch`
@@ -189,6 +206,7 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
             if low in ("true", "yes", "1", "on"): return True
             if low in ("false", "no", "0", "off"): return False
             raise ValueError
+        if "_" in raw: raise ValueError  # Python reads `2_0` as 20: a typo here
         if f.type in ("int", int): return int(raw)
         if f.type in ("float", float): return float(raw)
         return raw

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,10 +23,10 @@ import torch
 from .config import UserError
 
 __all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN_JSON", "SETTINGS", "LR_FIND",
-           "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT",
+           "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT", "PLOTS", "RUN_FILES",
            "umask_mode", "atomic_path", "atomic_write",
            "atomic_export",
-           "atomic_torch_save", "write_json", "read_json", "read_json_or_none", "prepare_run_dir", "start_run_dir",
+           "atomic_torch_save", "check_zip", "write_text", "write_json", "read_json", "read_json_or_none", "foreign_entries", "prepare_run_dir", "start_run_dir",
            "run_data", "run_lock", "clear_leftovers", "write_metrics", "set_status"]
 
 CHECKPOINT, RUN_JSON, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"  # model + optimizer + RNG; facts; recipe
@@ -33,6 +34,9 @@ LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # 
 METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
 SPLIT = "split.json"  # a folder of class folders: valid_pct, seed and the held-out files (relative paths)
+PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",  # report.md's, by title
+         "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
+         "top_losses.png": "Test images with the highest loss", "augmented.png": "Augmented training images"}
 
 
 # ---------------------------------------------------------------- writing files
@@ -122,22 +126,55 @@ def atomic_export(learn, path: Path) -> None:
 def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+def check_zip(path: Path) -> None:
+    """A file `torch.save` wrote (a zip that records each part's CRC-32 as it is written) checked part by part: a
+    changed bit anywhere in the data fails here. Raises `zipfile.BadZipFile` naming the damaged part."""
+    with zipfile.ZipFile(path) as z: bad = z.testzip()
+    if bad is not None: raise zipfile.BadZipFile(f"its part {bad} differs from the CRC-32 recorded when it was written")
 
 
-def read_json(path: Path) -> dict:
-    "A run file that must be there: missing or damaged is a `UserError` naming it."
+def write_text(path: Path, text: str) -> None: atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, obj) -> None: write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+_NUM, _INT, _OPT = (int, float), int, type(None)
+SCHEMA = {  # each JSON file of a run: its top-level type, and the type of each field read (None: it may be missing)
+    RUN_JSON: (dict, {"vocab": (list, _OPT), "stats": (list, _OPT), "data": (str, _OPT), "n_train": (_INT, _OPT),
+                      "n_valid": (_INT, _OPT), "subset": (_INT, _OPT), "status": (str, _OPT), "init": (str, _OPT)}),
+    FINAL: (dict, {"accuracy": _NUM, "n_images": _INT, "per_class": dict, "confusion": list, "vocab": list,
+                   "accuracy_tta": (*_NUM, _OPT)}),
+    LR_BOUNDS: (dict, {"lr_min": _NUM, "lr_max": _NUM, "rule": str}),
+    LR_FIND: (dict, {"lrs": list, "losses": list, "suggestions": dict}),
+    SCHEDULE: (dict, {"lr": list, "mom": (list, _OPT)}),
+    METRICS_JSON: (list, {}),
+    SPLIT: (dict, {"valid": list}),
+}
+
+
+def read_json(path: Path, missing_ok: bool = False):
+    """A run file (`SCHEMA`); missing, damaged or of another shape is a `UserError` naming it (missing and
+    `missing_ok`: None)."""
     path = Path(path)
-    try: return json.loads(path.read_text())
-    except FileNotFoundError: raise UserError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
-    except json.JSONDecodeError as e: raise UserError(f"{path} is damaged ({e}).") from None
+    kind, keys = SCHEMA.get(path.name, (dict, {}))
+    try: obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok: return None
+        raise UserError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
+    except (ValueError, OSError) as e: obj, why = None, f"{type(e).__name__}: {str(e)[:100]}"
+    else:
+        why = f"it holds a {type(obj).__name__}, not a {kind.__name__}" if not isinstance(obj, kind) else next(
+            (f"`{k}` is {obj.get(k, 'missing')!r:.40}" for k, t in keys.items()
+             if not isinstance(obj.get(k), t)), None)  # a field that may be None may be missing
+    if why is None: return obj
+    raise UserError(f"{path} is damaged ({why}). fastresnet wrote it and does not read it damaged: restore it from "
+                    "a copy, or train the run again into a new folder (--out).")
 
 
 def read_json_or_none(path: Path):
-    "A run file that may not be there (yet): None then."
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    "A run file that may not be there (yet): None then; damaged, a `UserError` (`read_json`)."
+    return read_json(path, missing_ok=True)
 
 
 def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -> None:
@@ -191,16 +228,46 @@ def clear_leftovers(run_dir: Path) -> None:
         else: p.unlink(missing_ok=True)
 
 
+RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_CSV, METRICS_JSON, SCHEDULE, MODEL_PKL,
+             WEIGHTS, REPORT, SPLIT, *PLOTS}  # every file a run writes; `--overwrite` replaces nothing else
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range test's
+    `models/_tmp.pth`. A folder without a fastresnet run.json is foreign as a whole (its entries are all listed)."""
+    names = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir())
+    try: marked = "fastresnet" in json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError, TypeError): marked = False
+    if not marked: return names
+    ours = lambda p: (p.name in RUN_FILES and p.is_file() and not p.is_symlink()
+                      or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file()
+                      or p.name == "models" and p.is_dir() and all(f.name == "_tmp.pth" for f in p.iterdir()))
+    return sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if not ours(p))
+
+
+def _refuse_foreign(run_dir: Path) -> None:
+    "`--overwrite` of a folder that is not (only) a fastresnet run: refused, naming what it holds."
+    other = foreign_entries(run_dir)
+    if other:
+        shown = ", ".join(other[:6]) + (f" and {len(other) - 6} more" if len(other) > 6 else "")
+        raise UserError(f"--overwrite replaces only a fastresnet run folder (its run.json and the files a run "
+                        f"writes: docs/reliability.md), and {run_dir} holds {len(other)} other entr"
+                        f"{'y' if len(other) == 1 else 'ies'} ({shown}), so nothing in it is touched.",
+                        hint="Choose a new folder with --out, or move those files out of it first.")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     """Check, before any work, that the run folder can be made: an existing non-empty one is refused
-    unless `overwrite`, and even then it is left alone until `start_run_dir` has the new run's first
-    files, so a typo in the other flags cannot destroy a finished run."""
+    unless `overwrite` and it is a fastresnet run folder (`foreign_entries`), and even then it is left alone until
+    `start_run_dir` has the new run's first files, so a typo in the other flags cannot destroy a finished run."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"Run folder {run_dir} is an existing file, not a folder.", hint="Choose another with --out.")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise UserError(f"Run folder {run_dir} already exists.", hint=f"Use --resume {run_dir} to continue it, "
-                        "--overwrite to replace it, or --out to choose another folder.")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"Run folder {run_dir} already exists.", hint=f"Use --resume {run_dir} to continue it, "
+                            "--overwrite to replace it, or --out to choose another folder.")
+        _refuse_foreign(run_dir)
     parent = next((p for p in run_dir.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"Cannot write to the run folder {run_dir} ({parent} is not a writable folder).",
@@ -209,22 +276,33 @@ def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
 
 
 def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
-    """Write the run's first files into a new folder beside `run_dir`, then put it in place. An old run
-    there (`--overwrite`) is removed only now, after everything was checked and the data loaded."""
+    """Put a new run's first files in place: written into a new folder beside `run_dir`, which then takes its name.
+    An old run there (`--overwrite`, checked again: it may have changed while the data loaded) is removed only now.
+    A mount point (a container's volume) cannot be renamed: its files are replaced where they are, run.json first."""
+    if run_dir.is_dir() and any(run_dir.iterdir()): _refuse_foreign(run_dir)
+    if os.path.ismount(run_dir):
+        for p in run_dir.iterdir():  # only a run's files are there (just checked)
+            if p.is_dir(): shutil.rmtree(p)
+            else: p.unlink()
+        for name in sorted(files, key=lambda n: n != RUN_JSON): write_text(run_dir / name, files[name])
+        return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.new-"))
         os.chmod(tmp, umask_mode(0o777))
         for name, text in files.items(): (tmp / name).write_text(text)
+        if run_dir.exists():
+            old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+            os.replace(run_dir, old)
+            os.replace(tmp, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(tmp, run_dir)
     except OSError as e:
+        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e): raise
         raise UserError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
                         hint="Choose another with --out.") from None
-    if run_dir.exists():
-        old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-        os.replace(run_dir, old)
-        os.replace(tmp, run_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else: os.replace(tmp, run_dir)
 
 
 def set_status(run_dir: Path, status: str) -> None:

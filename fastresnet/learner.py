@@ -4,7 +4,9 @@ run folder), and its weights saved alone (`save_weights`)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import pickle
 import warnings
 import zipfile
@@ -28,17 +30,18 @@ from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 # build_learner's callbacks are also found here under the names fastresnet 0.1 exported them with (fastresnet.learner.X)
 from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, SmoothLossOnDevice, check_runtime,
                      resolve_precision, unwrap)
-from .folder import MODEL_PKL, WEIGHTS, atomic_write
+from .folder import MODEL_PKL, WEIGHTS, atomic_write, check_zip
 from .model import CustomResNet, old_layout, resnet_split
 from .optim import TorchAdam, TorchSGD
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
-           "save_weights", "load_weights", "norm_stats"]
+           "save_weights", "load_weights", "read_weights", "norm_stats", "MAX_CLASSES"]
 
 
 def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
                   path: str | Path = ".", subset: int | None = None, init: str | Path | None = None,
-                  stats: tuple[list[float], list[float]] | None = None, **changes) -> Learner:
+                  stats: tuple[list[float], list[float]] | None = None, allow_pickle: bool = False,
+                  **changes) -> Learner:
     """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, the images of `data`
     (a folder as for `fastresnet train --data`, arrays, or `None` to download CIFAR-10) through the recipe's
     DataBlock into CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file;
@@ -51,10 +54,11 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
 
     `init` (a run folder, `.safetensors` or `.pkl`) starts from a trained model instead, as fastai's `vision_learner`
     starts from a pretrained one: its body, width and input normalisation, with a new head for `data`'s classes;
-    then `learn.fine_tune(n, base_lr)`. `stats` (per-channel mean and std) overrides the input normalisation.
+    then `learn.fine_tune(n, base_lr)` (a `.pkl` only with `allow_pickle`: `load_model`). `stats` (per-channel mean
+    and std) overrides the input normalisation.
     """
     r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
-    source = load_model(init) if init is not None else None
+    source = load_model(init, allow_pickle) if init is not None else None
     if source is not None:  # the body's shape is the source's: its width wins over the recipe's
         width, asked = unwrap(source.model).width, changes.get("width", r.width)
         if width != asked: warnings.warn(f"Starting from {init}: the network's width is its {width}, not {asked}.")
@@ -112,7 +116,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
 def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
     """A Learner with the recipe's pipeline (normalised by `stats`, None: CIFAR-10's) but a blank image per class as
     data: for inference and summaries."""
-    stub = CifarArrays(torch.zeros(2 * len(vocab), 3, r.size, r.size, dtype=torch.uint8),
+    blank = torch.zeros(1, 3, r.size, r.size, dtype=torch.uint8).expand(2 * len(vocab), -1, -1, -1)  # one in memory
+    stub = CifarArrays(blank,
                        torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
     return build_learner(cifar_dls(stub, r, bs=len(vocab)), r)
 
@@ -125,19 +130,27 @@ def norm_stats(learn: Learner) -> list[list[float]]:
 
 # ---------------------------------------------------------------- model files
 def model_file(path: str | Path) -> Path:
-    "A model file as given; for a run folder its model.safetensors (weights only, safe) if present, else its model.pkl."
+    """A model file as given, except a run's model.pkl with its model.safetensors beside it: that (the same weights,
+    no pickle); for a run folder its model.safetensors if present, else its model.pkl."""
     path = Path(path)
+    if path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file(): return path.parent / WEIGHTS
     if not path.is_dir(): return path
     for name in (WEIGHTS, MODEL_PKL):
         if (path / name).is_file(): return path / name
     raise UserError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
 
 
-def load_model(path: str | Path) -> Learner:
-    """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else →
-    `load_learner` (a pickle: trusted files only)."""
+def load_model(path: str | Path, allow_pickle: bool = False) -> Learner:
+    """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else is a
+    pickle (`load_learner`), which runs the code it holds: loaded only if `allow_pickle` (trusted files only)."""
     path = model_file(path)
-    return load_weights_learner(path) if path.suffix == ".safetensors" else load_pickled_learner(path)
+    if path.suffix == ".safetensors": return load_weights_learner(path)
+    if not allow_pickle:
+        raise UserError(f"{path} is not a .safetensors weights file, so it would be read with Python's pickle, which "
+                        "runs whatever code the file holds; fastresnet does that only when asked. Use the "
+                        f"{WEIGHTS} of its run (or the run folder) instead, or, if you trust the file (you made it, "
+                        "or know who did), allow it with --allow-pickle (in Python: allow_pickle=True).")
+    return load_pickled_learner(path)
 
 
 def load_pickled_learner(path: str | Path) -> Learner:
@@ -146,6 +159,7 @@ def load_pickled_learner(path: str | Path) -> Learner:
     path = Path(path)
     if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
     try:
+        if zipfile.is_zipfile(path): check_zip(path)  # fastai exports with torch.save: a zip with CRC-32s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             learn = load_learner(path)
@@ -168,33 +182,81 @@ def load_pickled_learner(path: str | Path) -> Learner:
 
 def load_weights_learner(path: str | Path) -> Learner:
     """A Learner for inference from a `.safetensors` file: safe to load from anyone, since no code is
-    unpickled. Its recipe (model shape, loss) comes from the file; the preprocessing from the code."""
-    from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-        vocab = json.loads(meta["vocab"])
-    except (SafetensorError, KeyError, ValueError, OSError) as e:
-        raise UserError(f"{path} is not a fastresnet weights file ({type(e).__name__}: {e}); "
-                        "is it truncated?") from None
-    stats = json.loads(meta["stats"]) if "stats" in meta else None  # files before it: CIFAR-10's
-    learn = stub_learner(vocab, _recipe(meta, path).replace(precision="fp32", compile=False), stats)
-    try: learn.model.load_state_dict(_named(sd, path))
-    except RuntimeError as e:
-        raise UserError(f"{path} does not hold CustomResNet weights ({str(e).splitlines()[0]}).") from None
+    unpickled and everything is checked before it is used (`read_weights`). Its recipe (model shape, loss) comes from
+    the file; the preprocessing from the code."""
+    sd, vocab, r, stats = read_weights(path)
+    learn = stub_learner(vocab, r.replace(precision="fp32", compile=False), stats)
+    learn.model.load_state_dict(sd)
     return learn
 
 
-def _recipe(meta: dict, path) -> Recipe:
+MAX_CLASSES = 10_000  # a weights file naming more classes is refused before anything is allocated
+
+
+def read_weights(path: str | Path) -> tuple[dict, list[str], Recipe, list | None]:
+    """A `.safetensors` weights file as (state dict, classes, recipe, input statistics or None), checked before
+    anything is allocated: its metadata, every tensor's name and shape against the network its recipe makes, and (from
+    format 3 on) the SHA-256 `save_weights` recorded. Anything amiss is a `UserError` naming the file."""
+    from safetensors import SafetensorError, safe_open
+    path = Path(path)
+    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
+    def bad(why): return UserError(f"{path} is not a usable fastresnet weights file: {why}.")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta, shapes = f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            vocab, r, stats = _read_meta(meta, path)
+            _named(shapes, path)
+            with torch.device("meta"): want = CustomResNet(len(vocab), width=r.width).state_dict()
+            if shapes != {k: tuple(v.shape) for k, v in want.items()}:
+                wrong = sorted(set(shapes) ^ set(want)) or [k for k in want if shapes[k] != tuple(want[k].shape)]
+                raise bad(f"its tensors do not make the network its recipe names (width {r.width:g}, {len(vocab)} "
+                          f"classes): e.g. {wrong[0]!r}")
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise bad(f"{type(e).__name__}: {str(e)[:120]}; is it truncated, or not a fastresnet file?") from None
+    if "sha256" in meta and meta["sha256"] != _digest(meta, sd):
+        raise UserError(f"{path} is damaged: its contents differ from the SHA-256 recorded when it was written (a "
+                        "byte changed on the disk or in a copy). Copy it again from its source; a run's own file is "
+                        "exported again by fastresnet train --resume RUN while its checkpoint.pth is there.")
+    return sd, vocab, r, stats
+
+
+def _read_meta(meta: dict, path) -> tuple[list[str], Recipe, list | None]:
+    "A weights file's classes, recipe and input statistics, each checked (JSON of the right shape, within range)."
+    def field(key, default=None):
+        try: return json.loads(meta[key]) if key in meta else default
+        except ValueError: raise UserError(f"{path}: its metadata `{key}` is not JSON ({meta[key]!r:.60}).") from None
+    vocab, stats = field("vocab"), field("stats")
+    if not (isinstance(vocab, list) and 2 <= len(vocab) <= MAX_CLASSES and all(isinstance(c, str) and c for c in vocab)
+            and len(set(vocab)) == len(vocab)):
+        raise UserError(f"{path}: its metadata `vocab` is {str(vocab)[:60]}, not a list of 2 to {MAX_CLASSES:,} distinct "
+                        "class names.")
+    if stats is not None and not (isinstance(stats, list) and len(stats) == 2 and all(
+            isinstance(s, list) and len(s) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in s)
+            for s in stats) and min(stats[1]) > 0):
+        raise UserError(f"{path}: its metadata `stats` is {str(stats)[:60]}, not [means, stds] of 3 channels each "
+                        "(finite, the stds above 0).")
+    return vocab, _recipe(meta, field("recipe"), path), stats  # stats None: files before them, CIFAR-10's
+
+
+def _recipe(meta: dict, saved, path) -> Recipe:
     "The recipe a weights file was trained with (only the width in files before format 2)."
-    saved = json.loads(meta["recipe"]) if "recipe" in meta else {k: float(meta[k]) for k in ("width", "logit_scale")
-                                                                 if k in meta}
+    if saved is None:
+        try: saved = {k: float(meta[k]) for k in ("width", "logit_scale") if k in meta}
+        except ValueError as e: raise UserError(f"{path}: its metadata holds {e}.") from None
+    if not isinstance(saved, dict): raise UserError(f"{path}: its metadata `recipe` is not a JSON object.")
     for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
-    saved, known = drop_retired(saved, str(path)), {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in saved.items() if k in known})
+    return Recipe.from_dict(drop_retired(saved, str(path)), str(path))
+
+
+def _digest(meta: dict, sd: dict) -> str:
+    "SHA-256 of the metadata (all but this digest) and of every tensor's name, type, shape and bytes, in name order."
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def _named(sd: dict, path) -> dict:
@@ -204,16 +266,16 @@ def _named(sd: dict, path) -> dict:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    "Weights from a `.safetensors` file into `model`."
-    from safetensors.torch import load_file
-    model.load_state_dict(_named(load_file(path), path))
+    "Weights from a `.safetensors` file into `model`, checked (`read_weights`)."
+    model.load_state_dict(read_weights(path)[0])
 
 
 def save_weights(learn: Learner, path: str | Path) -> None:
-    "The weights alone as safetensors (no code inside), with the class names and the recipe as metadata."
+    "The weights alone as safetensors (no code inside), with the class names, the recipe and a SHA-256 as metadata."
     from safetensors.torch import save
     sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(learn.model).state_dict().items()}
     r = getattr(learn, "recipe", None) or Recipe(width=learn.model.width)
-    meta = {"format": "fastresnet-weights-2", "vocab": json.dumps(list(learn.dls.vocab)),
+    meta = {"format": "fastresnet-weights-3", "vocab": json.dumps(list(learn.dls.vocab)),
             "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
+    meta["sha256"] = _digest(meta, sd)  # `read_weights` checks it: a changed byte is refused, never used
     atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))

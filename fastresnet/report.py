@@ -11,15 +11,12 @@ import numpy as np
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
-from .folder import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, REPORT, RUN_JSON, SCHEDULE, SETTINGS, atomic_write,
+from .folder import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, PLOTS, REPORT, RUN_JSON, SCHEDULE, SETTINGS, atomic_write,
                      read_json_or_none)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
-           "chance_note", "write_report", "make_report", "PLOTS"]
+           "chance_note", "write_report", "make_report"]
 
-PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",
-         "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
-         "top_losses.png": "Test images with the highest loss", "augmented.png": "Augmented training images"}
 
 
 def _save(fig, path: Path) -> Path:

@@ -20,7 +20,7 @@ from fastcore.foundation import L
 from . import distributed as dist
 from .config import Recipe, UserError, load_settings
 from .device import unwrap
-from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, read_json,
+from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, check_zip, read_json,
                      read_json_or_none, set_status, write_metrics)
 from .schedule import LRBounds
 
@@ -96,9 +96,10 @@ def open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
     if not (run_dir / CHECKPOINT).is_file(): return r, info, None
     try: ck = load_checkpoint(run_dir / CHECKPOINT)
     except Exception as e:
-        raise UserError(f"{run_dir/CHECKPOINT} cannot be read ({type(e).__name__}: {str(e)[:120]}): cut short by a "
-                        "crash or a full disk? Start the run again, or restore the file from a copy.",
-                        hint="(--overwrite starts it again in the same folder)") from None
+        raise UserError(f"{run_dir/CHECKPOINT} is damaged ({type(e).__name__}: {str(e)[:120]}), so the run is not "
+                        "resumed from it: restore the file from a copy, or start the run again.",
+                        hint=f"(fastresnet train --settings {run_dir/SETTINGS} --data DATA --out {run_dir} "
+                        "--overwrite starts it again in the same folder)") from None
     if "hypers" in ck["opt"] and r.adam_impl != "fastai": r = r.replace(adam_impl="fastai")  # began with fastai's Adam
     return r, info, ck
 
@@ -163,7 +164,8 @@ def _as_tuples(o):
 
 
 def load_checkpoint(path: Path) -> dict:
-    "Load a checkpoint with `weights_only=True`: tensors and plain values, no code runs."
+    "Load a checkpoint, its checksums first (`check_zip`), with `weights_only=True`: tensors and plain values, no code."
+    check_zip(path)
     ck = torch.load(path, map_location="cpu", weights_only=True)
     rng = ck["rng"]
     rng["python"] = _as_tuples(rng["python"])

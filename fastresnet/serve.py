@@ -20,11 +20,11 @@ from PIL import Image
 
 from .config import UserError
 from .data import CIFAR_CLASSES, SIZE, load_image
-from .folder import FINAL, MODEL_PKL, RUN_JSON, SETTINGS, WEIGHTS, read_json_or_none
+from .folder import FINAL, RUN_JSON, SETTINGS, read_json_or_none
 from .inference import image_size, predict_images, top_classes
 from .learner import load_model, model_file
 
-__all__ = ["gradio", "resolve_model", "run_facts", "example_images",
+__all__ = ["gradio", "run_facts", "example_images",
            "build_app", "classify", "MAX_PIXELS", "MAX_UPLOAD", "UPLOAD_TTL", "MAX_QUEUE"]
 
 MAX_PIXELS = 4096 * 4096  # an upload with more pixels is refused before it is decoded (decompression bombs)
@@ -38,14 +38,6 @@ def gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio
     return gradio
-
-
-def resolve_model(path: str | Path) -> Path:
-    "`model_file`, and a run's model.pkl given with its model.safetensors beside it → the safetensors (no pickle)."
-    path = model_file(path)
-    if path.is_file() and path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file():
-        return path.parent / WEIGHTS  # the same weights without unpickling code
-    return path
 
 
 def run_facts(model_path: Path) -> str:
@@ -108,11 +100,13 @@ def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.
     return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
 
 
-def build_app(model: str | Path, examples: str | Path | None = None, workdir: str | Path | None = None):
-    "The Gradio Blocks page for one model (a file or a run folder); copied or generated examples go to `workdir`."
+def build_app(model: str | Path, examples: str | Path | None = None, workdir: str | Path | None = None,
+              allow_pickle: bool = False):
+    """The Gradio Blocks page for one model (a file or a run folder; a pickle only if `allow_pickle`); copied or
+    generated examples go to `workdir`."""
     gr = gradio()
-    path = resolve_model(model)
-    learn = load_model(path)
+    path = model_file(model)
+    learn = load_model(path, allow_pickle)
     vocab, size = list(learn.dls.vocab), image_size(learn)
 
     def predict(file):
@@ -154,7 +148,7 @@ def _upload_message(message: str, file: str | None) -> str:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None,
-          max_queue: int = MAX_QUEUE) -> None:
+          max_queue: int = MAX_QUEUE, allow_pickle: bool = False) -> None:
     """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and uploads
     live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs.
     Queue policy: one prediction at a time (the model uses every core; more at once only share them), at most
@@ -164,7 +158,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
         if own_uploads: os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
         try:
-            app = build_app(model, examples, workdir)
+            app = build_app(model, examples, workdir, allow_pickle)
             app.queue(default_concurrency_limit=1, max_size=max_queue)
             app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
                        footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)

@@ -33,20 +33,20 @@ __all__ = ["run", "lr_find_run", "learner_for_run"]
 
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
         overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None,
-        recipe: str | None = None) -> dict:
+        recipe: str | None = None, allow_pickle: bool = False) -> dict:
     """A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results.
     `init` (a trained model: run folder, `.safetensors` or `.pkl`) makes it a fine-tuning run: the model's body and
-    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule. `recipe`: the name
-    or file `r` came from, for run.json."""
+    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule (a `.pkl` only with
+    `allow_pickle`). `recipe`: the name or file `r` came from, for run.json."""
     run_dir = Path(run_dir).absolute()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
-        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe)
+        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe, allow_pickle)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
             if dist.is_main(): set_status(run_dir, "stopped")
             raise
 
 
-def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe) -> dict:
+def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe, allow_pickle) -> dict:
     auto = r is not None and r.precision == "auto"
     ck, info, why = None, {}, " (auto: bf16 where this machine has it, else fp32)" * auto
     if resume:  # the folder's recipe, data and source model, and its checkpoint (None: no epoch had completed)
@@ -63,7 +63,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
     t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
     # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
     learn = cifar_learner(data, r, run_dir, subset, init=init if init_from == "finetune" else None,
-                          stats=info.get("stats") if init_from == "resume" else None)
+                          stats=info.get("stats") if init_from == "resume" else None, allow_pickle=allow_pickle)
     r = learn.recipe  # `auto` precision resolved (the folder records it: a resume keeps it), a fine-tune's width
     epochs = r.epochs + (r.freeze_epochs if init else 0)  # a fine-tune trains the new head alone first
     if dist.is_main(): log(f"Precision: {r.precision}{why}")

@@ -99,7 +99,10 @@ def test_bad_folders_and_csv_paths_exit_2(run, tmp_path, capsys, case, match, ti
 
 def test_a_run_folder_is_a_model_its_safetensors_first(run, tmp_path, tiny_folder, capsys):
     from fastresnet.learner import model_file
-    assert model_file(run) == run / "model.safetensors" and model_file(run / "model.pkl") == run / "model.pkl"
+    assert model_file(run) == run / "model.safetensors" == model_file(run / "model.pkl")  # the same weights, no pickle
+    (tmp_path / "pkl").mkdir()
+    shutil.copy(run / "model.pkl", tmp_path / "pkl" / "model.pkl")
+    assert model_file(tmp_path / "pkl") == tmp_path / "pkl" / "model.pkl"  # a pickle alone: load_model asks first
     img = str(sorted((tiny_folder / "test" / "cat").iterdir())[0])
     assert main(["predict", img, "--model", str(run)]) == 0
     by_folder = capsys.readouterr().out

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import script_module
 from fastresnet.config import Recipe
-from fastresnet.serve import MAX_PIXELS, example_images, resolve_model, run_facts
+from fastresnet.learner import model_file
+from fastresnet.serve import MAX_PIXELS, example_images, run_facts
 from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
@@ -32,10 +33,10 @@ def run_dir(tmp_path_factory, tiny_folder):
 
 
 def test_the_model_file_is_the_weights_when_both_exist(run_dir, tmp_path):
-    assert resolve_model(run_dir) == run_dir / "model.safetensors"
-    assert resolve_model(run_dir / "model.pkl") == run_dir / "model.safetensors"   # no pickle when avoidable
+    assert model_file(run_dir) == run_dir / "model.safetensors"
+    assert model_file(run_dir / "model.pkl") == run_dir / "model.safetensors"   # no pickle when avoidable
     shutil.copy(run_dir / "model.pkl", tmp_path / "model.pkl")
-    assert resolve_model(tmp_path / "model.pkl") == tmp_path / "model.pkl"
+    assert model_file(tmp_path / "model.pkl") == tmp_path / "model.pkl"
     facts = run_facts(run_dir / "model.safetensors")
     assert "Test accuracy" in facts and "on 20 test images" in facts and "2 epochs" in facts
     assert "40 training images" in facts

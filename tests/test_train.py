@@ -65,7 +65,7 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
 
 def check_report(out):
     from PIL import Image
-    from fastresnet.report import PLOTS
+    from fastresnet.folder import PLOTS
     report = (out / "report.md").read_text()
     for name in PLOTS:
         with Image.open(out / name) as im:
