@@ -30,10 +30,18 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="train/ and test/ (or valid/) of class folders (fastai's CIFAR-10 "
                    "layout), or class folders alone (split by --valid-pct), or the python archive `cifar-10-batches-py`"
                    "; or cifar10 / cifar100: download with fastai's untar_data (default: cifar10)")
-    p.add_argument("--subset", type=int, metavar="N", help="train on N images (N/10 per class; for smoke runs)")
+    p.add_argument("--subset", type=_count, metavar="N", help="train on N images (N divided by the class count from "
+                   "each class; for smoke runs)")
 
 
 def _flag(name: str) -> str: return "--" + name.replace("_", "-")
+
+
+def _count(raw: str) -> int:
+    "argparse type of a count: digits only (Python's int() also reads `2_0` as 20), at least 1."
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
+    return int(raw)
 
 
 def _setting_type(f):
@@ -112,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                     "0.0.0.0 serves everyone who can reach this machine, with no password)")
-    sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    sv.add_argument("--max-queue", type=int, metavar="N", help="requests that may wait while one is "
+    sv.add_argument("--port", type=_count, default=7860, help="port (default 7860)")
+    sv.add_argument("--max-queue", type=_count, metavar="N", help="requests that may wait while one is "
                     "answered (default 64); beyond that a client is told the queue is full and to try again")
     sv.add_argument("--examples", metavar="DIR", help="folder of example images for the page (default: one test "
                     "image per class from the run's data, else generated pictures)")
@@ -182,8 +190,7 @@ def _kept(run_dir: Path) -> str | None:
 
 
 def _run_interruptible(fn, run_dir: Path) -> int:
-    "SIGTERM behaves like Ctrl-C; either leaves the last epoch's checkpoint and a resume hint."
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    "Ctrl-C or SIGTERM (`main` makes it one) leaves the last epoch's checkpoint and a resume hint."
     try:
         fn()
         return 0
@@ -191,8 +198,6 @@ def _run_interruptible(fn, run_dir: Path) -> int:
         print(f"\nInterrupted: {_kept(run_dir) or 'nothing was written yet; run the same command again.'}",
               file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _full_disk(a, e: BaseException) -> UserError | None:
@@ -257,16 +262,20 @@ def cmd_predict(a) -> int:
     learn = load_model(a.model, a.allow_pickle)
     rows = iter_predictions(learn, files)
     skipped = 0
-    with learn.no_bar():
-        if a.csv: skipped = _predictions_to_csv(rows, Path(a.csv), len(files))
-        else:
-            for row in rows:
-                if "error" in row:
-                    skipped += 1
-                    print(f"skipped: {row['error']}", file=sys.stderr)
-                    continue
-                print(f"{row['file']}\t{row['class']}\t{row['probability']:.4f}", flush=True)
-                for n in row["notes"]: print(f"  note: {n}", file=sys.stderr)
+    try:
+        with learn.no_bar():
+            if a.csv: skipped = _predictions_to_csv(rows, Path(a.csv), len(files))
+            else:
+                for row in rows:
+                    if "error" in row:
+                        skipped += 1
+                        print(f"skipped: {row['error']}", file=sys.stderr)
+                        continue
+                    print(f"{row['file']}\t{row['class']}\t{row['probability']:.4f}", flush=True)
+                    for n in row["notes"]: print(f"  note: {n}", file=sys.stderr)
+    except KeyboardInterrupt:  # the CSV writer has said where its rows are; printed rows are on the screen
+        if not a.csv: print("\nInterrupted.", file=sys.stderr)
+        return 130
     return 1 if skipped else 0
 
 
@@ -318,11 +327,8 @@ def cmd_serve(a) -> int:
         return 2
     if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
     model = model_file(a.model)
-    if model.suffix != ".safetensors" and not a.allow_pickle: load_model(model)  # refused before the page starts
+    if model.suffix != ".safetensors" and not a.allow_pickle: load_model(model)  # the refusal, before "Serving"
     print(f"Serving {model} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's stop closes the server like Ctrl-C
-    if a.max_queue is not None and a.max_queue < 1:
-        raise UserError(f"--max-queue {a.max_queue}: at least one request must be able to wait.")
     try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE, a.allow_pickle)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
@@ -369,6 +375,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)  # a service manager's or `kill`'s stop is a Ctrl-C
     try:
         with warnings.catch_warnings():  # fastai/torch deprecation chatter is not for our users; ours reads as one line
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -390,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

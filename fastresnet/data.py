@@ -23,7 +23,7 @@ from fastai.vision.all import (CategoryBlock, DataBlock, DataLoaders, IndexSplit
 from fastai.data.core import Datasets, TfmdDL
 from fastai.data.transforms import ToTensor
 from fastprogress.fastprogress import progress_bar
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
 from .config import Recipe, UserError
@@ -35,6 +35,7 @@ __all__ = ["CifarArrays", "load_cifar", "read_folder", "read_python_archive", "T
            "DATASETS", "dataset_name"]
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+ORIENTATION = 0x0112  # the EXIF tag of how a camera held the picture
 SIZE = 32  # CIFAR images are 32x32: the recipe's default `size`, and the smallest the network's pooling stages take
 DATASETS = {"cifar10": "CIFAR", "cifar100": "CIFAR_100"}  # `--data NAME`: fastai's `URLs` attribute, downloaded once
 
@@ -79,16 +80,28 @@ def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.M
                 raise UserError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
                                 f"accepted: the model sees {size}x{size}; shrink the image first.")
             im.load()
+            if im.getexif().get(ORIENTATION, 1) != 1: im = ImageOps.exif_transpose(im)  # as it is shown (phones)
             return pil_to_tensor(im, str(path), resize, size)
     except Image.DecompressionBombError:
         raise UserError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
                         f"the model sees {size}x{size}; shrink the image first.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {e}).") from None
+    except UserError: raise
+    except Exception as e:  # whatever Pillow raises (OSError, ValueError, SyntaxError, ...), a bad file is a bad file
+        raise UserError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {str(e)[:120]}).") from None
 
 
 def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, size: int = SIZE) -> torch.Tensor:
-    "A PIL image as a (3, size, size) uint8 tensor: RGB conversion and (if `resize`) resizing, each with a warning."
+    """A PIL image as a (3, size, size) uint8 tensor: RGB conversion and (if `resize`) resizing, each with a warning.
+    16-bit grayscale is scaled to 8 bits first; floating-point pixels (no known scale) are refused."""
+    if im.mode == "F":
+        raise UserError(f"Image {name} has floating-point pixels (mode F), whose scale (0-1? 0-255?) the file does not "
+                        "say: save it as an 8-bit image.")
+    if im.mode.startswith("I"):  # I;16, I;16B, ...: 16-bit grayscale (PNG, TIFF); I: 32-bit, 16-bit values expected
+        px = np.asarray(im)
+        if px.min() < 0 or px.max() > 65535:
+            raise UserError(f"Image {name} has 32-bit integer pixels outside 0-65535: save it as an 8-bit image.")
+        warnings.warn(f"{name} is 16-bit grayscale ({im.mode}); scaled to 8 bits (value / 257) and converted to RGB.")
+        im = Image.fromarray((px.astype(np.float32) / 257 + 0.5).astype(np.uint8), "L").convert("RGB")
     if im.mode != "RGB":
         warnings.warn(f"{name} is {im.mode}, not RGB; converted to RGB.")
         im = im.convert("RGB")
@@ -105,11 +118,15 @@ def _subfolders(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
 
 
-def _images(d: Path) -> tuple[list[Path], int]:
-    "The image files in folder `d` (by extension, sorted) and how many other files it holds."
-    files = sorted(f for f in d.iterdir() if f.is_file())
-    imgs = [f for f in files if f.suffix.lower() in image_extensions]
-    return imgs, len(files) - len(imgs)
+def _images(d: Path) -> tuple[list[Path], dict[str, list[str]]]:
+    "The image files in folder `d` (by extension, sorted) and the names of its other entries, by kind."
+    entries = sorted(d.iterdir())
+    imgs = [f for f in entries if f.is_file() and f.suffix.lower() in image_extensions]
+    return imgs, {"file(s) that are not images by their extension": [f.name for f in entries if f.is_file() and
+                                                                      f not in imgs],
+                  "folder(s)": [f.name + "/" for f in entries if f.is_dir()],
+                  "broken link(s) or entries that are not files": [f.name for f in entries if not f.is_file() and
+                                                                   not f.is_dir()]}
 
 
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
@@ -123,7 +140,9 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
         listed = _images(d)
         subs = _subfolders(d) if not listed[0] else []  # no images of its own but folders: a group of classes
         for c, (imgs, others) in ([(sub, _images(sub)) for sub in subs] if subs else [(d, listed)]):
-            if others: warnings.warn(f"{c}: skipping {others} file(s) that are not images by their extension.")
+            skipped = [f"{len(n)} {what} ({', '.join(n[:3])}{', ...' * (len(n) > 3)})"
+                       for what, n in others.items() if n]
+            if skipped: warnings.warn(f"{c}: skipping {', '.join(skipped)}.")
             if not imgs: raise UserError(f"Class folder {c} holds no images: every class needs examples.")
             if c.name in out:
                 raise UserError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
@@ -140,13 +159,17 @@ def _fingerprint(root: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_path(key: str) -> Path:
+def _cache_path(key: str) -> Path | None:
     "In the user's cache folder ($FASTRESNET_CACHE), never beside the data, which may be shared or read-only."
     cache = Path(os.environ.get("FASTRESNET_CACHE", Path.home() / ".cache" / "fastresnet"))
     try: cache.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The cache folder {cache} (from $FASTRESNET_CACHE or the default) is a file; "
                         "point FASTRESNET_CACHE at a folder.") from None
+    except OSError as e:  # read-only, not permitted: a cache is a convenience, training goes on without it
+        warnings.warn(f"Not caching the decoded images: cannot make the cache folder {cache} ({e.strerror}). "
+                      "Training goes on; set FASTRESNET_CACHE to a writable folder to decode them once.")
+        return None
     return cache / f"cifar-{key}.npz"
 
 
@@ -221,9 +244,9 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
     files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
     key = _fingerprint(root, [f for f, _ in files]) + (f"-{size}px" if size != SIZE else "")  # 32: the old caches
-    cpath = _cache_path(key)
+    cpath = _cache_path(key) if cache else None  # None: no cache, or none can be made
     images = None
-    if cache and cpath.exists():
+    if cpath is not None and cpath.exists():
         try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
             with open(cpath, "rb") as fh, np.load(fh) as z:
                 images = z["images"]
@@ -234,7 +257,7 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
                           "decoding the images again and rewriting it.")
     if images is None:
         images = _decode(root, [f for f, _ in files], size)
-        if cache:
+        if cpath is not None:
             try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
             except (OSError, UserError) as e:  # a cache is a convenience: training goes on without it
                 warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the "

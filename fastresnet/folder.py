@@ -22,12 +22,11 @@ import torch
 
 from .config import UserError
 
-__all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN_JSON", "SETTINGS", "LR_FIND",
-           "LR_BOUNDS", "FINAL", "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT", "PLOTS", "RUN_FILES",
-           "umask_mode", "atomic_path", "atomic_write",
-           "atomic_export",
-           "atomic_torch_save", "check_zip", "write_text", "write_json", "read_json", "read_json_or_none", "foreign_entries", "prepare_run_dir", "start_run_dir",
-           "run_data", "run_lock", "clear_leftovers", "write_metrics", "set_status"]
+__all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN_JSON", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL",
+           "METRICS_CSV", "METRICS_JSON", "SCHEDULE", "MODEL_PKL", "WEIGHTS", "REPORT", "SPLIT", "PLOTS", "RUN_FILES",
+           "SCHEMA", "umask_mode", "atomic_path", "atomic_write", "atomic_export", "atomic_torch_save", "check_zip",
+           "write_text", "write_json", "read_json", "read_json_or_none", "foreign_entries", "prepare_run_dir",
+           "start_run_dir", "run_data", "run_lock", "clear_leftovers", "write_metrics", "set_status"]
 
 CHECKPOINT, RUN_JSON, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"  # model + optimizer + RNG; facts; recipe
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results

@@ -89,7 +89,7 @@ def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset
         learn.validate(); learn.tta(); learn.dls.show_batch(); learn.fine_tune(2)"""
     r = (getattr(learn, "recipe", None) or Recipe()).replace(**changes)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, image_size(learn))
-    if subset: arrays = balanced_subset(arrays, subset)
+    if subset is not None: arrays = balanced_subset(arrays, subset)
     if list(arrays.vocab) != list(learn.dls.vocab):
         raise UserError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
                         "train on other classes, start from this model with a new head: cifar_learner(data, "

@@ -66,7 +66,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     r = resolve_precision(r.replace(**changes))  # the recipe as this run uses it, made once
     check_runtime(r)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
-    if subset: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
+    if subset is not None: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
     if source is not None and stats is None: stats = norm_stats(source)  # the inputs scaled as the body was trained
     if stats is not None: arrays = dataclasses.replace(arrays, stats=tuple(map(list, stats)))
     set_seed(r.seed)
@@ -144,6 +144,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> Learner:
     """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else is a
     pickle (`load_learner`), which runs the code it holds: loaded only if `allow_pickle` (trusted files only)."""
     path = model_file(path)
+    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
     if path.suffix == ".safetensors": return load_weights_learner(path)
     if not allow_pickle:
         raise UserError(f"{path} is not a .safetensors weights file, so it would be read with Python's pickle, which "
@@ -229,8 +230,8 @@ def _read_meta(meta: dict, path) -> tuple[list[str], Recipe, list | None]:
     vocab, stats = field("vocab"), field("stats")
     if not (isinstance(vocab, list) and 2 <= len(vocab) <= MAX_CLASSES and all(isinstance(c, str) and c for c in vocab)
             and len(set(vocab)) == len(vocab)):
-        raise UserError(f"{path}: its metadata `vocab` is {str(vocab)[:60]}, not a list of 2 to {MAX_CLASSES:,} distinct "
-                        "class names.")
+        raise UserError(f"{path}: its metadata `vocab` is {str(vocab)[:60]}, not a list of 2 to {MAX_CLASSES:,} "
+                        "distinct class names.")
     if stats is not None and not (isinstance(stats, list) and len(stats) == 2 and all(
             isinstance(s, list) and len(s) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in s)
             for s in stats) and min(stats[1]) > 0):

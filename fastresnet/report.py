@@ -12,7 +12,7 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 
 from .folder import (FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, PLOTS, REPORT, RUN_JSON, SCHEDULE, SETTINGS, atomic_write,
-                     read_json_or_none)
+                     read_json_or_none, run_data)
 
 __all__ = ["plot_lr_find", "plot_schedule", "plot_metrics", "plot_confusion", "plot_top_losses", "plot_augmented",
            "chance_note", "write_report", "make_report"]
@@ -141,11 +141,16 @@ def plot_augmented(learn: Learner, run_dir: Path, n: int = 16) -> Path:
     return _save(plt.gcf(), run_dir / "augmented.png")
 
 
+def _cell(text: str) -> str:
+    "A name (a class folder's, the run's) as one Markdown table cell: line breaks and `|` shown, not obeyed."
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def write_report(run_dir: Path) -> Path:
     "report.md: the final numbers, the settings and every picture the run folder has."
     info, final = read_json_or_none(run_dir / RUN_JSON) or {}, read_json_or_none(run_dir / FINAL)
     bounds, history = read_json_or_none(run_dir / LR_BOUNDS), read_json_or_none(run_dir / METRICS_JSON) or []
-    lines = [f"# Run report: {run_dir.name}", ""]
+    lines = [f"# Run report: {_cell(run_dir.name)}", ""]
     if final:
         tta = f" (flip-TTA {final['accuracy_tta']:.4f})" if "accuracy_tta" in final else ""
         lines += [f"**Test accuracy {final['accuracy']:.4f}**{tta} on "
@@ -153,18 +158,19 @@ def write_report(run_dir: Path) -> Path:
         note = chance_note(final, info.get("n_train"), len(history))
         if note: lines += [f"> **Warning.** {note}", ""]
     subset = f", subset {info['subset']}" if info.get("subset") else ""
-    lines += [f"- data: `{info.get('data')}`{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
+    data = f"`{_cell(run_data(info))}`" if run_data(info) else "CIFAR-10, downloaded by fastai"
+    lines += [f"- data: {data}{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
     if bounds: lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "
                             f"(rule: {bounds['rule']})")
     lines.append("")
     if final:
         lines += ["| class | accuracy |", "|---|---|"]
-        lines += [f"| {c} | {v:.3f} |" for c, v in final["per_class"].items()] + [""]
+        lines += [f"| {_cell(c)} | {v:.3f} |" for c, v in final["per_class"].items()] + [""]
         mistakes = top_confusions(final)
         if mistakes:
             lines += ["## Most frequent confusions", "", "| actual | predicted as | images |", "|---|---|---|"]
-            lines += [f"| {a} | {b} | {n} |" for a, b, n in mistakes] + [""]
+            lines += [f"| {_cell(a)} | {_cell(b)} | {n} |" for a, b, n in mistakes] + [""]
     for name, title in PLOTS.items():
         if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if (run_dir / SETTINGS).exists():

@@ -99,6 +99,11 @@ def _restart(run_dir: Path, info: dict, log) -> bool:
         raise UserError(f"{run_dir} has finished and its checkpoint was removed (keep_checkpoint = false): there "
                         f"is nothing to resume. Its model is {run_dir / MODEL_PKL}; to train again, start a new "
                         f"run with another --out.")
+    done = len(read_json_or_none(run_dir / METRICS_JSON) or [])
+    if done:  # epochs had completed: the checkpoint was there, and was moved or deleted
+        raise UserError(f"{run_dir} had completed {done} epoch(s), but its {CHECKPOINT} is gone (moved or deleted), "
+                        "so there is nothing to continue from. Put the file back, or start the run again with "
+                        f"fastresnet train --settings {run_dir / SETTINGS} --data DATA --out {run_dir} --overwrite.")
     log(f"{run_dir} stopped before its first epoch ended: starting it again from the beginning.")
     return True
 

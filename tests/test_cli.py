@@ -117,7 +117,7 @@ def test_a_generic_fastai_learner_is_refused(finished, tmp_path, capsys, tiny_fo
     learn.path = tmp_path
     learn.export("other.pkl")
     code, _, err = run_cli(["predict", str(tiny_folder / "test" / "cat" / "0003.png"), "--model",
-                            str(tmp_path / "other.pkl")], capsys)
+                            str(tmp_path / "other.pkl"), "--allow-pickle"], capsys)
     assert code == 2 and "not one exported by fastresnet" in err
 
 
@@ -387,7 +387,8 @@ def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
 def test_bad_model_files(tmp_path, capsys, tiny_folder, make, match):
     f = tmp_path / "model.pkl"
     make(f)
-    code, err = cli_err(["predict", str(tiny_folder / "test" / "cat" / "0003.png"), "--model", str(f)], capsys)
+    code, err = cli_err(["predict", str(tiny_folder / "test" / "cat" / "0003.png"), "--model", str(f),
+                         "--allow-pickle"], capsys)
     assert code == 2 and any(m in err for m in match.split("|")) and "Traceback" not in err
 
 
