@@ -112,13 +112,15 @@ def header(title: str, condition: str) -> str:
 
 
 def untrained_model(folder) -> "Path":
-    "A full-width model with random weights, exported as a run's model.pkl: inference costs what a trained one's does."
+    """A full-width model with random weights, saved as a run's model.safetensors and model.pkl (returned: the commands
+    read the safetensors beside it): inference costs what a trained one's does."""
     from pathlib import Path
 
     from fastresnet.config import Recipe
     from fastresnet.data import CIFAR_CLASSES
-    from fastresnet.learner import stub_learner
+    from fastresnet.learner import save_weights, stub_learner
     learn = stub_learner(CIFAR_CLASSES, Recipe())
+    save_weights(learn, Path(folder) / "model.safetensors")
     learn.export(Path(folder) / "model.pkl")
     return Path(folder) / "model.pkl"
 

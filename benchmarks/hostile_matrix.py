@@ -384,14 +384,17 @@ def build_cases(T: Path, DATA: Path, RUN: Path, rng, mounts: list) -> list[Case]
     if os.geteuid() != 0:
         print("skipping 7 (mount points, read-only cache): not root", flush=True)
     else:
+        def mount(where: Path, options: str, what: str) -> bool:
+            "A tmpfs at `where` (made empty), or a printed reason why not."
+            where.mkdir()
+            ok = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+            if ok.returncode: print(f"skipping {what}: mount failed: {ok.stderr.decode().strip()}", flush=True)
+            else: mounts.append(where)
+            return not ok.returncode
+
         w = d("7a")
         mnt = w / "mnt"
-        mnt.mkdir()
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True)
-        if ok.returncode:
-            print(f"skipping 7a (--out a mount point): mount failed: {ok.stderr.decode().strip()}", flush=True)
-        else:
-            mounts.append(mnt)
+        if mount(mnt, "size=64m", "7a (--out a mount point)"):
             def after_7a(mnt=mnt, w=w):
                 left = [p.name for p in w.iterdir() if p.name.startswith(f".{mnt.name}.")]
                 subprocess.run(["umount", str(mnt)], capture_output=True)
@@ -400,12 +403,7 @@ def build_cases(T: Path, DATA: Path, RUN: Path, rng, mounts: list) -> list[Case]
             cases.append(Case("7a --out a tmpfs mount point", train(DATA, mnt), expected="ok", after=after_7a))
         w = d("7b")
         ro = w / "ro"
-        ro.mkdir()
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
-        if ok.returncode:
-            print(f"skipping 7b (read-only cache): mount failed: {ok.stderr.decode().strip()}", flush=True)
-        else:
-            mounts.append(ro)
+        if mount(ro, "ro,size=1m", "7b (read-only cache)"):
             def after_7b(ro=ro):
                 subprocess.run(["umount", str(ro)], capture_output=True)
                 mounts.remove(ro)
@@ -445,8 +443,8 @@ def build_cases(T: Path, DATA: Path, RUN: Path, rng, mounts: list) -> list[Case]
     w = d("10a")
     m = mk / "10a-raw"
     write_raw_pickle(w / "evil.bin", m)
-    cases.append(Case("10a predict --model evil.bin (raw pickle)", ["predict", str(IMG), "--model", str(w / "evil.bin")],
-                      markers=[m]))
+    cases.append(Case("10a predict --model evil.bin (raw pickle)",
+                      ["predict", str(IMG), "--model", str(w / "evil.bin")], markers=[m]))
     m = mk / "10a-torch"
     write_torch_pickle(w / "evil-torch.bin", m)
     cases.append(Case("10a predict --model evil.bin (torch zip)", ["predict", str(IMG), "--model",

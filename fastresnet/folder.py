@@ -235,12 +235,13 @@ def foreign_entries(run_dir: Path) -> list[str]:
     """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range test's
     `models/_tmp.pth`. A folder without a fastresnet run.json is foreign as a whole (its entries are all listed)."""
     names = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir())
-    try: marked = "fastresnet" in json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, ValueError, TypeError): marked = False
-    if not marked: return names
-    ours = lambda p: (p.name in RUN_FILES and p.is_file() and not p.is_symlink()
-                      or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file()
-                      or p.name == "models" and p.is_dir() and all(f.name == "_tmp.pth" for f in p.iterdir()))
+    try: info = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError): info = None
+    if not (isinstance(info, dict) and "fastresnet" in info): return names
+    def ours(p: Path) -> bool:
+        if p.is_symlink(): return False
+        if p.is_file(): return p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+        return p.name == "models" and p.is_dir() and all(f.name == "_tmp.pth" and f.is_file() for f in p.iterdir())
     return sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if not ours(p))
 
 
