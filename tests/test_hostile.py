@@ -78,8 +78,8 @@ def test_overwrite_refuses_the_data_its_parent_and_a_users_folder(tiny_folder, t
 
 def test_overwrite_still_replaces_a_run_folder(copy, tiny_folder, capsys):
     old = json.loads((copy / "run.json").read_text())
-    (copy / "models").mkdir()
-    (copy / "models" / "_tmp.pth").write_bytes(b"a range test cut short")  # what fastai's lr_find leaves
+    (copy / "models" / "tmpab12cd").mkdir(parents=True)
+    (copy / "models" / "tmpab12cd" / "_tmp.pth").write_bytes(b"a range test cut short")  # what lr_find leaves
     code, _ = cli(["train", "--data", tiny_folder, "--out", copy, "--overwrite", *TINY, "--seed", "7"], capsys)
     assert code == 0 and "seed = 7" in (copy / "settings.ini").read_text() and not (copy / "models").exists()
     assert json.loads((copy / "run.json").read_text())["n_train"] == old["n_train"]

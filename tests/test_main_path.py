@@ -156,7 +156,7 @@ def test_a_pkl_whose_module_is_missing_says_so(tmp_path, exported, tiny_folder):
     assert p.returncode == 0, p.stderr[-3000:]
     (tmp_path / "gone_module.py").unlink()
     img = tiny_folder / "test" / "cat" / "0003.png"
-    p = cli(["predict", str(img), "--model", str(tmp_path / "needs.pkl")], cwd=tmp_path)
+    p = cli(["predict", str(img), "--model", str(tmp_path / "needs.pkl"), "--allow-pickle"], cwd=tmp_path)
     assert p.returncode == 2 and "needs a Python module that cannot be imported" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
 
