@@ -17,7 +17,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Recipe, UserError, parse_setting  # stdlib only: `fastresnet --help` stays instant
+from .config import Recipe, UserError, parse_setting, peak_for  # stdlib only: `fastresnet --help` stays instant
 
 __all__ = ["main", "build_parser"]
 
@@ -149,7 +149,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     changes = {f.name: getattr(a, f.name) for f in fields(Recipe) if getattr(a, f.name, None) is not None}
     r = base.replace(**changes)
     fine_tune = getattr(a, "init", None)  # fastai's fine_tune schedule has no peak epoch
-    if "epochs" in changes and "peak_epoch" not in changes and r.peak_epoch != base.peak_epoch and not fine_tune:
+    moved = r.peak_epoch != Recipe().peak_epoch and r.peak_epoch == peak_for(r.epochs)  # by the rule, not by hand
+    if moved and "peak_epoch" not in changes and not fine_tune:  # a flag's or a settings file's epochs
         print(f"note: {r.epochs} epochs: the LR peaks at the end of epoch {r.peak_epoch} (5/24 of training, as "
               "epoch 5 of 24; --peak-epoch to choose).", file=sys.stderr)
     return r
