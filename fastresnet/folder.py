@@ -233,7 +233,8 @@ RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_
 
 def foreign_entries(run_dir: Path) -> list[str]:
     """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range test's
-    `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a fastresnet run.json is foreign as a whole (its entries are all listed)."""
+    `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a fastresnet
+    run.json is foreign as a whole (its entries are all listed)."""
     names = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir())
     try: info = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, ValueError): info = None
@@ -241,8 +242,8 @@ def foreign_entries(run_dir: Path) -> list[str]:
     def ours(p: Path) -> bool:
         if p.is_symlink(): return False
         if p.is_file(): return p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
-        return p.name == "models" and p.is_dir() and all(f.is_dir() and f.name.startswith("tmp") or f.name == "_tmp.pth"
-                                                         for f in p.rglob("*"))  # lr_find's tmpXXXX/_tmp.pth
+        if p.name != "models" or not p.is_dir(): return False
+        return all(f.is_dir() and f.name.startswith("tmp") or f.name == "_tmp.pth" for f in p.rglob("*"))  # lr_find's
     return sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if not ours(p))
 
 

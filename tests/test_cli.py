@@ -165,7 +165,7 @@ def test_one_short_run_rule_for_flags_and_settings_files(capsys, tmp_path):
     a = recipe_from_args(build_parser().parse_args(["train", "--epochs", "3"]))
     b = recipe_from_args(build_parser().parse_args(["train", "--settings", str(tmp_path / "s.ini")]))
     assert (a.epochs, a.peak_epoch) == (b.epochs, b.peak_epoch) == (3, 1)
-    assert capsys.readouterr().err.count("peaks at the end of epoch 1") == 1             # the flag's note
+    assert capsys.readouterr().err.count("peaks at the end of epoch 1") == 2   # the flag's note and the file's
     for bad in (["--epochs", "1"], ["--epochs", "-3"]):
         code, _, err = run_cli(["train", *bad], capsys)
         assert code == 2 and "must be at least 2" in err and "note:" not in err
