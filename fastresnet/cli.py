@@ -323,8 +323,8 @@ def cmd_serve(a) -> int:
     from .serve import MAX_QUEUE, gradio, serve
     try: gradio()
     except ImportError:
-        print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install -e ".[serve]" '
-              "(or pip install gradio).", file=sys.stderr)
+        print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install "fastresnet[serve]" '
+              '(in a clone: pip install -e ".[serve]"; or pip install gradio).', file=sys.stderr)
         return 2
     if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
     model = model_file(a.model)

@@ -167,7 +167,8 @@ def load_pickled_learner(path: str | Path) -> Learner:
     except (UnboundLocalError, ImportError) as e:  # fastai's load_learner swallows the ImportError, then fails so
         raise UserError(f"{path} needs a Python module that cannot be imported here ({type(e).__name__}: {e}). "
                         "A learner exported by `fastresnet train` needs the fastresnet package installed "
-                        "(pip install -e . in the project folder); one from other code needs that code.") from None
+                        "(pip install fastresnet, or pip install -e . in a clone); one from other code needs that "
+                        "code.") from None
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError,
             ValueError, OSError) as e:
         raise UserError(f"{path} could not be loaded as a fastai learner ({type(e).__name__}: "
@@ -279,4 +280,11 @@ def save_weights(learn: Learner, path: str | Path) -> None:
     meta = {"format": "fastresnet-weights-3", "vocab": json.dumps(list(learn.dls.vocab)),
             "recipe": json.dumps(dataclasses.asdict(r)), "stats": json.dumps(norm_stats(learn))}
     meta["sha256"] = _digest(meta, sd)  # `read_weights` checks it: a changed byte is refused, never used
-    atomic_write(Path(path), lambda f: f.write(save(sd, metadata=meta)))
+    atomic_write(Path(path), lambda f: f.write(_sorted_header(save(sd, metadata=meta))))
+
+
+def _sorted_header(raw: bytes) -> bytes:
+    "A safetensors file with its JSON header's keys sorted (the writer orders metadata at random): same run, same bytes."
+    n = int.from_bytes(raw[:8], "little")
+    text = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return raw[:8] + text.ljust(n) + raw[8 + n:] if len(text) <= n else raw  # the header's length kept

@@ -5,7 +5,7 @@ with the run's facts (test accuracy, epochs, date) underneath. Predictions go th
 code behind `fastresnet predict` and the same test pipeline as `learn.predict`. Bad uploads (not an image,
 a corrupt file, too many pixels) answer with a message on the page; the server keeps serving.
 
-Needs the optional extra: pip install -e ".[serve]"
+Needs the optional extra: pip install "fastresnet[serve]" (in a clone: pip install -e ".[serve]")
 """
 from __future__ import annotations
 

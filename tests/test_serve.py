@@ -57,7 +57,7 @@ def test_serve_without_gradio_says_how_to_install_it(run_dir, monkeypatch, capsy
     from fastresnet.cli import main
     monkeypatch.setitem(sys.modules, "gradio", None)   # as if not installed
     assert main(["serve", "--model", str(run_dir)]) == 2
-    assert 'pip install -e ".[serve]"' in capsys.readouterr().err
+    assert 'pip install "fastresnet[serve]"' in capsys.readouterr().err  # what a wheel user runs
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(run_dir):
