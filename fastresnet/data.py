@@ -256,6 +256,10 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
             warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
                           "decoding the images again and rewriting it.")
     if images is None:
+        if not sys.stdout.isatty():  # a terminal shows the decode's bar; a file or a pipe gets this line
+            mb = len(files) * 3 * size * size / 2**20
+            print(f"Decoding {len(files):,} image files under {root}" + (f", once: caching them ({mb:.0f} MB) in "
+                  f"{cpath}" if cpath is not None else "") + " ...", file=sys.stderr, flush=True)  # stdout: results
         images = _decode(root, [f for f, _ in files], size)
         if cpath is not None:
             try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders

@@ -38,3 +38,13 @@ def test_the_license_ships_and_is_declared():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["license"] == "Apache-2.0" and (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
     assert "Programming Language :: Python :: 3.11" in meta["classifiers"]
+
+
+def test_a_pipe_is_told_what_is_decoded_and_cached(tiny_folder, capsys, tmp_path, monkeypatch):
+    from fastresnet.data import read_folder
+    monkeypatch.setenv("FASTRESNET_CACHE", str(tmp_path / "c"))
+    read_folder(tiny_folder)
+    out = capsys.readouterr().err  # pytest's captured stdout is not a terminal, as a pipe is not
+    assert f"Decoding 60 image files under {tiny_folder}, once: caching them (0 MB) in {tmp_path / 'c'}" in out
+    read_folder(tiny_folder)
+    assert "Decoding" not in capsys.readouterr().err  # from the cache: nothing to say
