@@ -100,7 +100,8 @@ def claims():
     secs = [r["seconds"] for r in GPU_RUNS.values() if r["call"] == "call1"]  # alone on the GPU, three at a time
     yield "README.md", "time: a whole run on one H200", f"{min(secs):.0f}–{max(secs):.0f} s on one H200"
     xeon = sorted(hours(n) for n in ("default-bf16-s42", "default-bf16-s1"))
-    yield "README.md", "time: the AMX Xeon (default runs)", f"{xeon[0]:.1f}–{xeon[-1]:.1f} hours on a 2-core Intel Xeon"
+    yield "README.md", "time: the AMX Xeon (default runs)", \
+        f"{xeon[0]:.1f}–{xeon[-1]:.1f} hours on a 2-core Intel Xeon"
     zen4 = hours("adam-933-bf16-s42")  # another recipe, the same arithmetic a step
     yield "README.md", "time: the Zen 4 (adam-933)", f"{zen4:.1f} hours on a 2-core AMD"
     yield "README.md", "the first command: wall time", f"in {first['seconds']} s on"

@@ -59,7 +59,8 @@ def require_accelerate() -> None:
         import accelerate  # noqa: F401
     except ImportError:
         raise UserError("A distributed launch needs Hugging Face Accelerate, which is not installed: "
-                        'pip install "fastresnet[distributed]" (in a clone: pip install -e ".[distributed]").') from None
+                        'pip install "fastresnet[distributed]" (in a clone: pip install -e ".[distributed]").'
+                        ) from None
 
 
 @contextlib.contextmanager

@@ -284,7 +284,7 @@ def save_weights(learn: Learner, path: str | Path) -> None:
 
 
 def _sorted_header(raw: bytes) -> bytes:
-    "A safetensors file with its JSON header's keys sorted (the writer orders metadata at random): same run, same bytes."
+    "A safetensors file with its header's keys sorted (the writer orders metadata at random): same run, same bytes."
     n = int.from_bytes(raw[:8], "little")
     text = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return raw[:8] + text.ljust(n) + raw[8 + n:] if len(text) <= n else raw  # the header's length kept
