@@ -48,3 +48,14 @@ def test_a_pipe_is_told_what_is_decoded_and_cached(tiny_folder, capsys, tmp_path
     assert f"Decoding 60 image files under {tiny_folder}, once: caching them (0 MB) in {tmp_path / 'c'}" in out
     read_folder(tiny_folder)
     assert "Decoding" not in capsys.readouterr().err  # from the cache: nothing to say
+
+
+def test_an_extra_brings_jupyter_and_the_notebooks_default_to_a_quick_look():
+    import json
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("jupyterlab") for r in meta["optional-dependencies"]["notebooks"])
+    for nb in ("01_lr_find", "02_train"):
+        cells = json.loads((ROOT / "nbs" / f"{nb}.ipynb").read_text())["cells"]
+        params = {}
+        exec("".join(next(c for c in cells if c["cell_type"] == "code")["source"]), params)
+        assert (params["FULL"], params["SUBSET"], params["WIDTH"]) == (False, 2000, 0.25), nb
