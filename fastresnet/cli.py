@@ -29,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="train/ and test/ (or valid/) of class folders (fastai's CIFAR-10 "
                    "layout), or class folders alone (split by --valid-pct), or the python archive `cifar-10-batches-py`"
-                   "; or cifar10 / cifar100: download with fastai's untar_data (default: cifar10)")
+                   "; or a CSV of file names and classes beside the images (fastai's from_csv: header row, file,class"
+                   "[,is_valid]); or cifar10 / cifar100: download with fastai's untar_data (default: cifar10)")
     p.add_argument("--subset", type=_count, metavar="N", help="train on N images (N divided by the class count from "
                    "each class; for smoke runs)")
 

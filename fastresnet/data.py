@@ -7,6 +7,7 @@ PIL work in the training loop.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import pickle
@@ -195,6 +196,46 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
                         "per class), or the python archive folder `cifar-10-batches-py`.") from None
 
 
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "")  # an `is_valid` cell
+
+
+def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
+    """fastai's `ImageDataLoaders.from_csv` habit: a CSV in the images' folder, a header row, each row a file name
+    (relative to that folder) and its class in the first two columns, and an optional `is_valid` column (true: held
+    out for testing). Returns the files of each class as `_layout` does: (train, test), or (all, None) without
+    `is_valid` (then split by valid_pct). Every row is checked: a missing file or a malformed row is refused, listed."""
+    root, problems = path.parent, []
+    try: rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a UTF-8 CSV file ({type(e).__name__}: {str(e)[:80]}).") from None
+    header = [h.strip().lower() for h in (rows[0] if rows else [])]
+    held_col = header.index("is_valid") if "is_valid" in header else None
+    parts: tuple[dict, dict] = ({}, {})
+    for n, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row): continue  # a blank line
+        name, label = (row + ["", ""])[0].strip(), (row + ["", ""])[1].strip()
+        held = row[held_col].strip().lower() if held_col is not None and held_col < len(row) else ""
+        f = Path(os.path.normpath(root / name))
+        if not name or not label or held not in TRUE + FALSE:
+            want = "file name, class" + (", is_valid (true or false)" if held_col is not None else "")
+            problems.append(f"line {n}: {','.join(row)[:60]!r} is not {want}")
+        elif root not in f.parents: problems.append(f"line {n}: {name} is outside {root}")
+        elif not f.is_file(): problems.append(f"line {n}: {name} does not exist")
+        else: parts[held in TRUE].setdefault(label, []).append(f)
+    if problems:
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise UserError(f"{len(problems)} row(s) of {path} cannot be used:\n  " + "\n  ".join(problems[:5]) + more +
+                        "\nFix or remove them and run again.")
+    if not parts[0]: raise UserError(f"{path} lists no training images (a header row, then file,class rows).")
+    train, test = ({c: sorted(fs) for c, fs in sorted(p.items())} for p in parts)  # as folders list them
+    if held_col is None: return train, None
+    if list(train) != list(test):
+        only_tr, only_te = sorted(set(train) - set(test)) or "none", sorted(set(test) - set(train)) or "none"
+        raise UserError(f"The classes of {path}'s training rows and its is_valid rows differ (only in training: "
+                        f"{only_tr}; only held out: {only_te}).")
+    return train, test
+
+
 def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
     "Every file as a (3, size, size) uint8 image, resized and converted to RGB as needed, one summary note of each."
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
@@ -227,14 +268,15 @@ def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarra
 
 
 def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, seed: int = 42,
-                size: int = SIZE) -> CifarArrays:
+                size: int = SIZE, labels: str | Path | None = None) -> CifarArrays:
     """Read `root/{train,test}/<class>/<image>` (fastai's CIFAR layout; `valid/` for `test/` too) or `root/<class>/
     <image>`, whose classes are then split `valid_pct` held out (`split_by_class`, with `seed`); class folders may sit
     in group folders (`_class_files`). Images of any size and mode are resized to `size`x`size` RGB. Decoding 60,000
     files takes a minute, so the decoded images are cached as one `.npz` keyed by the files' names, sizes and times
-    (and `size`). Normalisation: CIFAR-10's statistics for CIFAR-10's classes, otherwise the training images' own."""
+    (and `size`). Normalisation: CIFAR-10's statistics for CIFAR-10's classes, otherwise the training images' own.
+    `labels` (a CSV in `root`, `_csv_layout`) names the files and their classes instead of folders."""
     root = Path(root)
-    train, test = _layout(root)
+    train, test = _csv_layout(Path(labels)) if labels is not None else _layout(root)
     vocab = list(train)
     if test is None:
         few = [c for c, fs in train.items() if len(fs) < 2]
@@ -345,8 +387,10 @@ def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int
                             "`cifar-10-batches-py`).", hint="(--data PATH)") from None
     path = Path(path).expanduser()
     if not path.exists(): raise UserError(f"Data path {path} does not exist.")
+    if path.is_file() and path.suffix.lower() == ".csv":  # a labels CSV beside the images
+        return read_folder(path.parent, valid_pct=valid_pct, seed=seed, size=size, labels=path)
     if not path.is_dir(): raise UserError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
-                                          "or the class folders.")
+                                          "the class folders, or a CSV of file names and classes.")
     if (path / "batches.meta").exists(): return read_python_archive(path, size)
     if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py", size)
     return read_folder(path, valid_pct=valid_pct, seed=seed, size=size)
