@@ -44,7 +44,8 @@ def test_an_is_valid_column_is_the_split(flat):
     ("fname,label\nred/0.png\n", r"line 2: 'red/0.png' is not file name, class"),
     ("fname,label\n../outside.png,red\n", r"outside"),
     ("fname,label,is_valid\nred/0.png,red,maybe\n", r"is_valid \(true or false\)"),
-    ("fname,label,is_valid\nred/0.png,red,false\ngreen/0.png,green,true\n", r"training rows and its is_valid rows differ"),
+    ("fname,label,is_valid\nred/0.png,red,false\ngreen/0.png,green,true\n",
+     r"training rows and its is_valid rows differ"),
 ])
 def test_bad_rows_are_refused_and_listed(flat, rows, match):
     (flat / "bad.csv").write_text(rows)
