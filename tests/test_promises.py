@@ -122,7 +122,7 @@ def test_a_full_queue_refuses_at_once(run, tiny_folder, tmp_path):
                 assert time.time() < deadline and proc.poll() is None, "the server did not start"
                 time.sleep(1)
         img = handle_file(str(sorted((tiny_folder / "test" / "cat").iterdir())[0]))
-        jobs = [client.submit(img, api_name="/predict") for _ in range(12)]  # one answered, one waits, the rest
+        jobs = [client.submit(img, api_name="/predict") for _ in range(24)]  # one answered, one waits, the rest
         outcomes = []
         for job in jobs:
             try: outcomes.append(job.result(timeout=120) and "answered")
