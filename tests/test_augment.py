@@ -49,10 +49,17 @@ def test_crop_is_a_translation_of_the_padded_image():
 
 
 def test_reflect_padding_mode():
+    "Each output is a 32x32 window of the image padded by reflection, at offsets drawn per image."
     torch.manual_seed(1)
-    x = batch(8)
+    x = batch(64)
     y = RandomPadCrop(4, "reflect")(x, split_idx=0)
-    assert not (y == 0).any()
+    xp = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    shifts = set()
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(9) for dx in range(9) if torch.equal(xp[i, :, dy:dy + 32, dx:dx + 32], y[i])]
+        assert found, i  # a window of the reflect-padded image
+        shifts.add(found[0])
+    assert len(shifts) > 10 and not (y == 0).any()  # cropped, not passed through; no zero padding
 
 
 def test_flip_is_exact_and_per_image():

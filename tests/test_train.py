@@ -81,7 +81,11 @@ def test_learn_save_writes_into_models_as_fastai_does(tiny_folder, tmp_path):
     from fastresnet import cifar_learner
     learn = cifar_learner(tiny_folder, path=tmp_path, width=0.25, bs=10)
     assert learn.save("x") == tmp_path / "models" / "x.pth" and (tmp_path / "models" / "x.pth").is_file()
+    saved = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with torch.no_grad():
+        for p in learn.model.parameters(): p.add_(1.0)  # weights moved after the save
     learn.load("x")
+    assert all(torch.equal(v, saved[k]) for k, v in learn.model.state_dict().items())  # and back as saved
 
 
 def test_summary(capsys):
