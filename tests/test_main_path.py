@@ -85,6 +85,11 @@ def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder,
     with learn.no_bar(): got = learn.lr_bounds(show_plot=False)
     assert got.lr_max == pytest.approx(want["lr_max"], rel=1e-6)
     assert got.lr_min == pytest.approx(want["lr_min"], rel=1e-6)
+    curve = json.loads((tmp_path / "cli" / "lr_find.json").read_text())  # the documented rule on the saved curve:
+    lrs, losses = curve["lrs"][30 // 10:-5], curve["losses"][30 // 10:-5]  # fastai reads it from num_it//10 to -5,
+    losses = losses[:next((i for i, x in enumerate(losses) if x != x), len(losses))]  # up to its first NaN
+    assert want["lr_max"] == pytest.approx(lrs[int(np.argmin(losses))] / 10, rel=1e-6)  # (LR of the lowest loss) / 10
+    assert want["lr_min"] == pytest.approx(want["lr_max"] / 100, rel=1e-9)  # LRMIN = LRMAX / 100
 
 
 @pytest.mark.slow
