@@ -320,7 +320,6 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .learner import load_model, model_file
     from .serve import MAX_QUEUE, gradio, serve
     try: gradio()
     except ImportError:
@@ -328,9 +327,6 @@ def cmd_serve(a) -> int:
               '(in a clone: pip install -e ".[serve]"; or pip install gradio).', file=sys.stderr)
         return 2
     if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
-    model = model_file(a.model)
-    if model.suffix != ".safetensors" and not a.allow_pickle: load_model(model)  # the refusal, before "Serving"
-    print(f"Serving {model} on http://{a.host}:{a.port}/ (Ctrl-C stops it)", flush=True)
     try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE, a.allow_pickle)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Recipe", "UserError", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
+__all__ = ["Recipe", "UserError", "BOOLS", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
            "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED",
            "drop_retired"]
 
@@ -197,14 +197,15 @@ SECTIONS: dict[str, list[str]] = {}
 for _f in fields(Recipe): SECTIONS.setdefault(_f.metadata["section"], []).append(_f.name)
 
 
+BOOLS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
+
 def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
     "One value as written in a settings file or a flag, converted to the field's type."
     raw = raw.strip()
     try:
         if f.type in ("bool", bool):
-            low = raw.lower()
-            if low in ("true", "yes", "1", "on"): return True
-            if low in ("false", "no", "0", "off"): return False
+            if raw.lower() in BOOLS: return BOOLS[raw.lower()]
             raise ValueError
         if "_" in raw: raise ValueError  # Python reads `2_0` as 20: a typo here
         if f.type in ("int", int): return int(raw)
@@ -233,7 +234,7 @@ def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
     "`values` without the retired settings, each checked to be at its settled value (raw text or parsed)."
     for key in RETIRED.keys() & values.keys():
         v, settled = values.pop(key), RETIRED[key]
-        if isinstance(v, str) and isinstance(settled, bool): v = v.strip().lower() not in ("false", "no", "0", "off")
+        if isinstance(v, str) and isinstance(settled, bool): v = BOOLS.get(v.strip().lower(), True)
         elif isinstance(v, str) and isinstance(settled, float):
             try: v = float(v)
             except ValueError: pass

@@ -27,7 +27,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, ImageOps
 
 from .augment import Cutout, RandomFlip, RandomPadCrop
-from .config import Recipe, UserError
+from .config import BOOLS, Recipe, UserError
 from .folder import atomic_write
 
 __all__ = ["CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
@@ -196,7 +196,10 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
                         "per class), or the python archive folder `cifar-10-batches-py`.") from None
 
 
-TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "")  # an `is_valid` cell
+def _five(problems: list[str]) -> str:
+    "The first five of a list of problems, one an indented line, and how many more there are."
+    more = [f"... and {len(problems) - 5} more"] if len(problems) > 5 else []
+    return "".join(f"\n  {p}" for p in problems[:5] + more)
 
 
 def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
@@ -214,18 +217,17 @@ def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     for n, row in enumerate(rows[1:], 2):
         if not any(c.strip() for c in row): continue  # a blank line
         name, label = (row + ["", ""])[0].strip(), (row + ["", ""])[1].strip()
-        held = row[held_col].strip().lower() if held_col is not None and held_col < len(row) else ""
+        held = (row[held_col] if held_col is not None and held_col < len(row) else "").strip().lower() or "false"
         f = Path(os.path.normpath(root / name))
-        if not name or not label or held not in TRUE + FALSE:
+        if not name or not label or held not in BOOLS:
             want = "file name, class" + (", is_valid (true or false)" if held_col is not None else "")
             problems.append(f"line {n}: {','.join(row)[:60]!r} is not {want}")
         elif root not in f.parents: problems.append(f"line {n}: {name} is outside {root}")
         elif not f.is_file(): problems.append(f"line {n}: {name} does not exist")
-        else: parts[held in TRUE].setdefault(label, []).append(f)
+        else: parts[BOOLS[held]].setdefault(label, []).append(f)
     if problems:
-        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise UserError(f"{len(problems)} row(s) of {path} cannot be used:\n  " + "\n  ".join(problems[:5]) + more +
-                        "\nFix or remove them and run again.")
+        raise UserError(f"{len(problems)} row(s) of {path} cannot be used:{_five(problems)}\nFix or remove them "
+                        "and run again.")
     if not parts[0]: raise UserError(f"{path} lists no training images (a header row, then file,class rows).")
     train, test = ({c: sorted(fs) for c, fs in sorted(p.items())} for p in parts)  # as folders list them
     if held_col is None: return train, None
@@ -251,9 +253,8 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
         found = [str(n.message) for n in notes if what in str(n.message)]
         if found: warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
     if bad:
-        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise UserError(f"{len(bad)} image file(s) under {root} cannot be used:\n  " + "\n  ".join(bad[:5]) + more +
-                        "\nRemove or replace them and run again.")
+        raise UserError(f"{len(bad)} image file(s) under {root} cannot be used:{_five(bad)}\nRemove or replace them "
+                        "and run again.")
     return images
 
 

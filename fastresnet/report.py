@@ -158,7 +158,8 @@ def write_report(run_dir: Path) -> Path:
         note = chance_note(final, info.get("n_train"), len(history))
         if note: lines += [f"> **Warning.** {note}", ""]
     subset = f", subset {info['subset']}" if info.get("subset") else ""
-    data = f"`{_cell(run_data(info))}`" if run_data(info) else "CIFAR-10, downloaded by fastai"
+    data = run_data(info)
+    data = f"`{_cell(data)}`" if data else "CIFAR-10, downloaded by fastai"
     lines += [f"- data: {data}{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
     if bounds: lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "

@@ -158,7 +158,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
         if own_uploads: os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
         try:
-            app = build_app(model, examples, workdir, allow_pickle)
+            app = build_app(model, examples, workdir, allow_pickle)  # the model loads (or is refused) first
+            print(f"Serving {model_file(model)} on http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
             app.queue(default_concurrency_limit=1, max_size=max_queue)
             app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
                        footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
