@@ -88,6 +88,9 @@ class Recipe:
                             "Other published schedules end lower (e.g. 1.8e-7 for LRMAX 0.018)", lr_find=False, min=0.0)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6, max=100000)
+    lr_find_passes: float = setting("schedule", 8.0, "on small data, the range test stops after this many passes "
+                                    "over the training images (30 batches at least; docs/usage.md)", min=0.1,
+                                    max=100000.0)
     lr_find_start: float = setting("schedule", 1e-6, "LR range test start", min=0.0)
     lr_find_end: float = setting("schedule", 10.0, "LR range test end", min=0.0)
     # [augment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from dataclasses import fields
 from typing import NamedTuple
 
@@ -21,7 +22,8 @@ from fastcore.foundation import L
 
 from .config import Recipe, check_cycle
 
-__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "find_bounds", "lr_bounds"]
+__all__ = ["piecewise", "OneCyclePeak", "fit_one_cycle_peak", "fine_tune_from", "LRBounds", "range_test_batches",
+           "find_bounds", "lr_bounds"]
 
 
 def piecewise(step: float, knots: list[float], values: list[float]) -> float:
@@ -103,32 +105,39 @@ class LRBounds(NamedTuple):
 RULES = next(f for f in fields(Recipe) if f.name == "lr_rule").metadata["choices"]  # fastai's suggestion functions
 
 
-def find_bounds(learn: Learner, rule: str = "minimum", min_div: float = 100.0, num_it: int = 100,
-                start_lr: float = 1e-6, end_lr: float = 10.0, show_plot: bool = False) -> tuple[LRBounds, dict]:
-    """`learn.lr_find()` on the training pipeline: LRMAX = fastai's `rule` suggestion, LRMIN = LRMAX / `min_div`.
+MIN_RANGE_TEST = 30  # batches: enough for every suggestion and for the turn-up check's 20 points after fastai's cut
+
+
+def range_test_batches(r: Recipe, batches_per_epoch: int) -> int:
+    "The range test's length: `lr_find_iters` batches, cut to `lr_find_passes` passes over the data (30 at least)."
+    passes = math.ceil(r.lr_find_passes * batches_per_epoch)
+    return min(r.lr_find_iters, max(MIN_RANGE_TEST, passes))
+
+
+def find_bounds(learn: Learner, r: Recipe, show_plot: bool = False) -> tuple[LRBounds, dict]:
+    """`learn.lr_find()` on the training pipeline: LRMAX = fastai's `lr_rule` suggestion, LRMIN = LRMAX / `lr_min_div`.
     Also returns every suggestion (NaN where the curve is too short for one). fastai's finder restores
     the model and optimizer afterwards, so training starts from the same weights."""
-    found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=show_plot,
+    num_it = range_test_batches(r, len(learn.dls.train))
+    found = learn.lr_find(start_lr=r.lr_find_start, end_lr=r.lr_find_end, num_it=num_it, show_plot=show_plot,
                           suggest_funcs=[_or_nan(n) for n in RULES])
     with contextlib.suppress(OSError): (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
     found = {n: float(v) for n, v in found._asdict().items()}
-    lr_max = found[rule]
+    lr_max = found[r.lr_rule]
     if not np.isfinite(lr_max) or lr_max <= 0:
-        raise ValueError(f"The LR range test gave no usable {rule!r} point ({lr_max}).")
-    if rule == "minimum": _check_turned_up(learn.recorder.lrs, learn.recorder.losses, num_it)
-    return LRBounds(lr_max / min_div, lr_max, rule), found
+        raise ValueError(f"The LR range test gave no usable {r.lr_rule!r} point ({lr_max}).")
+    if r.lr_rule == "minimum": _check_turned_up(learn.recorder.lrs, learn.recorder.losses, num_it)
+    return LRBounds(lr_max / r.lr_min_div, lr_max, r.lr_rule), found
 
 
 @patch
 def lr_bounds(self: Learner, show_plot: bool = True) -> LRBounds:
-    """The recipe's range test in a notebook, as `fastresnet train` runs it: `learn.lr_find()` over the settings'
-    `lr_find_iters` batches from `lr_find_start` to `lr_find_end` (1e-6 to 10, where fastai's own default starts at
-    1e-7 and finds another minimum), LRMAX by `lr_rule`, LRMIN = LRMAX / `lr_min_div`; fastai's plot with them.
+    """The recipe's range test in a notebook, as `fastresnet train` runs it, with fastai's plot.
 
         b = learn.lr_bounds()
         learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)"""
     r = getattr(self, "recipe", None) or Recipe()  # a Learner of cifar_learner's carries its settings
-    return find_bounds(self, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start, r.lr_find_end, show_plot)[0]
+    return find_bounds(self, r, show_plot)[0]
 
 
 def _check_turned_up(lrs, losses, num_it: int) -> None:

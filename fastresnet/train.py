@@ -26,7 +26,7 @@ from .inference import evaluate_learner
 from .learner import cifar_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
 from .resume import MuteSkippedEpochs, RunCheckpoint, open_run, restore
-from .schedule import LRBounds, find_bounds
+from .schedule import LRBounds, find_bounds, range_test_batches
 
 __all__ = ["run", "lr_find_run", "learner_for_run"]
 
@@ -149,12 +149,12 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
     "LRMIN/LRMAX as given, or from the LR range test on the training pipeline (its curve saved in the run folder)."
     if r.lr_max: bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
     else:
-        passes = r.lr_find_iters * r.bs / max(1, len(learn.dls.train_ds))  # small data: many passes over it
+        n_batches = len(learn.dls.train)
+        num_it = range_test_batches(r, n_batches)
         if dist.is_main():
-            log(f"LR range test: {r.lr_find_iters} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}"
-                + f" ({passes:.0f} passes over the training images)" * (passes >= 2))
-        try: bounds, found = find_bounds(learn, r.lr_rule, r.lr_min_div, r.lr_find_iters, r.lr_find_start,
-                                         r.lr_find_end)
+            log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}"
+                f" ({num_it / max(1, n_batches):.1f} passes over the training images)")
+        try: bounds, found = find_bounds(learn, r)
         except ValueError as e: raise UserError(f"{e} Give LRMAX yourself to skip the range test.",
                                                 hint="(--lr-max)") from None
         if run_dir is not None and dist.is_main():

@@ -35,7 +35,7 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
     def fake_fit(self, n_epoch, cbs=None, **kwargs):                # what fastai's finder leaves in the recorder
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)                    # fastai's lr_find then reads the curve
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
     b = _bounds(learn, learn.recipe, None)                          # the run path, with the defaults' rule
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
 
@@ -48,7 +48,7 @@ def test_a_range_test_still_falling_at_its_end_is_refused_not_trained(arrays, tm
     def fake_fit(self, n_epoch, cbs=None, **kwargs):
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100, lr_find_passes=100)
     with pytest.raises(UserError, match=r"still falling near its end \(lowest at LR 4\.4") as e:
         _bounds(learn, learn.recipe, None)
     assert e.value.hint == "(--lr-max)"
@@ -69,7 +69,7 @@ def test_lr_bounds_is_the_documented_rule_over_the_recipes_range(arrays, tmp_pat
         asked.update(start=sched(0.0), end=sched(1.0), num_it=finder.num_it)
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141)
+    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
     lr_min, lr_max, rule = learn.lr_bounds(show_plot=False)
     assert asked == {"start": 1e-6, "end": 10.0, "num_it": 141} and rule == "minimum"
     assert lr_max == pytest.approx(10 ** -2.5) and lr_min == pytest.approx(10 ** -4.5)

@@ -60,15 +60,25 @@ def test_bad_schedule_arguments(arrays, tmp_path):
 
 
 def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
-    learn = tiny_learner(arrays, tmp_path)
+    learn = tiny_learner(arrays, tmp_path, lr_find_iters=8)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    b, found = find_bounds(learn, "minimum", 100, num_it=8)
+    b, found = find_bounds(learn, learn.recipe)
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(learn.recorder.lrs) == 8 and learn.recorder.lrs[0] < learn.recorder.lrs[-1]
     assert set(found) == {"minimum", "steep", "valley", "slide"}
     assert b.lr_max == pytest.approx(found["minimum"]) and b.lr_min == pytest.approx(b.lr_max / 100)
     assert not any("grad_avg" in st or "sqr_avg" in st for st in learn.opt.state_dict()["state"])  # Adam reset
+
+
+@pytest.mark.parametrize("iters, passes, want", [(100, 8, 32), (100, 2, 30), (20, 8, 20), (100, 20, 80)])
+def test_range_test_length_on_small_data(arrays, tmp_path, iters, passes, want):
+    """docs/usage.md: the range test runs min(lr_find_iters, max(30, lr_find_passes x batches an epoch)) batches.
+    40 training images in batches of 10: 4 batches an epoch, so 8 passes are 32 batches, 2 passes the floor 30."""
+    learn = tiny_learner(arrays, tmp_path, lr_find_iters=iters, lr_find_passes=passes, lr_find_end=1e-4,
+                         lr_rule="steep")  # a curve still falling: a rule without the turn-up check
+    with learn.no_bar(): learn.lr_bounds(show_plot=False)     # an LR too small to diverge: fastai runs every batch
+    assert len(learn.recorder.lrs) == want
 
 
 def known_curve():
@@ -89,8 +99,8 @@ def test_every_lr_rule_gives_lrmax_directly(arrays, tmp_path, monkeypatch, rule)
     def fake_fit(self, n_epoch, cbs=None, **kwargs):                # what fastai's finder leaves in the recorder
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
-    learn = tiny_learner(arrays, tmp_path)
-    b, _ = find_bounds(learn, rule, 100, num_it=141)
+    learn = tiny_learner(arrays, tmp_path, lr_rule=rule, lr_find_iters=141, lr_find_passes=1000)
+    b, _ = find_bounds(learn, learn.recipe)
     l, y = lrs[14:-5], losses[14:-5]
     slope = np.diff(y) / np.diff(np.log(l))
     want = {"minimum": l[np.argmin(y)] / 10, "steep": l[np.argmin(slope)],
