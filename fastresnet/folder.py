@@ -10,6 +10,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import functools
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as dist
 from .config import UserError
 
 __all__ = ["is_disk_full", "disk_full_error", "CHECKPOINT", "RUN_JSON", "SETTINGS", "LR_FIND", "LR_BOUNDS", "FINAL",
@@ -108,6 +110,15 @@ def atomic_path(path: Path, needed: int | None = None):
     if full: raise disk_full_error(path, needed)
 
 
+def rank0(write):
+    "A write of the run folder, done by rank 0 alone: on the other processes of a distributed run it does nothing."
+    @functools.wraps(write)
+    def on_rank0(*args, **kwargs):
+        if dist.is_main(): return write(*args, **kwargs)
+    return on_rank0
+
+
+@rank0
 def atomic_write(path: Path, write) -> None:
     """`write(f)` into a binary file object; the file appears at `path` only complete (`atomic_path`). It is
     made in memory first, so a full disk is reported with the exact size the file needs."""
@@ -116,6 +127,7 @@ def atomic_write(path: Path, write) -> None:
     with atomic_path(path, buf.tell()) as tmp, open(tmp, "wb") as f: f.write(buf.getbuffer())
 
 
+@rank0
 def atomic_export(learn, path: Path) -> None:
     "fastai's `learn.export`, through `atomic_path`: a full disk never leaves a half-written model.pkl."
     weights = sum(t.numel() * t.element_size() for t in learn.model.state_dict().values())  # most of the pickle
@@ -194,6 +206,9 @@ def run_lock(run_dir: Path):
     """This process's hold on a run folder: a second `fastresnet train` on it (a new run or `--resume`) is refused
     with the holder's pid. The lock is the kernel's (`flock` on `.NAME.lock` beside the folder): it dies with its
     process, so a run killed with SIGKILL leaves no stale lock, and the file goes when the run ends."""
+    if not dist.is_main():  # rank 0 holds it for the whole distributed run
+        yield
+        return
     path = run_dir.parent / f".{run_dir.name}.lock"
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +273,7 @@ def _refuse_foreign(run_dir: Path) -> None:
                         hint="Choose a new folder with --out, or move those files out of it first.")
 
 
+@rank0
 def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     """Check, before any work, that the run folder can be made: an existing non-empty one is refused
     unless `overwrite` and it is a fastresnet run folder (`foreign_entries`), and even then it is left alone until
@@ -277,6 +293,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
     return run_dir
 
 
+@rank0
 def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
     """Put a new run's first files in place: written into a new folder beside `run_dir`, which then takes its name.
     An old run there (`--overwrite`, checked again: it may have changed while the data loaded) is removed only now.
@@ -307,6 +324,7 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
                         hint="Choose another with --out.") from None
 
 
+@rank0
 def set_status(run_dir: Path, status: str) -> None:
     "run.json's `status`, where the run has one and has not finished."
     info = read_json_or_none(run_dir / RUN_JSON)

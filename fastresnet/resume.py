@@ -58,6 +58,7 @@ class RunCheckpoint(Callback):
         if self.skipped:
             self.skipped = False
             return
+        if not dist.is_main(): return  # the run folder is rank 0's
         values = list(self.recorder.log[1:-1])  # between the epoch number and the time
         row = {"epoch": len(self.history)}  # of the run: fine_tune's two fits count on
         for n in self.recorder.metric_names[1:-1]:  # train_*, then valid_* unless that pass was skipped
@@ -116,7 +117,7 @@ def restore(learn: Learner, ck: dict, run_dir: Path, info: dict, epochs: int) ->
     if split is not None and split != (read_json_or_none(run_dir / SPLIT) or {}).get("valid"):
         raise UserError(f"The data's held-out images differ from those in {run_dir / SPLIT} (files added, removed or "
                         f"renamed since the run started): resume {run_dir} with the data it started with.")
-    if dist.is_main(): set_status(run_dir, "started")  # a resumed run runs again
+    set_status(run_dir, "started")  # a resumed run runs again
     learn.create_opt()
     try: learn.model.load_state_dict(ck["model"])
     except RuntimeError as e:

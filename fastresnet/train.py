@@ -1,14 +1,14 @@
-"""One training run, start to finish, in one path: LR range test → one cycle → evaluation → export,
-everything written into the run's folder. `resume=True` is the same path given the folder's
-checkpoint (nanoGPT's `init_from = 'resume'`): same settings, weights, optimizer, schedule position
-and random streams, so the result equals an uninterrupted run's."""
+"""One training run as nanoGPT's train.py runs one: resolve the start once (scratch | resume | fine-tune), then one
+fit and one finish, everything written into the run's folder (in a distributed run, rank 0's writes alone: folder.py).
+A resume is the same path given the folder's checkpoint: same settings, weights, optimizer, schedule position and
+random streams, so the result equals an uninterrupted run's."""
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,66 +31,108 @@ from .schedule import LRBounds, find_bounds, range_test_batches
 __all__ = ["run", "lr_find_run", "learner_for_run"]
 
 
+@dataclass
+class Start:
+    "How a run begins, resolved once before any work (nanoGPT's `init_from`)."
+    init_from: str                  # "scratch", "resume" (from its folder's checkpoint) or "finetune" (a new fine-tune)
+    r: Recipe | None                # None: the packaged settings
+    data: str | None
+    subset: int | None
+    init: str | None = None         # the trained model a fine-tune starts from (a resumed fine-tune's too)
+    ck: dict | None = None          # a resume's checkpoint
+    info: dict = field(default_factory=dict)  # run.json's facts (a resume's, from its folder)
+    overwrite: bool = False         # a new run may replace the fastresnet run folder there
+    precision_from: str = ""        # where the precision came from, for the log
+    t0: float = 0.0                 # time.time() at the run's start, moved on by its earlier sessions' time
+
+
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
         overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None,
         recipe: str | None = None, allow_pickle: bool = False) -> dict:
     """A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results.
-    `init` (a trained model: run folder, `.safetensors` or `.pkl`) makes it a fine-tuning run: the model's body and
-    a new head, LRMAX from the range test on the head alone, then fastai's `fine_tune` schedule (a `.pkl` only with
-    `allow_pickle`). `recipe`: the name or file `r` came from, for run.json."""
+    `init`: a trained model (run folder, `.safetensors`, or `.pkl` with `allow_pickle`) to fine-tune (docs/usage.md).
+    `recipe`: the name or file `r` came from, for run.json."""
     run_dir = Path(run_dir).absolute()
-    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # one process a run folder
-        try: return _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe, allow_pickle)
+    if not dist.is_main(): log = _silent  # one voice in a distributed run (and one writer: folder.py)
+    with run_lock(run_dir):  # one process a run folder
+        try:
+            start = _resume(run_dir, data, log) if resume else _new(r, data, subset, init, overwrite)
+            learn = _begin(start, run_dir, recipe, allow_pickle, log)
+            _fit(learn, start, run_dir, extra_cbs, log)
+            res = {}
+            if dist.is_main():  # rank 0 alone tests all the images, exports and reports
+                with dist.alone(): res = _finish(learn, start, run_dir, log)
+            dist.leave()
+            return res
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
-            if dist.is_main(): set_status(run_dir, "stopped")
+            set_status(run_dir, "stopped")
             raise
 
 
-def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, recipe, allow_pickle) -> dict:
+def _silent(*args, **kwargs) -> None: pass
+
+
+def _new(r: Recipe | None, data, subset, init, overwrite: bool) -> Start:
+    "A new run: from scratch, or a fine-tune of `init`."
     auto = r is not None and r.precision == "auto"
-    ck, info, why = None, {}, " (auto: bf16 where this machine has it, else fp32)" * auto
-    if resume:  # the folder's recipe, data and source model, and its checkpoint (None: no epoch had completed)
-        r, info, ck = open_run(run_dir)
-        data, subset, init, why = data or run_data(info), info.get("subset"), info.get("init"), " (the run folder's)"
-        if ck is None: overwrite, why = _restart(run_dir, info, log), ""
-    init_from = "resume" if ck is not None else "finetune" if init else "scratch"  # the start, chosen once
+    precision_from = " (auto: bf16 where this machine has it, else fp32)" if auto else ""
+    init_from = "finetune" if init else "scratch"
+    return Start(init_from, r, data, subset, init, overwrite=overwrite, precision_from=precision_from)
+
+
+def _resume(run_dir: Path, data, log) -> Start:
+    "The rest of the run in `run_dir`: its recipe, data and source model; from its checkpoint, or again from the start."
+    r, info, ck = open_run(run_dir)
+    data, subset, init = data or run_data(info), info.get("subset"), info.get("init")
+    if ck is not None:
+        return Start("resume", r, data, subset, init, ck, info, precision_from=" (the run folder's)")
+    overwrite = _restart(run_dir, info, log)  # no epoch had completed
+    return Start("finetune" if init else "scratch", r, data, subset, init, overwrite=overwrite)
+
+
+def _begin(start: Start, run_dir: Path, recipe: str | None, allow_pickle: bool, log) -> Learner:
+    "The checks, the run folder and the Learner: the machine can run the recipe, then the data is loaded."
     if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
-        if not r.lr_max:
+        if not start.r.lr_max:
             raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                             hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
-    if init_from != "resume" and dist.is_main(): prepare_run_dir(run_dir, overwrite)
-    t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
-    # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
-    learn = cifar_learner(data, r, run_dir, subset, init=init if init_from == "finetune" else None,
-                          stats=info.get("stats") if init_from == "resume" else None, allow_pickle=allow_pickle)
-    r = learn.recipe  # `auto` precision resolved (the folder records it: a resume keeps it), a fine-tune's width
-    epochs = r.epochs + (r.freeze_epochs if init else 0)  # a fine-tune trains the new head alone first
-    if dist.is_main(): log(f"Precision: {r.precision}{why}")
-    if init_from != "resume": info = _start_folder(learn, run_dir, data, subset, init, recipe)
+    resume = start.init_from == "resume"
+    if not resume: prepare_run_dir(run_dir, start.overwrite)
+    start.t0 = time.time() - ((start.ck or {}).get("seconds") or 0)  # a resumed run's clock goes on
+    # a fine-tune's body, width and input scaling are its source's; a resume's input scaling is its folder's
+    init = start.init if start.init_from == "finetune" else None
+    stats = start.info.get("stats") if resume else None
+    learn = cifar_learner(start.data, start.r, run_dir, start.subset, init=init, stats=stats,
+                          allow_pickle=allow_pickle)
+    log(f"Precision: {learn.recipe.precision}{start.precision_from}")  # `auto` resolved (a resume keeps it)
+    if not resume: start.info = _start_folder(learn, run_dir, start.data, start.subset, start.init, recipe)
+    return learn
+
+
+def _fit(learn: Learner, start: Start, run_dir: Path, extra_cbs, log) -> None:
+    "The bounds (the range test, or the checkpoint's) and the fit: the recipe's one cycle, or fastai's fine_tune."
+    r, fine_tune = learn.recipe, start.init is not None
+    epochs = r.epochs + (r.freeze_epochs if fine_tune else 0)  # a fine-tune trains the new head alone first
     with plain_output(learn):
-        if init_from == "resume": bounds, start = restore(learn, ck, run_dir, info, epochs)
+        if start.init_from == "resume":
+            bounds, epoch = restore(learn, start.ck, run_dir, start.info, epochs)
         else:
-            if init_from == "finetune": learn.freeze()  # its range test trains the new head alone, as its start does
-            bounds, start = _bounds(learn, r, run_dir, log), 0
-        if start < epochs:
-            if dist.is_main(): log(f"Resuming {run_dir} at epoch {start + 1} of {epochs}. " * bool(start) + (
-                f"Fine-tuning {init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole net "
-                f"(fastai's fine_tune), base LR = LRMAX = {bounds.lr_max:.3g} ({bounds.rule})" if init else
-                f"LR bounds: {bounds.describe()}"))
-            with dist.distrib_ctx(learn, r):
-                cbs = _callbacks(learn, run_dir, start, ck, t0, bool(init), extra_cbs)
-                if init: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, start, cbs=cbs)
-                else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
-                                               lr_end=r.lr_end or None, start_epoch=start)
-        else: log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
-        res = {}
-        if dist.is_main():  # rank 0 alone evaluates all test images, exports and reports
-            with dist.alone(): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
-    if dist.is_main():  # exported outside plain_output: the learner goes out with fastai's own logger
-        with dist.alone(): _finish(learn, res, losses, run_dir, info, time.time() - t0, log)
-    dist.leave()
-    return res
+            if fine_tune: learn.freeze()  # its range test trains the new head alone, as its fit starts
+            bounds, epoch = _bounds(learn, r, run_dir, log), 0
+        if epoch >= epochs:
+            log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
+            return
+        if epoch: log(f"Resuming {run_dir} at epoch {epoch + 1} of {epochs}.")
+        if fine_tune:
+            log(f"Fine-tuning {start.init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole "
+                f"net (fastai's fine_tune), base LR = LRMAX = {bounds.lr_max:.3g} ({bounds.rule})")
+        else: log(f"LR bounds: {bounds.describe()}")
+        with dist.distrib_ctx(learn, r):
+            cbs = _callbacks(learn, run_dir, epoch, start, extra_cbs)
+            if fine_tune: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, epoch, cbs=cbs)
+            else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
+                                           lr_end=r.lr_end or None, start_epoch=epoch)
 
 
 def _restart(run_dir: Path, info: dict, log) -> bool:
@@ -120,22 +162,23 @@ def _start_folder(learn: Learner, run_dir: Path, data, subset, init, recipe) -> 
     files = {SETTINGS: recipe_to_ini(r), RUN_JSON: json.dumps(info, indent=2) + "\n"}
     if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
         files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
-    if dist.is_main(): start_run_dir(run_dir, files)
+    start_run_dir(run_dir, files)
     return info
 
 
-def _callbacks(learn: Learner, run_dir: Path, start: int, ck: dict | None, t0: float, fine_tune: bool,
-               extra_cbs) -> list:
-    "The fit's callbacks: the NaN stop, the per-epoch checkpoint (continued from `ck`), and what the recipe asks for."
-    r, cbs, ema = learn.recipe, [StopOnNaN(), *extra_cbs], None
+def _callbacks(learn: Learner, run_dir: Path, epoch: int, start: Start, extra_cbs) -> list:
+    "The fit's callbacks: the NaN stop, the per-epoch checkpoint (continued from a resume's), what the recipe asks for."
+    r, ck, cbs, ema = learn.recipe, start.ck or {}, [StopOnNaN(), *extra_cbs], None
     if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
-    if r.ema and fine_tune: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start "
-                                          "a new average. The last weights are tested and exported.")
-    elif r.ema: cbs.append(ema := EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
-    if dist.is_main():
-        cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"], ck and ck["hps"],
-                                 clock=t0, ema=ema))
-    if start: cbs.append(MuteSkippedEpochs())
+    if r.ema and start.init is not None:
+        warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start a new average. "
+                      "The last weights are tested and exported.")
+    elif r.ema:
+        ema = EMA(r.ema, r.ema_warmup, ck.get("ema"))
+        cbs.append(ema)
+    history = ck["history"][:epoch] if ck else None
+    cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"), clock=start.t0, ema=ema))
+    if epoch: cbs.append(MuteSkippedEpochs())
     return cbs
 
 
@@ -147,21 +190,21 @@ def _data_record(data: str | None) -> str | None:
 
 def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBounds:
     "LRMIN/LRMAX as given, or from the LR range test on the training pipeline (its curve saved in the run folder)."
-    if r.lr_max: bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
+    if r.lr_max:
+        bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
     else:
         n_batches = len(learn.dls.train)
         num_it = range_test_batches(r, n_batches)
-        if dist.is_main():
-            log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}"
-                f" ({num_it / max(1, n_batches):.1f} passes over the training images)")
-        try: bounds, found = find_bounds(learn, r)
-        except ValueError as e: raise UserError(f"{e} Give LRMAX yourself to skip the range test.",
-                                                hint="(--lr-max)") from None
-        if run_dir is not None and dist.is_main():
-            rec = learn.recorder
-            write_json(run_dir / LR_FIND, {"lrs": [float(x) for x in rec.lrs],
-                                           "losses": [float(x) for x in rec.losses], "suggestions": found})
-    if run_dir is not None and dist.is_main(): write_json(run_dir / LR_BOUNDS, bounds._asdict())
+        log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g} "
+            f"({num_it / max(1, n_batches):.1f} passes over the training images)")
+        try:
+            bounds, found = find_bounds(learn, r)
+        except ValueError as e:
+            raise UserError(f"{e} Give LRMAX yourself to skip the range test.", hint="(--lr-max)") from None
+        if run_dir is not None:
+            curve = {"lrs": [float(x) for x in learn.recorder.lrs], "losses": [float(x) for x in learn.recorder.losses]}
+            write_json(run_dir / LR_FIND, {**curve, "suggestions": found})
+    if run_dir is not None: write_json(run_dir / LR_BOUNDS, bounds._asdict())
     return bounds
 
 
@@ -173,24 +216,27 @@ def lr_find_run(r: Recipe, out: str | Path, data: str | None = None, subset: int
     with plain_output(learn): return _bounds(learn, r.replace(lr_max=0.0, lr_min=0.0), out, log=lambda *a: None)
 
 
-def _finish(learn: Learner, res: dict, losses, run_dir: Path, info: dict, seconds: float, log) -> None:
-    "The test results, the exported learner and its weights, the run record and the report."
+def _finish(learn: Learner, start: Start, run_dir: Path, log) -> dict:
+    "The test results, the exported learner and its weights, the run record and the report; returns the results."
+    r = learn.recipe
+    with plain_output(learn): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
     write_json(run_dir / FINAL, res)
-    atomic_export(learn, run_dir / MODEL_PKL)
+    atomic_export(learn, run_dir / MODEL_PKL)  # outside plain_output: the learner goes out with fastai's own logger
     save_weights(learn, run_dir / WEIGHTS)
-    info.update(status="finished", seconds=round(seconds, 1), accuracy=res["accuracy"],
-                accuracy_tta=res.get("accuracy_tta"))
+    info = {**start.info, "status": "finished", "seconds": round(time.time() - start.t0, 1),
+            "accuracy": res["accuracy"], "accuracy_tta": res.get("accuracy_tta")}
     write_json(run_dir / RUN_JSON, info)
     make_report(run_dir, learn, losses)
-    if not learn.recipe.keep_checkpoint and (run_dir / CHECKPOINT).is_file():  # only now: the export is complete
+    if not r.keep_checkpoint and (run_dir / CHECKPOINT).is_file():  # only now: the export is complete
         mb = (run_dir / CHECKPOINT).stat().st_size / 2**20
         (run_dir / CHECKPOINT).unlink()
         log(f"Removed {run_dir / CHECKPOINT} ({mb:.0f} MB; keep_checkpoint = false): the weights are in {WEIGHTS}.")
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
-    tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})" if "accuracy_tta_crops" in res else ""
+    if "accuracy_tta_crops" in res: tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})"
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
     note = chance_note(res, info.get("n_train"), len(read_json_or_none(run_dir / METRICS_JSON) or []))
     if note: log(f"Warning: {note}")
+    return res
 
 
 def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:
