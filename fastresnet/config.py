@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Recipe", "UserError", "BOOLS", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file", "RETIRED",
-           "drop_retired"]
+           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
@@ -228,26 +227,6 @@ def recipe_file(name_or_file: str | Path) -> Path:
                     "settings file.")
 
 
-# Settings of fastresnet 0.1 that 0.2 settled and removed (docs/experiments.md section 4). Every 0.1 run folder
-# and weights file records them at these values, which read as before; another value is a recipe 0.2 cannot run.
-RETIRED = {"shape": "linear", "logit_scale": 1.0, "zero_init_residual": False}
-
-
-def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
-    "`values` without the retired settings, each checked to be at its settled value (raw text or parsed)."
-    for key in RETIRED.keys() & values.keys():
-        v, settled = values.pop(key), RETIRED[key]
-        if isinstance(v, str) and isinstance(settled, bool): v = BOOLS.get(v.strip().lower(), True)
-        elif isinstance(v, str) and isinstance(settled, float):
-            try: v = float(v)
-            except ValueError: pass
-        if v != settled:
-            raise UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
-                            f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
-                            "version, or run the recipe with fastresnet 0.1.")
-    return values
-
-
 def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
     """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
     a typo silently ignored would change the recipe."""
@@ -261,12 +240,13 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}): is it a settings file?") from None
     if cp.defaults():  # configparser would copy [DEFAULT] into every section, past the unknown-key check
         raise UserError(f"{path}: a [DEFAULT] section is not supported; put each key in its own section.")
+    from .compat import RETIRED, drop_retired
     byname, values = {f.name: f for f in fields(Recipe)}, {}
     for sec in cp.sections():
         if sec not in SECTIONS:
             raise UserError(f"{path}: unknown section [{sec}]; known sections: {', '.join(SECTIONS)}.")
         for key, raw in cp.items(sec):
-            if key in RETIRED:
+            if key in RETIRED:  # a 0.1 run folder's settings.ini
                 drop_retired({key: raw}, str(path))
                 continue
             if key not in SECTIONS[sec]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import compat
 from . import distributed as dist
 from .config import UserError
 
@@ -332,6 +333,5 @@ def set_status(run_dir: Path, status: str) -> None:
 
 
 def run_data(info: dict) -> str | None:
-    "The data path run.json records; None means fastai's download (older runs wrote a sentinel string)."
-    d = info.get("data")
-    return None if d is None or d.startswith("untar_data") else d
+    "The data path run.json records; None means fastai's download."
+    return compat.data_path(info.get("data"))

@@ -22,16 +22,17 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.optimizer import Adam
 from fastai.torch_core import default_device, rank_distrib, set_seed
 
+from . import compat
 from . import distributed as dist
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak and lr_bounds onto Learner)
 from .callbacks import HeadFitsData, PlainTestLoss
-from .config import Recipe, UserError, drop_retired, load_settings
+from .config import Recipe, UserError, load_settings
 from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
 # build_learner's callbacks are also found here under the names fastresnet 0.1 exported them with (fastresnet.learner.X)
 from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, SmoothLossOnDevice, check_runtime,
                      resolve_precision, unwrap)
 from .folder import MODEL_PKL, WEIGHTS, atomic_write, check_zip
-from .model import CustomResNet, old_layout, resnet_split
+from .model import CustomResNet, resnet_split
 from .optim import TorchAdam, TorchSGD
 
 __all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
@@ -207,7 +208,7 @@ def read_weights(path: str | Path) -> tuple[dict, list[str], Recipe, list | None
         with safe_open(path, framework="pt") as f:
             meta, shapes = f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             vocab, r, stats = _read_meta(meta, path)
-            _named(shapes, path)
+            compat.check_named(shapes, str(path))
             with torch.device("meta"): want = CustomResNet(len(vocab), width=r.width).state_dict()
             if shapes != {k: tuple(v.shape) for k, v in want.items()}:
                 wrong = sorted(set(shapes) ^ set(want)) or [k for k in want if shapes[k] != tuple(want[k].shape)]
@@ -238,17 +239,7 @@ def _read_meta(meta: dict, path) -> tuple[list[str], Recipe, list | None]:
             for s in stats) and min(stats[1]) > 0):
         raise UserError(f"{path}: its metadata `stats` is {str(stats)[:60]}, not [means, stds] of 3 channels each "
                         "(finite, the stds above 0).")
-    return vocab, _recipe(meta, field("recipe"), path), stats  # stats None: files before them, CIFAR-10's
-
-
-def _recipe(meta: dict, saved, path) -> Recipe:
-    "The recipe a weights file was trained with (only the width in files before format 2)."
-    if saved is None:
-        try: saved = {k: float(meta[k]) for k in ("width", "logit_scale") if k in meta}
-        except ValueError as e: raise UserError(f"{path}: its metadata holds {e}.") from None
-    if not isinstance(saved, dict): raise UserError(f"{path}: its metadata `recipe` is not a JSON object.")
-    for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
-    return Recipe.from_dict(drop_retired(saved, str(path)), str(path))
+    return vocab, compat.weights_recipe(meta, field("recipe"), path), stats  # stats None: files before them, CIFAR-10's
 
 
 def _digest(meta: dict, sd: dict) -> str:
@@ -259,12 +250,6 @@ def _digest(meta: dict, sd: dict) -> str:
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-
-def _named(sd: dict, path) -> dict:
-    "A state dict with today's layer names; one with positional keys (`1.1.res.0.0.weight`) is refused."
-    if next(iter(sd), "x")[:1].isdigit(): raise old_layout(str(path))
-    return sd
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:

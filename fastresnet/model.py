@@ -12,16 +12,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import UserError, drop_retired
+from . import compat
 
-__all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split", "old_layout"]
-
-
-def old_layout(what: str) -> UserError:
-    "The error for a model saved before the layers had names (positional `0`..`7`), which 0.1 read and 0.2 does not."
-    return UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
-                     "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
-                     "(learn.export), or train the model again.")
+__all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split"]
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> nn.Sequential:
@@ -82,8 +75,8 @@ class CustomResNet(nn.Sequential):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if "0" in self._modules: raise old_layout("This learner")
-        drop_retired({k: self.__dict__.pop(k) for k in ("logit_scale",) if k in self.__dict__}, "This learner")
+        compat.check_named(self._modules, "This learner")  # a learner exported by 0.1
+        compat.drop_retired({k: self.__dict__.pop(k) for k in ("logit_scale",) if k in self.__dict__}, "This learner")
 
 
 def resnet_split(m: CustomResNet) -> list[list[nn.Parameter]]:

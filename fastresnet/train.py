@@ -195,8 +195,9 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
     else:
         n_batches = len(learn.dls.train)
         num_it = range_test_batches(r, n_batches)
-        log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g} "
-            f"({num_it / max(1, n_batches):.1f} passes over the training images)")
+        passes = num_it / max(1, n_batches)
+        over = f" ({passes:.0f} passes over the training images)" if passes >= 2 else ""  # small data
+        log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}{over}")
         try:
             bounds, found = find_bounds(learn, r)
         except ValueError as e:
