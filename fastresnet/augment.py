@@ -50,7 +50,7 @@ class RandomPadCrop(RandTransform):
 class RandomFlip(RandTransform):
     """Mirror each image left-right with probability `p`. fastai's `Flip` resamples every image
     through `grid_sample` (changing even unflipped pixels by ~1e-6); this one is an exact copy."""
-    split_idx, order = 0, 12
+    split_idx, order = 0, 12  # after the crop (11), before Normalize (99) and Cutout (100)
 
     def __init__(self, p: float = 0.5):
         super().__init__(p=1.0)  # the batch is always visited; `p` is drawn per image below

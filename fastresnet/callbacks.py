@@ -37,7 +37,7 @@ class PlainTestLoss(Callback):
     """The test loss as plain cross-entropy while the Learner's `loss_func` (the training loss) is smoothed:
     smoothed losses cannot fall below ~0.5 nats and do not compare across smoothing settings. Covers the
     Recorder's `valid_loss` and `get_preds(with_loss=True)` (top losses)."""
-    order = -1
+    order = -1  # before the Recorder (50) and GatherPredsCallback (0) read `learn.loss`
     def after_loss(self):
         if self.training or not self.yb: return          # no labels (test_dl, predict): no loss
         reduction = getattr(self.loss_func, "reduction", "mean")  # fastai's get_preds asks for 'none'
@@ -67,7 +67,7 @@ class EMA(Callback):
 
 class ValidEvery(Callback):
     "Skip the test-set pass except every `n` epochs and after the last (n=0: the last only): for CPU proxies."
-    order = 0
+    order = 0  # fastai's default: cancelling a validation needs no other callback's work first
     def __init__(self, n: int): self.n = n
 
     def before_validate(self):
@@ -79,7 +79,7 @@ class StopOnNaN(Callback):
     """Stop within SYNC_EVERY batches of the first non-finite training loss, and always before the epoch's
     checkpoint, with an error naming the epoch, batch and LR. The check is a flag on the device, read
     every SYNC_EVERY batches and after each epoch's training, so the host never waits on it per batch."""
-    order = -5
+    order = -5  # first: a non-finite loss stops the fit before any callback records or saves the step
     def before_fit(self): self.first, self.start = None, None  # the first bad step (-1 while none); the first step
     def after_batch(self):
         if not self.training: return

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Recipe, UserError, parse_setting, peak_for  # stdlib only: `fastresnet --help` stays instant
+from .config import Recipe, UserError, ini_value, parse_setting, peak_for  # stdlib only: `fastresnet --help` stays instant
 
 __all__ = ["main", "build_parser"]
 
@@ -50,7 +50,7 @@ def _setting_type(f):
     def convert(raw: str):
         try: return parse_setting(f, raw, _flag(f.name))
         except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = f.type if isinstance(f.type, str) else f.type.__name__
+    convert.__name__ = str(f.type).split(" ")[0]  # `float | None`: a float, or auto
     return convert
 
 
@@ -65,14 +65,15 @@ def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
         if command == "lr-find" and not md["lr_find"]: continue
         rng = f", one of {', '.join(md['choices'])}" if "choices" in md else ""
         rng += f", at least {md['min']:,}" if "min" in md else ""
+        rng += f", above {md['above']:g}" if "above" in md else ""
         rng += f", at most {md['max']:,}" if "max" in md else ""
-        help = f"{md['help']} (default {str(default).lower() if isinstance(default, bool) else default}{rng})"
+        help = f"{md['help']} (default {ini_value(default)}{rng})"
         help = help.replace("%", "%%")  # argparse formats help with `%`: a literal one is doubled
         if f.type in ("bool", bool):
             g.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             g.add_argument(_flag(f.name), dest=f.name, type=_setting_type(f), default=None, help=help,
-                           metavar=(f.type if isinstance(f.type, str) else f.type.__name__).upper())
+                           metavar=_setting_type(f).__name__.upper())
 
 
 MODEL_HELP = ("model.safetensors of a run (weights only, safe) or the run folder; a run's model.pkl is read from the "
@@ -210,9 +211,12 @@ def _full_disk(a, e: BaseException) -> UserError | None:
     if not is_disk_full(e, folder): return None
     full = e if getattr(e, "disk_full", False) else disk_full_error(folder / "x", what=f"into {folder}")
     kept = _kept(folder) if a.command == "train" else None
-    after = (f"The files written before are intact: {kept}, once there is space." if kept else
-             f"Nothing was written to {a.csv}; free space or give --csv a path on another disk."
-             if getattr(a, "csv", None) else "Free space there and run the same command again.")
+    if kept:
+        after = f"The files written before are intact: {kept}, once there is space."
+    elif getattr(a, "csv", None):
+        after = f"Nothing was written to {a.csv}; free space or give --csv a path on another disk."
+    else:
+        after = "Free space there and run the same command again."
     return UserError(f"{full.message} {after}")
 
 

@@ -1,14 +1,15 @@
-"""What fastresnet 0.1 wrote, read by this version: retired settings at their settled values, weights files before
-format 2 (the width alone in their metadata), run folders that recorded the download as a string, and models saved
-before the layers had names (refused, with what to do). The rest of the package imports this module for nothing
+"""What fastresnet 0.1 and 0.2 wrote, read by this version: retired settings at their settled values, 0 for "derive
+it" (now auto), weights files before format 2 (the width alone in their metadata), run folders that recorded the
+download as a string, and models saved before the layers had names (refused, with what to do). The rest of the package imports this module for nothing
 else; docs/experiments.md section 4 says why each setting was retired."""
 from __future__ import annotations
 
 from typing import Any
 
-from .config import BOOLS, Recipe, UserError
+from . import config  # its names are read when called: config imports this module too
 
-__all__ = ["RETIRED", "drop_retired", "old_layout", "check_named", "weights_recipe", "data_path"]
+__all__ = ["RETIRED", "drop_retired", "AUTO_ZERO", "auto_zero", "old_layout", "check_named", "weights_recipe",
+           "data_path"]
 
 # Settings of fastresnet 0.1 that 0.2 settled and removed. Every 0.1 run folder and weights file records them at these
 # values, which read as before; another value is a recipe 0.2 cannot run.
@@ -20,22 +21,30 @@ def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
     for key in RETIRED.keys() & values.keys():
         v, settled = values.pop(key), RETIRED[key]
         if isinstance(v, str) and isinstance(settled, bool):
-            v = BOOLS.get(v.strip().lower(), True)
+            v = config.BOOLS.get(v.strip().lower(), True)
         elif isinstance(v, str) and isinstance(settled, float):
             try:
                 v = float(v)
             except ValueError:
                 pass
         if v != settled:
-            raise UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
+            raise config.UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
                             f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
                             "version, or run the recipe with fastresnet 0.1.")
     return values
 
 
-def old_layout(what: str) -> UserError:
+AUTO_ZERO = ("lr_max", "lr_min", "lr_end")  # 0.2 wrote 0 for "derive it" (from the range test; LRMIN; LRMIN)
+
+
+def auto_zero(name: str, value):
+    "A setting as 0.2 meant it: 0 for `lr_max`, `lr_min` or `lr_end` was auto (None); never a usable value."
+    return None if name in AUTO_ZERO and value == 0 else value
+
+
+def old_layout(what: str) -> config.UserError:
     "The error for a model saved before the layers had names (positional `0`..`7`), which 0.1 read and 0.2 does not."
-    return UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
+    return config.UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
                      "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
                      "(learn.export), or train the model again.")
 
@@ -45,16 +54,16 @@ def check_named(keys, where: str) -> None:
     if next(iter(keys), "x")[:1].isdigit(): raise old_layout(where)
 
 
-def weights_recipe(meta: dict, saved, path) -> Recipe:
+def weights_recipe(meta: dict, saved, path) -> config.Recipe:
     "The recipe a weights file was trained with (before format 2: only the width, as a metadata key of its own)."
     if saved is None:
         try:
             saved = {k: float(meta[k]) for k in ("width", "logit_scale") if k in meta}
         except ValueError as e:
-            raise UserError(f"{path}: its metadata holds {e}.") from None
-    if not isinstance(saved, dict): raise UserError(f"{path}: its metadata `recipe` is not a JSON object.")
+            raise config.UserError(f"{path}: its metadata holds {e}.") from None
+    if not isinstance(saved, dict): raise config.UserError(f"{path}: its metadata `recipe` is not a JSON object.")
     for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
-    return Recipe.from_dict(drop_retired(saved, str(path)), str(path))
+    return config.Recipe.from_dict(drop_retired(saved, str(path)), str(path))
 
 
 def data_path(recorded: str | None) -> str | None:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import compat
+
 __all__ = ["Recipe", "UserError", "BOOLS", "SECTIONS", "PACKAGED_SETTINGS", "load_settings",
-           "recipe_to_ini", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file"]
+           "recipe_to_ini", "ini_value", "parse_setting", "peak_for", "check_cycle", "RECIPES", "recipe_file"]
 
 PACKAGED_SETTINGS = Path(__file__).with_name("settings.ini")
 RECIPES = Path(__file__).with_name("recipes")  # named settings files: `--recipe NAME`
@@ -77,14 +79,15 @@ class Recipe:
     ema_warmup: int = setting("optimizer", 1, "epochs of training before the average starts (its first update copies "
                               "the weights)", lr_find=False, min=0, max=10000)
     # [schedule]
-    lr_max: float = setting("schedule", 0.0, "LRMAX; 0: take it from the LR range test by lr_rule", lr_find=False,
-                            min=0.0)
-    lr_min: float = setting("schedule", 0.0, "LRMIN; 0: LRMAX / lr_min_div", lr_find=False, min=0.0)
+    lr_max: float | None = setting("schedule", None, "LRMAX; auto: from the LR range test by lr_rule",
+                                   lr_find=False, above=0.0)
+    lr_min: float | None = setting("schedule", None, "LRMIN; auto: LRMAX / lr_min_div", lr_find=False, above=0.0)
     lr_rule: str = setting("schedule", "minimum", "fastai's lr_find suggestion taken as LRMAX: minimum (LR of the "
                            "lowest smoothed loss / 10), steep, valley or slide",
                            choices=("minimum", "steep", "valley", "slide"))
-    lr_end: float = setting("schedule", 0.0, "LR at the last step; 0: LRMIN, as the spec has it (no annihilation). "
-                            "Other published schedules end lower (e.g. 1.8e-7 for LRMAX 0.018)", lr_find=False, min=0.0)
+    lr_end: float | None = setting("schedule", None, "LR at the last step; auto: LRMIN, as the spec has it (no "
+                                   "annihilation). Other published schedules end lower (e.g. 1.8e-7 for LRMAX 0.018)",
+                                   lr_find=False, above=0.0)
     lr_min_div: float = setting("schedule", 100.0, "LRMIN = LRMAX / lr_min_div", min=1.0)
     lr_find_iters: int = setting("schedule", 100, "batches the LR range test runs", min=6, max=100000)
     lr_find_passes: float = setting("schedule", 8.0, "on small data, the range test stops after this many passes "
@@ -132,16 +135,19 @@ class Recipe:
         "Check ranges and cross-field rules; raise `UserError` naming the offending value."
         for f in fields(self):
             v, md = getattr(self, f.name), f.metadata
+            if v is None: continue  # auto: derived when the run knows it
             if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(f"`{f.name}` is {v}, but it must be a finite number ({md['help']}).")
             if "min" in md and v < md["min"]:
                 raise UserError(f"`{f.name}` is {v}, but it must be at least {md['min']} ({md['help']}).")
+            if "above" in md and v <= md["above"]:
+                raise UserError(f"`{f.name}` is {v}, but it must be above {md['above']} ({md['help']}).")
             if "max" in md and v > md["max"]:
                 raise UserError(f"`{f.name}` is {v}, but it must be at most {md['max']} ({md['help']}).")
             if "choices" in md and v not in md["choices"]:
                 raise UserError(f"`{f.name}` is {v!r}; choose one of {', '.join(md['choices'])}.")
-        check_cycle(self.epochs, self.peak_epoch, self.lr_min or None, self.lr_max or None, self.lr_end or None)
-        if self.lr_min and not self.lr_max:
+        check_cycle(self.epochs, self.peak_epoch, self.lr_min, self.lr_max, self.lr_end)
+        if self.lr_min is not None and self.lr_max is None:
             raise UserError("`lr_min` was given without `lr_max`: give both, or neither to use the LR range test.")
         if self.optimizer == "sgd" and self.decouple_wd:
             raise UserError("optimizer = sgd adds its weight decay to the gradient (torch's SGD, as Page's "
@@ -155,21 +161,24 @@ class Recipe:
     @classmethod
     def from_dict(cls, values: dict, where: str) -> "Recipe":
         "A Recipe from JSON values (a weights file's), each of its field's type, then validated; other keys ignored."
-        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+        kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "float | None": (int, float)}
         byname, known = {f.name: f for f in fields(cls)}, {}
         for k, v in values.items():
             if k not in byname: continue  # a field of another version
+            if v is None and byname[k].default is None:
+                known[k] = None
+                continue
+            v = compat.auto_zero(k, v)
             t = byname[k].type if isinstance(byname[k].type, str) else byname[k].type.__name__
             if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool"):
                 raise UserError(f"{where}: the recipe's `{k}` is {v!r:.40}, not a {t}.")
-            known[k] = float(v) if t == "float" else v
+            known[k] = float(v) if t.startswith("float") and v is not None else v
         try: return cls(**known).validate()
         except UserError as e: raise UserError(f"{where}: {e.message}") from None
 
     def replace(self, **changes: Any) -> "Recipe":
-        """A validated copy with `changes` (None values ignored). A new `epochs` without a `peak_epoch`
-        keeps the peak at the same fraction of training (`peak_for`)."""
-        changes = {k: v for k, v in changes.items() if v is not None}
+        """`dataclasses.replace`, validated; a new `epochs` without a `peak_epoch` keeps the peak at the same fraction
+        of training (`peak_for`)."""
         if "epochs" in changes and "peak_epoch" not in changes and changes["epochs"] >= 2:
             changes["peak_epoch"] = peak_for(changes["epochs"])
         return dataclasses.replace(self, **changes).validate()
@@ -211,7 +220,8 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
             raise ValueError
         if "_" in raw: raise ValueError  # Python reads `2_0` as 20: a typo here
         if f.type in ("int", int): return int(raw)
-        if f.type in ("float", float): return float(raw)
+        if f.default is None and raw.lower() == "auto": return None
+        if f.type in ("float", float, "float | None"): return compat.auto_zero(f.name, float(raw))
         return raw
     except ValueError:
         raise UserError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
@@ -256,6 +266,13 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
     except UserError as e: raise UserError(f"{path}: {e}") from None
 
 
+def ini_value(v) -> str:
+    "A value as settings.ini writes it: booleans as true/false, None as auto."
+    if v is None: return "auto"
+    if isinstance(v, bool): return str(v).lower()
+    return str(v)
+
+
 def recipe_to_ini(r: Recipe) -> str:
     "A Recipe as a commented settings file: the packaged settings.ini, and each run folder's."
     out = ["# fastresnet recipe. Copy and edit this file, then: fastresnet train --settings FILE; flags override it.",
@@ -265,7 +282,7 @@ def recipe_to_ini(r: Recipe) -> str:
         out.append(f"[{sec}]")
         for f in (f for f in fields(Recipe) if f.name in names):
             v = getattr(r, f.name)
-            line = f"{f.name} = {str(v).lower() if isinstance(v, bool) else v}"
+            line = f"{f.name} = {ini_value(v)}"
             out.append(f"{line:27} # {f.metadata['help']}")
         out.append("")
     return "\n".join(out)

@@ -115,6 +115,9 @@ def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, si
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def _first3(names: list[str]) -> str: return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def _subfolders(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_dir() and not f.name.startswith("."))
 
@@ -141,8 +144,7 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
         listed = _images(d)
         subs = _subfolders(d) if not listed[0] else []  # no images of its own but folders: a group of classes
         for c, (imgs, others) in ([(sub, _images(sub)) for sub in subs] if subs else [(d, listed)]):
-            skipped = [f"{len(n)} {what} ({', '.join(n[:3])}{', ...' * (len(n) > 3)})"
-                       for what, n in others.items() if n]
+            skipped = [f"{len(n)} {what} ({_first3(n)})" for what, n in others.items() if n]
             if skipped: warnings.warn(f"{c}: skipping {', '.join(skipped)}.")
             if not imgs: raise UserError(f"Class folder {c} holds no images: every class needs examples.")
             if c.name in out:
@@ -203,10 +205,8 @@ def _five(problems: list[str]) -> str:
 
 
 def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
-    """fastai's `ImageDataLoaders.from_csv` habit: a CSV in the images' folder, a header row, each row a file name
-    (relative to that folder) and its class in the first two columns, and an optional `is_valid` column (true: held
-    out for testing). Returns the files of each class as `_layout` does: (train, test), or (all, None) without
-    `is_valid` (then split by valid_pct). Every row is checked: a missing file or a malformed row is refused, listed."""
+    """The files of each class from a CSV of file names and classes (fastai's `from_csv`; docs/usage.md), as
+    `_layout` gives them: (train, test) with an `is_valid` column, else (all, None). Bad rows are refused, listed."""
     root, problems = path.parent, []
     try: rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
     except (UnicodeDecodeError, csv.Error) as e:
@@ -268,14 +268,10 @@ def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarra
     return valid
 
 
-def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, seed: int = 42,
+def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
                 size: int = SIZE, labels: str | Path | None = None) -> CifarArrays:
-    """Read `root/{train,test}/<class>/<image>` (fastai's CIFAR layout; `valid/` for `test/` too) or `root/<class>/
-    <image>`, whose classes are then split `valid_pct` held out (`split_by_class`, with `seed`); class folders may sit
-    in group folders (`_class_files`). Images of any size and mode are resized to `size`x`size` RGB. Decoding 60,000
-    files takes a minute, so the decoded images are cached as one `.npz` keyed by the files' names, sizes and times
-    (and `size`). Normalisation: CIFAR-10's statistics for CIFAR-10's classes, otherwise the training images' own.
-    `labels` (a CSV in `root`, `_csv_layout`) names the files and their classes instead of folders."""
+    """The images under `root` (train/ and test/ of class folders, class folders alone split by `valid_pct`, or the
+    CSV `labels`) as `size`x`size` RGB, decoded once and cached (docs/usage.md, "How the code works")."""
     root = Path(root)
     train, test = _csv_layout(Path(labels)) if labels is not None else _layout(root)
     vocab = list(train)
@@ -287,7 +283,7 @@ def read_folder(root: str | Path, cache: bool = True, valid_pct: float = 0.2, se
     files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
     key = _fingerprint(root, [f for f, _ in files]) + (f"-{size}px" if size != SIZE else "")  # 32: the old caches
-    cpath = _cache_path(key) if cache else None  # None: no cache, or none can be made
+    cpath = _cache_path(key)  # None: none can be made
     images = None
     if cpath is not None and cpath.exists():
         try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
@@ -374,10 +370,8 @@ def dataset_name(path: str | Path | None) -> str | None:
 
 def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
                size: int = SIZE) -> CifarArrays:
-    """Images from `path`: fastai's folder layout, a folder of class folders (split by `valid_pct` and `seed`, see
-    `read_folder`), the python archive folder, or a folder holding it; resized to `size` (see `read_folder`). With no
-    path, or `cifar10` / `cifar100` where no such folder exists, fastai's `untar_data` downloads CIFAR-10
-    (`URLs.CIFAR`) or CIFAR-100 (`URLs.CIFAR_100`) once into its data folder (~/.fastai/data, $FASTAI_HOME)."""
+    """Images from `path` (class folders, a CSV, the python archive), resized to `size`; none, `cifar10` or
+    `cifar100`: fastai's `untar_data` download (docs/usage.md, "Your own images")."""
     if path is None or dataset_name(path):
         from fastai.data.external import URLs, untar_data
         name = str(path or "cifar10")
@@ -444,11 +438,8 @@ class ToTensorImage(Transform):
 
 
 class CifarDL(TfmdDL):
-    """fastai's `TfmdDL`, except that a batch of in-memory (image, class) items is built in one go:
-    a stack of the image views and a lookup of the class indices, instead of calling the item
-    pipeline once per image. That shortcut is taken only while it is exact: in-memory items and no
-    item or before-batch transform besides fastai's (no-op) `ToTensor`; anything else, a `test_dl`
-    of user images or an `item_tfms` added later, takes fastai's own path."""
+    """fastai's `TfmdDL`, with a batch of in-memory items gathered in one go (a stack and a lookup) where that is
+    exactly what fastai's per-item path would make; anything else takes fastai's path (docs/usage.md)."""
     def _gatherable(self) -> bool:
         ds = self.dataset
         return (isinstance(ds, Datasets) and len(ds.tls) == 2 and len(ds.items) > 0
@@ -497,12 +488,12 @@ def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
                      batch_tfms=batch_augment(r, data.norm_stats))
 
 
-def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None, num_workers: int = 0,
+def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None,
               bs: int | None = None) -> DataLoaders:
     """fastai DataLoaders over the in-memory data, in batches of `bs` (default: the recipe's; a process's share of it
-    in a distributed run). No worker processes by default: a batch is ~20 ms of gathering against seconds of
-    arithmetic, and workers would compete for the cores."""
+    in a distributed run). No worker processes: a batch is ~20 ms of gathering against seconds of arithmetic, and
+    workers would compete for the cores."""
     bs = bs or r.bs
     if data.n_train < bs:
         warnings.warn(f"Only {data.n_train} training images for batch size {bs}: each epoch is one short batch.")
-    return cifar_datablock(data, r).dataloaders(data, bs=bs, device=device, num_workers=num_workers, drop_last=False)
+    return cifar_datablock(data, r).dataloaders(data, bs=bs, device=device, num_workers=0, drop_last=False)

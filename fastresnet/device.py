@@ -106,7 +106,7 @@ class Progress(ProgressCallback):
 
 class CompileModel(Callback):
     "Train through `torch.compile(model)`; the plain module is put back after fit, so saving and export are unchanged."
-    order = 0
+    order = 0  # before the schedulers and RunCheckpoint (60), which unwrap the compiled module to save it
     def __init__(self, backend: str = "inductor", mode: str | None = None): self.backend, self.mode = backend, mode
     def before_fit(self):
         self.plain, self.learn.model = self.model, torch.compile(self.model, backend=self.backend, mode=self.mode)

@@ -251,7 +251,7 @@ def foreign_entries(run_dir: Path) -> list[str]:
     """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range test's
     `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a fastresnet
     run.json is foreign as a whole (its entries are all listed)."""
-    names = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir())
+    names = sorted(_entry(p) for p in run_dir.iterdir())
     try: info = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, ValueError): info = None
     if not (isinstance(info, dict) and "fastresnet" in info): return names
@@ -260,7 +260,10 @@ def foreign_entries(run_dir: Path) -> list[str]:
         if p.is_file(): return p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
         if p.name != "models" or not p.is_dir(): return False
         return all(f.is_dir() and f.name.startswith("tmp") or f.name == "_tmp.pth" for f in p.rglob("*"))  # lr_find's
-    return sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir() if not ours(p))
+    return sorted(_entry(p) for p in run_dir.iterdir() if not ours(p))
+
+
+def _entry(p: Path) -> str: return f"{p.name}/" if p.is_dir() else p.name
 
 
 def _refuse_foreign(run_dir: Path) -> None:

@@ -16,19 +16,18 @@ from .config import Recipe, UserError
 from .data import SIZE, CifarArrays, balanced_subset, cifar_dls, load_cifar, load_image
 from .learner import norm_stats
 
-__all__ = ["INFER_BS", "ShiftInputs", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
+__all__ = ["INFER_BS", "TTAView", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
            "predict_images", "top_classes", "iter_predictions", "image_files", "image_size"]
 
 
 INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch the learner was built with
 
 
-class ShiftInputs(Callback):
-    """Move every input batch `d` pixels right and down (left and up if negative), the edge reflected in, and mirror
-    it if `flip`: one view of multi-crop test-time augmentation (a crop of the reflect-padded image, as Page's);
-    `ShiftInputs(0, flip=True)` is flip-TTA's second view, the mirror image."""
-    order = 1
-    def __init__(self, d: int = 0, flip: bool = False): self.d, self.flip = d, flip
+class TTAView(Callback):
+    """One test-time view of every input batch: moved `shift` pixels right and down (left and up if negative), the
+    edge reflected in (a crop of the reflect-padded image, as Page's multi-crop TTA), and mirrored if `flip`."""
+    order = 1  # after fastai's batch transforms have made the input, before the model sees it
+    def __init__(self, shift: int = 0, flip: bool = False): self.d, self.flip = shift, flip
 
     def before_batch(self):
         x = self.xb[0].as_subclass(torch.Tensor)
@@ -42,10 +41,10 @@ class ShiftInputs(Callback):
 SHIFTS = (-1, 0, 1)  # multi-crop TTA: these diagonal shifts, each plain and mirrored: six views
 
 
-def labelled_dl(learn: Learner, data: CifarArrays, split: str = "valid"):
-    "A non-shuffled, unaugmented DataLoader over the chosen split, built from the learner's own pipeline."
-    sl = slice(data.n_train, None) if split == "valid" else slice(0, data.n_train)
-    items = list(zip(data.images[sl], [data.vocab[i] for i in data.labels[sl].tolist()]))
+def labelled_dl(learn: Learner, data: CifarArrays):
+    "A non-shuffled, unaugmented DataLoader over the test split, built from the learner's own pipeline."
+    test = slice(data.n_train, None)
+    items = list(zip(data.images[test], [data.vocab[i] for i in data.labels[test].tolist()]))
     return learn.dls.test_dl(items, with_labels=True, bs=INFER_BS)
 
 
@@ -59,11 +58,11 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True, crops: bool = Fa
     vocab = list(learn.dls.vocab)
     out = {"n_images": len(targs)}
     if tta:
-        probs_flip, _ = learn.get_preds(dl=dl, cbs=[ShiftInputs(0, flip=True)])
+        probs_flip, _ = learn.get_preds(dl=dl, cbs=[TTAView(flip=True)])
         out["accuracy_tta"] = float(((probs + probs_flip) / 2).argmax(1).eq(targs).float().mean())
     if crops:
         views = [probs, probs_flip] if tta else [probs]
-        views += [learn.get_preds(dl=dl, cbs=[ShiftInputs(d, f)])[0] for d in SHIFTS for f in (False, True)
+        views += [learn.get_preds(dl=dl, cbs=[TTAView(d, f)])[0] for d in SHIFTS for f in (False, True)
                   if d or (f and not tta)]
         out["accuracy_tta_crops"] = float(torch.stack(views).mean(0).argmax(1).eq(targs).float().mean())
     pred = probs.argmax(1)

@@ -43,22 +43,16 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
                   path: str | Path = ".", subset: int | None = None, init: str | Path | None = None,
                   stats: tuple[list[float], list[float]] | None = None, allow_pickle: bool = False,
                   **changes) -> Learner:
-    """The recipe's Learner in one call, for runs, notebooks and scripts: seeded, the images of `data`
-    (a folder as for `fastresnet train --data`, arrays, or `None` to download CIFAR-10) through the recipe's
-    DataBlock into CustomResNet, Adam and the loss, configured by `settings` (a Recipe or a settings file;
-    default: the recipe's defaults) with `changes` applied (e.g. `bs=256`, `wd=0.4`).
+    """The recipe's Learner: `data` through the DataBlock into CustomResNet, Adam and the loss, by `settings` and
+    `changes`; `init`: a trained model's body with a new head (docs/usage.md, "How the code works").
 
         learn = cifar_learner("PATH/TO/cifar10")
-        b = learn.lr_bounds()                        # learn.lr_find() as the run path runs it: LRMIN, LRMAX
-        learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)
-        learn.export("model.pkl")
-
-    `init` (a run folder, `.safetensors` or `.pkl`) starts from a trained model instead, as fastai's `vision_learner`
-    starts from a pretrained one: its body, width and input normalisation, with a new head for `data`'s classes;
-    then `learn.fine_tune(n, base_lr)` (a `.pkl` only with `allow_pickle`: `load_model`). `stats` (per-channel mean
-    and std) overrides the input normalisation.
-    """
-    r = settings if isinstance(settings, Recipe) else load_settings(settings) if settings else Recipe()
+        b = learn.lr_bounds()
+        learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)"""
+    if isinstance(settings, Recipe):
+        r = settings
+    else:
+        r = load_settings(settings) if settings else Recipe()
     source = load_model(init, allow_pickle) if init is not None else None
     if source is not None:  # the body's shape is the source's: its width wins over the recipe's
         width, asked = unwrap(source.model).width, changes.get("width", r.width)

@@ -44,11 +44,7 @@ def _layer(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
 
 class CustomResNet(nn.Sequential):
     """PrepLayer → Layer1 (+R1) → Layer2 → Layer3 (+R2) → MaxPool 4 → global average pool → FC.
-
-    `width` multiplies every channel count (1.0 is the spec; 0.25 or 0.5 make cheap proxies whose
-    arithmetic scales with width²). `bn_momentum` is every BatchNorm's `momentum` (torch's convention: the weight
-    of the newest batch in the running statistics the test uses; torch's default 0.1).
-    """
+    `width` multiplies every channel count (1.0: the spec); `bn_momentum` is torch's BatchNorm `momentum`."""
     def __init__(self, n_out: int = 10, c_in: int = 3, width: float = 1.0, bn_momentum: float = 0.1):
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))  # width 1: the spec
         m = bn_momentum

@@ -61,7 +61,6 @@ class TorchAdam(_TorchOptim):
 class TorchSGD(_TorchOptim):
     """torch's `SGD` with momentum `mom` (fastai's name; torch's `momentum`), Nesterov's by default, and L2 decay
     `wd` added to the gradient (torch's SGD has no decoupled form), as a fastai optimizer."""
-    def __init__(self, params, lr: float, mom: float = 0.9, wd: float = 0.0, nesterov: bool = True,
-                 impl: str = "foreach"):
+    def __init__(self, params, lr: float, mom: float = 0.9, wd: float = 0.0, nesterov: bool = True):
         super().__init__(opt=torch.optim.SGD(_two_groups(params), lr=lr, momentum=mom, weight_decay=wd,
-                                             nesterov=nesterov, **{impl: True}))
+                                             nesterov=nesterov, foreach=True))

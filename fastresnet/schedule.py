@@ -55,26 +55,21 @@ class OneCyclePeak(Callback):
 
 
 @patch
-def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float, peak_epoch: int = 5,
-                       moms: tuple[float, float, float] | None = None,
-                       wd: float | None = None, cbs=None, start_epoch: int = 0, lr_end: float | None = None) -> None:
-    """One cycle that peaks at the end of epoch `peak_epoch` and ends at `lr_min` (no annihilation), or at `lr_end`
-    if given (other published schedules: Page's ResNet-9 ends at 0, torch's `OneCycleLR` at max_lr/1e5).
-    `moms` (beta1 at start, peak, end) defaults to the Learner's, as in `fit_one_cycle`. `start_epoch` continues
-    an interrupted fit."""
+def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float, peak_epoch: int = 5, cbs=None,
+                       start_epoch: int = 0, lr_end: float | None = None) -> None:
+    """One cycle: `lr_min` → `lr_max` at the end of epoch `peak_epoch` → `lr_min` (or `lr_end`), beta1 by the
+    Learner's `moms` as in `fit_one_cycle`; `start_epoch` continues an interrupted fit."""
     check_cycle(n_epoch, peak_epoch, lr_min, lr_max, lr_end)
-    moms = tuple(moms if moms is not None else self.moms)
+    moms = tuple(self.moms)
     sched = OneCyclePeak(lr_min, lr_max, peak_epoch, moms if moms[0] != moms[1] else None, lr_end)
-    self.fit(n_epoch, lr=lr_min, wd=wd, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
+    self.fit(n_epoch, lr=lr_min, cbs=L(sched) + L(cbs), start_epoch=start_epoch)
 
 
 @patch
 def fine_tune_from(self: Learner, epochs: int, base_lr: float, freeze_epochs: int = 1, start_epoch: int = 0,
                    cbs=None, **kwargs) -> None:
-    """fastai's `fine_tune` (`freeze_epochs` of the head alone at `base_lr`, then `epochs` of the whole net at
-    `slice(base_lr/200, base_lr/2)`, with its defaults), begun at `start_epoch` of the two phases together: the
-    resume fastai's lacks. While it runs, `epoch_offset` (the phase's first epoch in the run) and `epoch_total` tell
-    the run's callbacks where they are."""
+    """fastai's `fine_tune`, with its defaults, begun at `start_epoch` of its two fits together (the resume fastai's
+    lacks); `epoch_offset` and `epoch_total` tell the run's callbacks where they are."""
     d = {k: p.default for k, p in inspect.signature(Learner.fine_tune).parameters.items()}  # fastai's own defaults
     lr_mult, pct_start, div = d["lr_mult"], d["pct_start"], d["div"]
     try:
@@ -119,14 +114,15 @@ def find_bounds(learn: Learner, r: Recipe, show_plot: bool = False) -> tuple[LRB
     Also returns every suggestion (NaN where the curve is too short for one). fastai's finder restores
     the model and optimizer afterwards, so training starts from the same weights."""
     num_it = range_test_batches(r, len(learn.dls.train))
-    found = learn.lr_find(start_lr=r.lr_find_start, end_lr=r.lr_find_end, num_it=num_it, show_plot=show_plot,
-                          suggest_funcs=[_or_nan(n) for n in RULES])
-    with contextlib.suppress(OSError): (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
+    suggest = [_suggestion(n, refuse_still_falling=n == r.lr_rule == "minimum") for n in RULES]
+    try:
+        found = learn.lr_find(r.lr_find_start, r.lr_find_end, num_it, show_plot=show_plot, suggest_funcs=suggest)
+    finally:
+        with contextlib.suppress(OSError): (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
     found = {n: float(v) for n, v in found._asdict().items()}
     lr_max = found[r.lr_rule]
     if not np.isfinite(lr_max) or lr_max <= 0:
         raise ValueError(f"The LR range test gave no usable {r.lr_rule!r} point ({lr_max}).")
-    if r.lr_rule == "minimum": _check_turned_up(learn.recorder.lrs, learn.recorder.losses, num_it)
     return LRBounds(lr_max / r.lr_min_div, lr_max, r.lr_rule), found
 
 
@@ -140,25 +136,26 @@ def lr_bounds(self: Learner, show_plot: bool = True) -> LRBounds:
     return find_bounds(self, r, show_plot)[0]
 
 
-def _check_turned_up(lrs, losses, num_it: int) -> None:
-    """The `minimum` rule needs the range test's loss to turn up before its end (its lowest point before the last
-    tenth of the points fastai's suggestions read, if at least 20); a curve still falling gives an LR far too high
-    (seen once at the width-0.25 proxy: LRMAX 0.2, and training stuck at 16-27% accuracy)."""
-    lrs, losses = np.asarray(lrs, float)[num_it // 10:-5], np.asarray(losses, float)[num_it // 10:-5]  # fastai's cut
-    if np.isnan(losses).any(): lrs, losses = lrs[:np.argmax(np.isnan(losses))], losses[:np.argmax(np.isnan(losses))]
-    if len(losses) < 20: return  # too short a test to tell (the default's 100 batches keep 85 points)
-    low = int(np.argmin(losses))
-    if low >= len(losses) - len(losses) // 10:
-        raise ValueError(f"The LR range test's loss was still falling near its end (lowest at LR {lrs[low]:.3g}, "
-                         f"in the last tenth of the test), so the 'minimum' rule would give an LRMAX far too high "
-                         f"({lrs[low] / 10:.3g}). Run the test again with another seed, or another rule (lr_rule).")
-
-
-def _or_nan(name: str):
-    "fastai's suggestion function `name`, giving NaN instead of failing on a curve too short for it."
+def _suggestion(name: str, refuse_still_falling: bool = False):
+    """fastai's suggestion function `name`, giving NaN where the curve is too short for it. With
+    `refuse_still_falling` (the `minimum` rule), a curve whose loss has not turned up is an error instead."""
     func = getattr(fastai_schedule, name)
-    def suggest(lrs, losses, num_it):
+    def suggest(lrs, losses, num_it):  # the points fastai reads: its cut of the first tenth, the last 5 and any NaN
+        if refuse_still_falling: _check_turned_up(lrs, losses)
         try: return func(lrs, losses, num_it)
         except Exception: return float("nan"), (float("nan"), float("nan"))
     suggest.__name__ = name
     return suggest
+
+
+def _check_turned_up(lrs, losses) -> None:
+    """The `minimum` rule needs the loss to turn up before the test's end: its lowest point before the last tenth
+    (of at least 20 points). A curve still falling gives an LRMAX far too high (seen once at the width-0.25 proxy:
+    LRMAX 0.2, and training stuck at 16-27% accuracy)."""
+    if len(losses) < 20: return  # too short a test to tell (the default's 100 batches keep 85 points)
+    low = int(np.argmin(losses))
+    if low >= len(losses) - len(losses) // 10:
+        lr = float(lrs[low])
+        raise ValueError(f"The LR range test's loss was still falling near its end (lowest at LR {lr:.3g}, "
+                         f"in the last tenth of the test), so the 'minimum' rule would give an LRMAX far too high "
+                         f"({lr / 10:.3g}). Run the test again with another seed, or another rule (lr_rule).")

@@ -94,7 +94,7 @@ def _begin(start: Start, run_dir: Path, recipe: str | None, allow_pickle: bool, 
     "The checks, the run folder and the Learner: the machine can run the recipe, then the data is loaded."
     if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
-        if not start.r.lr_max:
+        if start.r.lr_max is None:
             raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                             hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
     resume = start.init_from == "resume"
@@ -132,7 +132,7 @@ def _fit(learn: Learner, start: Start, run_dir: Path, extra_cbs, log) -> None:
             cbs = _callbacks(learn, run_dir, epoch, start, extra_cbs)
             if fine_tune: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, epoch, cbs=cbs)
             else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
-                                           lr_end=r.lr_end or None, start_epoch=epoch)
+                                           lr_end=r.lr_end, start_epoch=epoch)
 
 
 def _restart(run_dir: Path, info: dict, log) -> bool:
@@ -190,8 +190,9 @@ def _data_record(data: str | None) -> str | None:
 
 def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBounds:
     "LRMIN/LRMAX as given, or from the LR range test on the training pipeline (its curve saved in the run folder)."
-    if r.lr_max:
-        bounds = LRBounds(r.lr_min or r.lr_max / r.lr_min_div, r.lr_max, "given")
+    if r.lr_max is not None:
+        lr_min = r.lr_max / r.lr_min_div if r.lr_min is None else r.lr_min
+        bounds = LRBounds(lr_min, r.lr_max, "given")
     else:
         n_batches = len(learn.dls.train)
         num_it = range_test_batches(r, n_batches)
@@ -214,7 +215,7 @@ def lr_find_run(r: Recipe, out: str | Path, data: str | None = None, subset: int
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     learn = cifar_learner(data, r, out, subset)
-    with plain_output(learn): return _bounds(learn, r.replace(lr_max=0.0, lr_min=0.0), out, log=lambda *a: None)
+    with plain_output(learn): return _bounds(learn, r.replace(lr_max=None, lr_min=None), out, log=lambda *a: None)
 
 
 def _finish(learn: Learner, start: Start, run_dir: Path, log) -> dict:

@@ -121,3 +121,18 @@ def test_a_malformed_flag_value_names_the_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--bs", "lots"])
     assert e.value.code == 2 and "--bs" in capsys.readouterr().err
+
+
+def test_auto_derives_and_0_2s_zero_reads_as_auto(tmp_path):
+    """settings.ini: `auto` for LRMAX (the range test), LRMIN (LRMAX / lr_min_div) and lr_end (LRMIN); run folders
+    of 0.2 wrote 0.0 for the same, which reads as auto (never a usable LR), so their runs resume unchanged."""
+    old = tmp_path / "old.ini"
+    old.write_text("[schedule]\nlr_max = 0.0\nlr_min = 0\nlr_end = 0.0\n")
+    assert (load_settings(old).lr_max, load_settings(old).lr_min, load_settings(old).lr_end) == (None, None, None)
+    new = tmp_path / "new.ini"
+    new.write_text("[schedule]\nlr_max = 0.4\nlr_min = auto\nlr_end = 1e-9\n")
+    assert (load_settings(new).lr_max, load_settings(new).lr_min, load_settings(new).lr_end) == (0.4, None, 1e-9)
+    assert "lr_max = auto " in recipe_to_ini(Recipe()) and "lr_end = 1e-09 " in recipe_to_ini(load_settings(new))
+    assert Recipe.from_dict({"lr_max": 0.0, "lr_end": None}, "w").lr_max is None   # a 0.2 weights file's recipe
+    with pytest.raises(UserError, match="must be above 0"):
+        Recipe(lr_max=-1.0).validate()

@@ -6,7 +6,7 @@ import torch
 
 from fastresnet.config import Recipe
 from fastresnet.data import cifar_dls
-from fastresnet.inference import SHIFTS, ShiftInputs, evaluate_learner
+from fastresnet.inference import SHIFTS, TTAView, evaluate_learner
 from fastresnet.learner import build_learner
 
 
@@ -14,7 +14,7 @@ def test_a_shift_moves_the_picture_and_reflects_the_edge_in():
     x = torch.arange(9.).view(1, 1, 3, 3)                       # rows 0 1 2 / 3 4 5 / 6 7 8
     class Fake: xb = (x,)
     def shifted(d, flip=False):
-        cb = ShiftInputs(d, flip)
+        cb = TTAView(d, flip)
         cb.learn = Fake()
         cb.before_batch()
         return cb.learn.xb[0][0, 0].tolist()

@@ -16,7 +16,7 @@ def test_the_shipped_recipes_hold_what_their_sources_state():
     assert load_settings(recipe_file("default")) == Recipe()
     page = load_settings(recipe_file("page-sgd"))
     assert (page.optimizer, page.nesterov, page.beta1_max, page.beta1_min, page.bs) == ("sgd", True, 0.9, 0.9, 512)
-    assert (page.lr_max, page.lr_max / page.lr_min_div, page.lr_end) == (0.4, pytest.approx(4e-10), 0.0)
+    assert (page.lr_max, page.lr_min, page.lr_end) == (0.4, 4e-10, None)   # None: the run ends at LRMIN
     assert (page.wd, page.decouple_wd, page.wd_bn_bias, page.label_smoothing) == (5e-4, False, True, 0.0)
     assert (page.pad, page.pad_mode, page.flip, page.cutout, page.epochs, page.peak_epoch) == \
         (4, "reflect", True, 8, 24, 5)
@@ -27,7 +27,7 @@ def test_the_shipped_recipes_hold_what_their_sources_state():
     assert (adam.optimizer, adam.wd, adam.decouple_wd, adam.beta2, adam.eps, adam.label_smoothing) == \
         ("adam", 1e-4, False, 0.999, 1e-8, 0.0)
     seed = load_settings(recipe_file("seed"))
-    assert (seed.lr_max, seed.lr_min_div, seed.wd, seed.decouple_wd, seed.label_smoothing) == (0.0, 10, 1e-2, False, 0)
+    assert (seed.lr_max, seed.lr_min_div, seed.wd, seed.decouple_wd, seed.label_smoothing) == (None, 10, 1e-2, False, 0)
 
 
 def test_unknown_recipe_names_the_shipped_ones_and_a_file_path_works(tmp_path):
