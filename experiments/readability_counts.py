@@ -1,6 +1,7 @@
 """The counts issue 46 watches, for fastresnet/: functions with more than 6 parameters, lines holding several
 statements, lines over 110 columns, nested conditional expressions, `is_main()` calls in train.py, and modules that
-hold 0.1 compatibility (define the retired settings or the old-layout error, or read 0.1's records).   python experiments/readability_counts.py"""
+hold 0.1 compatibility (define the retired settings or the old-layout error, or read 0.1's records).
+    python experiments/readability_counts.py"""
 import ast
 import collections
 import re
@@ -27,7 +28,8 @@ def counts(pkg: Path = PKG) -> dict:
             if isinstance(n, ast.IfExp):
                 out["nested conditional expressions"] += any(isinstance(c, ast.IfExp) for c in (n.body, n.orelse))
         if f.name == "train.py": out["is_main() in train.py"] = text.count("is_main()")
-        if re.search(r"^(def (old_layout|drop_retired)|RETIRED =)|startswith\(\"untar_data|before format 2", text, re.M):
+        old = r"^(def (old_layout|drop_retired)|RETIRED =)|startswith\(\"untar_data|before format 2"
+        if re.search(old, text, re.M):
             compat.append(f.stem)  # defines 0.1 compatibility (calling compat.py's is not holding it)
     out["modules holding 0.1 compatibility"] = len(compat)
     return dict(out, compat_modules=compat)

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Recipe, UserError, ini_value, parse_setting, peak_for  # stdlib only: `fastresnet --help` stays instant
+from .config import Recipe, UserError, ini_value, parse_setting, peak_for  # stdlib only: --help stays instant
 
 __all__ = ["main", "build_parser"]
 

@@ -1,7 +1,7 @@
 """What fastresnet 0.1 and 0.2 wrote, read by this version: retired settings at their settled values, 0 for "derive
 it" (now auto), weights files before format 2 (the width alone in their metadata), run folders that recorded the
-download as a string, and models saved before the layers had names (refused, with what to do). The rest of the package imports this module for nothing
-else; docs/experiments.md section 4 says why each setting was retired."""
+download as a string, and models saved before the layers had names (refused, with what to do). The rest of the
+package imports this module for nothing else; docs/experiments.md section 4 says why each setting was retired."""
 from __future__ import annotations
 
 from typing import Any
@@ -28,9 +28,9 @@ def drop_retired(values: dict[str, Any], where: str) -> dict[str, Any]:
             except ValueError:
                 pass
         if v != settled:
-            raise config.UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled at "
-                            f"{str(settled).lower()} (docs/experiments.md section 4). Remove the line to use this "
-                            "version, or run the recipe with fastresnet 0.1.")
+            raise config.UserError(f"{where}: `{key} = {v}` is a setting of fastresnet 0.1 that 0.2 removed, settled "
+                                   f"at {str(settled).lower()} (docs/experiments.md section 4). Remove the line to "
+                                   "use this version, or run the recipe with fastresnet 0.1.")
     return values
 
 
@@ -44,9 +44,9 @@ def auto_zero(name: str, value):
 
 def old_layout(what: str) -> config.UserError:
     "The error for a model saved before the layers had names (positional `0`..`7`), which 0.1 read and 0.2 does not."
-    return config.UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers `0`..`7`), "
-                     "which this version no longer reads. fastresnet 0.1 reads it: load it there and save it again "
-                     "(learn.export), or train the model again.")
+    return config.UserError(f"{what} holds a model saved before fastresnet named its layers (positional layers "
+                            "`0`..`7`), which this version no longer reads. fastresnet 0.1 reads it: load it there "
+                            "and save it again (learn.export), or train the model again.")
 
 
 def check_named(keys, where: str) -> None:
