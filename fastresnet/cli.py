@@ -175,8 +175,9 @@ def cmd_train(a) -> int:
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     a.out = a.out or f"runs/{_stamp()}"  # named here, so that what stops the run can say where it is
-    return _run_interruptible(lambda: run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
-                                          recipe=a.recipe or "default", allow_pickle=bool(a.allow_pickle)), Path(a.out))
+    def new_run(): return run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
+                              recipe_name=a.recipe or "default", allow_pickle=bool(a.allow_pickle))
+    return _run_interruptible(new_run, Path(a.out))
 
 
 def _kept(run_dir: Path) -> str | None:

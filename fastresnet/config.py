@@ -165,10 +165,10 @@ class Recipe:
         byname, known = {f.name: f for f in fields(cls)}, {}
         for k, v in values.items():
             if k not in byname: continue  # a field of another version
-            if v is None and byname[k].default is None:
+            v = compat.auto_zero(k, v)
+            if v is None and byname[k].default is None:  # auto
                 known[k] = None
                 continue
-            v = compat.auto_zero(k, v)
             t = byname[k].type if isinstance(byname[k].type, str) else byname[k].type.__name__
             if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool"):
                 raise UserError(f"{where}: the recipe's `{k}` is {v!r:.40}, not a {t}.")
@@ -208,7 +208,7 @@ SECTIONS: dict[str, list[str]] = {}
 for _f in fields(Recipe): SECTIONS.setdefault(_f.metadata["section"], []).append(_f.name)
 
 
-BOOLS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+BOOLS = configparser.ConfigParser.BOOLEAN_STATES  # true/yes/on/1 and false/no/off/0, as configparser reads them
 
 
 def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:

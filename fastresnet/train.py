@@ -48,16 +48,16 @@ class Start:
 
 def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: int | None = None,
         overwrite: bool = False, resume: bool = False, extra_cbs=(), log=print, init: str | Path | None = None,
-        recipe: str | None = None, allow_pickle: bool = False) -> dict:
+        recipe_name: str | None = None, allow_pickle: bool = False) -> dict:
     """A new run of recipe `r` into `run_dir`, or (`resume`) the rest of the run there. Returns the test results.
     `init`: a trained model (run folder, `.safetensors`, or `.pkl` with `allow_pickle`) to fine-tune (docs/usage.md).
-    `recipe`: the name or file `r` came from, for run.json."""
+    `recipe_name`: the shipped recipe or settings file `r` came from, for run.json."""
     run_dir = Path(run_dir).absolute()
     if not dist.is_main(): log = _silent  # one voice in a distributed run (and one writer: folder.py)
     with run_lock(run_dir):  # one process a run folder
         try:
             start = _resume(run_dir, data, log) if resume else _new(r, data, subset, init, overwrite)
-            learn = _begin(start, run_dir, recipe, allow_pickle, log)
+            learn = _begin(start, run_dir, recipe_name, allow_pickle, log)
             _fit(learn, start, run_dir, extra_cbs, log)
             res = {}
             if dist.is_main():  # rank 0 alone tests all the images, exports and reports
@@ -90,7 +90,7 @@ def _resume(run_dir: Path, data, log) -> Start:
     return Start("finetune" if init else "scratch", r, data, subset, init, overwrite=overwrite)
 
 
-def _begin(start: Start, run_dir: Path, recipe: str | None, allow_pickle: bool, log) -> Learner:
+def _begin(start: Start, run_dir: Path, recipe_name: str | None, allow_pickle: bool, log) -> Learner:
     "The checks, the run folder and the Learner: the machine can run the recipe, then the data is loaded."
     if dist.world_size() > 1:  # a distributed launch: Accelerate installed, and LRMAX given
         dist.require_accelerate()
@@ -106,7 +106,7 @@ def _begin(start: Start, run_dir: Path, recipe: str | None, allow_pickle: bool, 
     learn = cifar_learner(start.data, start.r, run_dir, start.subset, init=init, stats=stats,
                           allow_pickle=allow_pickle)
     log(f"Precision: {learn.recipe.precision}{start.precision_from}")  # `auto` resolved (a resume keeps it)
-    if not resume: start.info = _start_folder(learn, run_dir, start.data, start.subset, start.init, recipe)
+    if not resume: start.info = _start_folder(learn, run_dir, start, recipe_name)
     return learn
 
 
@@ -150,15 +150,16 @@ def _restart(run_dir: Path, info: dict, log) -> bool:
     return True
 
 
-def _start_folder(learn: Learner, run_dir: Path, data, subset, init, recipe) -> dict:
+def _start_folder(learn: Learner, run_dir: Path, start: Start, recipe_name: str | None) -> dict:
     "A new run's first files (settings.ini, run.json, split.json), put in place together; returns run.json's facts."
     r, split = learn.recipe, getattr(learn.dls, "valid_files", None)
     info = {"fastresnet": __version__, "torch": torch.__version__, "device": str(default_device()),
-            "machine": platform.platform(), "data": _data_record(data), "subset": subset,
+            "machine": platform.platform(), "data": _data_record(start.data), "subset": start.subset,
             "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": list(learn.dls.vocab),
             "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
-    if init: info["init"] = str(Path(init).resolve())
-    if recipe: info["recipe"] = recipe if Path(recipe).suffix != ".ini" else str(Path(recipe).resolve())
+    if start.init: info["init"] = str(Path(start.init).resolve())
+    if recipe_name and Path(recipe_name).suffix == ".ini": recipe_name = str(Path(recipe_name).resolve())  # a file
+    if recipe_name: info["recipe"] = recipe_name
     files = {SETTINGS: recipe_to_ini(r), RUN_JSON: json.dumps(info, indent=2) + "\n"}
     if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
         files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
