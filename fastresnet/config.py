@@ -55,9 +55,8 @@ class Recipe:
                                  "whole net trains for `epochs` (fastai's fine_tune)", lr_find=False, min=0,
                                  max=10000)
     # [optimizer]
-    optimizer: str = setting("optimizer", "adam", "adam (the spec), or sgd: torch's SGD with momentum beta1_max "
-                             "(Nesterov's if `nesterov`) and L2 decay (decouple_wd = false), as Page's ResNet-9 "
-                             "baseline",
+    optimizer: str = setting("optimizer", "adam", "adam (the spec), or sgd: torch's SGD as Page's ResNet-9 "
+                             "baseline (momentum beta1_max, L2 decay)",
                              choices=("adam", "sgd"))
     wd: float = setting("optimizer", 0.8, "weight decay; decoupled, it shrinks decayed weights by lr*wd a step "
                         "(why 0.8: docs/experiments.md section 7)", min=0.0)
@@ -73,9 +72,8 @@ class Recipe:
     adam_impl: str = setting("optimizer", "fused", "Adam's code: torch's fused or foreach AdamW kernels, "
                              "or fastai's own Adam (slower)", choices=("fused", "foreach", "fastai"))
     nesterov: bool = setting("optimizer", True, "SGD only: Nesterov momentum (Page's baseline) or plain momentum")
-    ema: float = setting("optimizer", 0.0, "decay of an exponential moving average of the weights (and BatchNorm "
-                         "statistics), which is then tested and exported instead of the last weights; 0: off, "
-                         "e.g. 0.999", lr_find=False, min=0.0, max=0.99999)
+    ema: float = setting("optimizer", 0.0, "decay of an average of the weights, tested and exported instead of "
+                         "the last ones (0: off; e.g. 0.999)", lr_find=False, min=0.0, max=0.99999)
     ema_warmup: int = setting("optimizer", 1, "epochs of training before the average starts (its first update copies "
                               "the weights)", lr_find=False, min=0, max=10000)
     # [schedule]
@@ -101,8 +99,8 @@ class Recipe:
     flip: bool = setting("augment", True, "random horizontal flip")
     cutout: int = setting("augment", 8, "side of the Cutout square; 0 disables it", min=0, max=512)
     # [model]
-    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: cheaper, "
-                           "but 0.25 ranks regularisation the other way round: docs/experiments.md section 9)",
+    width: float = setting("model", 1.0, "multiplier on every channel count (1: the spec; 0.25 or 0.5: cheaper "
+                           "proxies)",
                            min=0.01, max=4.0)
     bn_momentum: float = setting("model", 0.1, "BatchNorm momentum: the weight of each new batch in the running "
                                  "statistics the test uses (torch's convention and default)", lr_find=False,
@@ -116,8 +114,7 @@ class Recipe:
                               "mirror, six test passes (docs/experiments.md)", lr_find=False)
     # [runtime]
     precision: str = setting("runtime", "auto", "auto: bf16 where the hardware has it (a GPU, or a CPU with bf16 "
-                             "units: the step 1.95-2.09x as fast as fp32 on an AMD Zen 4), else fp32; or fp32, bf16, "
-                             "fp16 (GPUs). docs/experiments.md section 10: 94.1% in bf16 at full width, official data",
+                             "units), else fp32; or fp32, bf16, fp16 (GPUs)",
                              choices=("auto", "fp32", "bf16", "fp16"))
     deterministic: bool = setting("runtime", False, "GPUs: bit-exact cuDNN kernels (slower) instead of autotuned ones; "
                                   "CPU runs are exact either way")
@@ -125,11 +122,10 @@ class Recipe:
                                min=0, max=10000)
     sync_bn: bool = setting("runtime", False, "distributed runs: BatchNorm statistics over the global batch",
                             lr_find=False)
-    compile: bool = setting("runtime", False, "torch.compile the model for training: measured 1.06x on an H200 after "
-                            "25 s of compiling and 1.03x in bf16 on a CPU (docs/benchmarks.md), so off", lr_find=False)
-    keep_checkpoint: bool = setting("runtime", True, "keep checkpoint.pth (weights, optimizer and random state: 79 MB "
-                                    "at full width) once the run has finished; false removes it after the export "
-                                    "(the weights stay in model.safetensors and model.pkl)", lr_find=False)
+    compile: bool = setting("runtime", False, "torch.compile the model for training (off: 1.03-1.06x, "
+                            "docs/benchmarks.md)", lr_find=False)
+    keep_checkpoint: bool = setting("runtime", True, "keep checkpoint.pth once the run has finished (false: removed after "
+                                    "the export; the weights stay in model.safetensors)", lr_find=False)
 
     def validate(self) -> "Recipe":
         "Check ranges and cross-field rules; raise `UserError` naming the offending value."
