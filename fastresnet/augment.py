@@ -21,7 +21,8 @@ def _batch(x: TensorImage) -> tuple[torch.Tensor, bool]:
     return (x[None], True) if x.ndim == 3 else (x, False)
 
 
-def _out(x: torch.Tensor, single: bool) -> TensorImage: return TensorImage(x[0] if single else x)
+def _out(x: torch.Tensor, single: bool) -> TensorImage:
+    return TensorImage(x[0] if single else x)
 
 
 class RandomPadCrop(RandTransform):
@@ -33,7 +34,8 @@ class RandomPadCrop(RandTransform):
         self.pad, self.mode = pad, mode
 
     def encodes(self, x: TensorImage) -> TensorImage:
-        if self.pad == 0: return x
+        if self.pad == 0:
+            return x
         x, single = _batch(x)
         n, c, h, w = x.shape
         p = self.pad
@@ -72,7 +74,8 @@ class Cutout(RandTransform):
         self.size = size
 
     def encodes(self, x: TensorImage) -> TensorImage:
-        if self.size == 0: return x
+        if self.size == 0:
+            return x
         x, single = _batch(x)
         n, _, h, w = x.shape
         cy = torch.randint(0, h, (n, 1, 1), device=x.device) - self.size // 2  # top edge, may be < 0

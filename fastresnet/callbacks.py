@@ -39,7 +39,8 @@ class PlainTestLoss(Callback):
     Recorder's `valid_loss` and `get_preds(with_loss=True)` (top losses)."""
     order = -1  # before the Recorder (50) and GatherPredsCallback (0) read `learn.loss`
     def after_loss(self):
-        if self.training or not self.yb: return          # no labels (test_dl, predict): no loss
+        if self.training or not self.yb:
+            return          # no labels (test_dl, predict): no loss
         reduction = getattr(self.loss_func, "reduction", "mean")  # fastai's get_preds asks for 'none'
         self.learn.loss = F.cross_entropy(self.pred.float(), self.y.long(), reduction=reduction)
 
@@ -56,23 +57,28 @@ class EMA(Callback):
     def before_fit(self):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         self.avg = AveragedModel(unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
-        if self.state is not None: self.avg.load_state_dict(self.state)
+        if self.state is not None:
+            self.avg.load_state_dict(self.state)
 
     def after_step(self):
-        if self.epoch >= self.warmup: self.avg.update_parameters(unwrap(self.model))
+        if self.epoch >= self.warmup:
+            self.avg.update_parameters(unwrap(self.model))
 
     def after_fit(self):
-        if self.avg.n_averaged > 0: unwrap(self.model).load_state_dict(self.avg.module.state_dict())
+        if self.avg.n_averaged > 0:
+            unwrap(self.model).load_state_dict(self.avg.module.state_dict())
 
 
 class ValidEvery(Callback):
     "Skip the test-set pass except every `n` epochs and after the last (n=0: the last only): for CPU proxies."
     order = 0  # fastai's default: cancelling a validation needs no other callback's work first
-    def __init__(self, n: int): self.n = n
+    def __init__(self, n: int):
+        self.n = n
 
     def before_validate(self):
         last = self.epoch == self.n_epoch - 1
-        if not last and (self.n == 0 or (self.epoch + 1) % self.n): raise CancelValidException()
+        if not last and (self.n == 0 or (self.epoch + 1) % self.n):
+            raise CancelValidException()
 
 
 class StopOnNaN(Callback):
@@ -80,19 +86,25 @@ class StopOnNaN(Callback):
     checkpoint, with an error naming the epoch, batch and LR. The check is a flag on the device, read
     every SYNC_EVERY batches and after each epoch's training, so the host never waits on it per batch."""
     order = -5  # first: a non-finite loss stops the fit before any callback records or saves the step
-    def before_fit(self): self.first, self.start = None, None  # the first bad step (-1 while none); the first step
+    def before_fit(self):
+        self.first, self.start = None, None  # the first bad step (-1 while none); the first step
     def after_batch(self):
-        if not self.training: return
+        if not self.training:
+            return
         step = self.epoch * self.n_iter + self.iter
-        if self.start is None: self.start = step  # a resumed fit starts past 0; the Recorder's `lrs` start here
+        if self.start is None:
+            self.start = step  # a resumed fit starts past 0; the Recorder's `lrs` start here
         bad = torch.where(torch.isfinite(self.loss.detach()), -1, step)
         self.first = bad if self.first is None else torch.where(self.first >= 0, self.first, bad)
-        if (self.iter + 1) % SYNC_EVERY == 0: self._check()
-    def after_train(self): self._check()
+        if (self.iter + 1) % SYNC_EVERY == 0:
+            self._check()
+    def after_train(self):
+        self._check()
 
     def _check(self):
         step = int(self.first) if self.first is not None else -1
-        if step < 0: return
+        if step < 0:
+            return
         lrs = self.recorder.lrs  # fastai's record of each trained step's LR; the Recorder (order 50) logs after us
         lr = lrs[step - self.start] if step - self.start < len(lrs) else self.opt.hypers[-1]["lr"]
         kept = ("The checkpoint of the last completed epoch is kept." if (Path(self.path) / CHECKPOINT).is_file()
@@ -111,8 +123,10 @@ def plain_output(learn: Learner):
         return
     old, learn.logger = learn.logger, partial(_epoch_line, learn)
     try:
-        with learn.no_bar(), learn.added_cbs(RangeTestLines()): yield
-    finally: learn.logger = old
+        with learn.no_bar(), learn.added_cbs(RangeTestLines()):
+            yield
+    finally:
+        learn.logger = old
 
 
 class RangeTestLines(Callback):
@@ -120,7 +134,8 @@ class RangeTestLines(Callback):
     order = 51  # after the Recorder: the batch's smoothed loss is in
     def after_batch(self):
         finder = getattr(self.learn, "lr_finder", None)
-        if finder is None or not self.training or self.train_iter % max(1, finder.num_it // 4): return
+        if finder is None or not self.training or self.train_iter % max(1, finder.num_it // 4):
+            return
         print(f"  range test: batch {self.train_iter}/{finder.num_it}, LR {self.opt.hypers[-1]['lr']:.3g}, "
               f"loss {float(self.smooth_loss):.4f}", flush=True)
 

@@ -51,7 +51,8 @@ def old_layout(what: str) -> config.UserError:
 
 def check_named(keys, where: str) -> None:
     "A state dict's keys with today's layer names; positional ones (`1.1.res.0.0.weight`) are refused."
-    if next(iter(keys), "x")[:1].isdigit(): raise old_layout(where)
+    if next(iter(keys), "x")[:1].isdigit():
+        raise old_layout(where)
 
 
 def weights_recipe(meta: dict, saved, path) -> config.Recipe:
@@ -61,8 +62,10 @@ def weights_recipe(meta: dict, saved, path) -> config.Recipe:
             saved = {k: float(meta[k]) for k in ("width", "logit_scale") if k in meta}
         except ValueError as e:
             raise config.UserError(f"{path}: its metadata holds {e}.") from None
-    if not isinstance(saved, dict): raise config.UserError(f"{path}: its metadata `recipe` is not a JSON object.")
-    for k in ("shape", "zero_init_residual"): saved.pop(k, None)  # retired, and only ever shaped training
+    if not isinstance(saved, dict):
+        raise config.UserError(f"{path}: its metadata `recipe` is not a JSON object.")
+    for k in ("shape", "zero_init_residual"):
+        saved.pop(k, None)  # retired, and only ever shaped training
     return config.Recipe.from_dict(drop_retired(saved, str(path)), str(path))
 
 

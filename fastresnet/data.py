@@ -54,10 +54,12 @@ class CifarArrays:
     valid_files: list[str] | None = None
 
     @property
-    def norm_stats(self) -> tuple[list[float], list[float]]: return self.stats or cifar_stats
+    def norm_stats(self) -> tuple[list[float], list[float]]:
+        return self.stats or cifar_stats
 
     @property
-    def n_valid(self) -> int: return len(self.labels) - self.n_train
+    def n_valid(self) -> int:
+        return len(self.labels) - self.n_train
 
     def __repr__(self) -> str:  # fastai formats the source into a log line: keep it short
         return f"CifarArrays({self.n_train} train + {self.n_valid} valid, {len(self.vocab)} classes)"
@@ -74,19 +76,22 @@ def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.M
     converted to RGB (colour is all CIFAR knows); other sizes are refused, or resized if `resize`.
     An image of more than `max_pixels` is refused from its header, before it is decoded."""
     path = Path(path)
-    if not path.is_file(): raise UserError(f"Image {path} does not exist.")
+    if not path.is_file():
+        raise UserError(f"Image {path} does not exist.")
     try:
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise UserError(f"Image {path} is {im.width}x{im.height} pixels, more than the {max_pixels:,} "
                                 f"accepted: the model sees {size}x{size}; shrink the image first.")
             im.load()
-            if im.getexif().get(ORIENTATION, 1) != 1: im = ImageOps.exif_transpose(im)  # as it is shown (phones)
+            if im.getexif().get(ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)  # as it is shown (phones)
             return pil_to_tensor(im, str(path), resize, size)
     except Image.DecompressionBombError:
         raise UserError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
                         f"the model sees {size}x{size}; shrink the image first.") from None
-    except UserError: raise
+    except UserError:
+                raise
     except Exception as e:  # whatever Pillow raises (OSError, ValueError, SyntaxError, ...), a bad file is a bad file
         raise UserError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {str(e)[:120]}).") from None
 
@@ -115,7 +120,8 @@ def pil_to_tensor(im: Image.Image, name: str = "image", resize: bool = False, si
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def _first3(names: list[str]) -> str: return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+def _first3(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _subfolders(d: Path) -> list[Path]:
@@ -145,8 +151,10 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
         subs = _subfolders(d) if not listed[0] else []  # no images of its own but folders: a group of classes
         for c, (imgs, others) in ([(sub, _images(sub)) for sub in subs] if subs else [(d, listed)]):
             skipped = [f"{len(n)} {what} ({_first3(n)})" for what, n in others.items() if n]
-            if skipped: warnings.warn(f"{c}: skipping {', '.join(skipped)}.")
-            if not imgs: raise UserError(f"Class folder {c} holds no images: every class needs examples.")
+            if skipped:
+                warnings.warn(f"{c}: skipping {', '.join(skipped)}.")
+            if not imgs:
+                raise UserError(f"Class folder {c} holds no images: every class needs examples.")
             if c.name in out:
                 raise UserError(f"Two class folders are named {c.name!r} ({where[c.name]} and {c}): a class name "
                                 "must be unique. Rename one of them.")
@@ -165,7 +173,8 @@ def _fingerprint(root: Path, files: list[Path]) -> str:
 def _cache_path(key: str) -> Path | None:
     "In the user's cache folder ($FASTRESNET_CACHE), never beside the data, which may be shared or read-only."
     cache = Path(os.environ.get("FASTRESNET_CACHE", Path.home() / ".cache" / "fastresnet"))
-    try: cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The cache folder {cache} (from $FASTRESNET_CACHE or the default) is a file; "
                         "point FASTRESNET_CACHE at a folder.") from None
@@ -191,7 +200,8 @@ def _layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | 
                         f"{'test/ (or valid/)' if held is None else 'train/'} folder. Give both, each holding one "
                         f"folder of images per class, or put the class folders directly in {root} (then "
                         "valid_pct of each class is held out for testing).")
-    try: return _class_files(root), None
+    try:
+        return _class_files(root), None
     except UserError:
         raise UserError(f"{root} is neither layout fastresnet reads: {root}/train/<class>/<images> with "
                         f"{root}/test/<class>/<images> (or valid/), or {root}/<class>/<images> (one folder of images "
@@ -208,29 +218,36 @@ def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     """The files of each class from a CSV of file names and classes (fastai's `from_csv`; docs/usage.md), as
     `_layout` gives them: (train, test) with an `is_valid` column, else (all, None). Bad rows are refused, listed."""
     root, problems = path.parent, []
-    try: rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path} is not a UTF-8 CSV file ({type(e).__name__}: {str(e)[:80]}).") from None
     header = [h.strip().lower() for h in (rows[0] if rows else [])]
     held_col = header.index("is_valid") if "is_valid" in header else None
     parts: tuple[dict, dict] = ({}, {})
     for n, row in enumerate(rows[1:], 2):
-        if not any(c.strip() for c in row): continue  # a blank line
+        if not any(c.strip() for c in row):
+            continue  # a blank line
         name, label = (row + ["", ""])[0].strip(), (row + ["", ""])[1].strip()
         held = (row[held_col] if held_col is not None and held_col < len(row) else "").strip().lower() or "false"
         f = Path(os.path.normpath(root / name))
         if not name or not label or held not in BOOLS:
             want = "file name, class" + (", is_valid (true or false)" if held_col is not None else "")
             problems.append(f"line {n}: {','.join(row)[:60]!r} is not {want}")
-        elif root not in f.parents: problems.append(f"line {n}: {name} is outside {root}")
-        elif not f.is_file(): problems.append(f"line {n}: {name} does not exist")
-        else: parts[BOOLS[held]].setdefault(label, []).append(f)
+        elif root not in f.parents:
+            problems.append(f"line {n}: {name} is outside {root}")
+        elif not f.is_file():
+            problems.append(f"line {n}: {name} does not exist")
+        else:
+            parts[BOOLS[held]].setdefault(label, []).append(f)
     if problems:
         raise UserError(f"{len(problems)} row(s) of {path} cannot be used:{_five(problems)}\nFix or remove them "
                         "and run again.")
-    if not parts[0]: raise UserError(f"{path} lists no training images (a header row, then file,class rows).")
+    if not parts[0]:
+        raise UserError(f"{path} lists no training images (a header row, then file,class rows).")
     train, test = ({c: sorted(fs) for c, fs in sorted(p.items())} for p in parts)  # as folders list them
-    if held_col is None: return train, None
+    if held_col is None:
+        return train, None
     if list(train) != list(test):
         only_tr, only_te = sorted(set(train) - set(test)) or "none", sorted(set(test) - set(train)) or "none"
         raise UserError(f"The classes of {path}'s training rows and its is_valid rows differ (only in training: "
@@ -245,13 +262,16 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
     with warnings.catch_warnings(record=True) as notes:  # one summary line instead of a warning per file
         warnings.simplefilter("always")
         for k, f in enumerate(progress_bar(files, leave=False) if sys.stdout.isatty() else files):
-            try: images[k] = load_image(f, resize=True, size=size).numpy()
-            except UserError as e: bad.append(str(e))
+            try:
+                images[k] = load_image(f, resize=True, size=size).numpy()
+            except UserError as e:
+                                bad.append(str(e))
     for what, how in (("converted to RGB", "were not RGB (grayscale, palette or RGBA) and were converted to RGB"),
                       ("resized to", f"were not {size}x{size} and were resized (squashed) to {size}x{size}, as "
                                      "`fastresnet predict` and `learn.predict` resize theirs")):
         found = [str(n.message) for n in notes if what in str(n.message)]
-        if found: warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
+        if found:
+            warnings.warn(f"{len(found)} image(s) under {root} {how}, e.g. {found[0]}")
     if bad:
         raise UserError(f"{len(bad)} image file(s) under {root} cannot be used:{_five(bad)}\nRemove or replace them "
                         "and run again.")
@@ -277,9 +297,11 @@ def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
     vocab = list(train)
     if test is None:
         few = [c for c, fs in train.items() if len(fs) < 2]
-        if few: raise UserError(f"Class folder(s) {', '.join(str(root / c) for c in few)} hold a single image: a "
-                                "random split needs at least 2 per class (one to train on, one to test).")
-    if len(vocab) < 2: raise UserError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
+        if few:
+            raise UserError(f"Class folder(s) {', '.join(str(root / c) for c in few)} hold a single image: a "
+                            "random split needs at least 2 per class (one to train on, one to test).")
+    if len(vocab) < 2:
+        raise UserError(f"{root} has one class folder ({vocab[0]}): a classifier needs at least two.")
     files = [(f, i) for split in filter(None, (train, test)) for i, c in enumerate(vocab) for f in split[c]]
     labels = np.array([i for _, i in files], dtype=np.int64)
     key = _fingerprint(root, [f for f, _ in files]) + (f"-{size}px" if size != SIZE else "")  # 32: the old caches
@@ -289,7 +311,8 @@ def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
         try:  # every array is read whole, so zip's CRC-32 of each is checked: a damaged cache fails here
             with open(cpath, "rb") as fh, np.load(fh) as z:
                 images = z["images"]
-                if len(images) != len(files): raise ValueError(f"{len(images)} images for {len(files)} files")
+                if len(images) != len(files):
+                    raise ValueError(f"{len(images)} images for {len(files)} files")
         except Exception as e:
             images = None
             warnings.warn(f"The cache {cpath} is damaged ({type(e).__name__}: {str(e)[:80]}); not using it: "
@@ -301,7 +324,8 @@ def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
                   f"{cpath}" if cpath is not None else "") + " ...", file=sys.stderr, flush=True)  # stdout: results
         images = _decode(root, [f for f, _ in files], size)
         if cpath is not None:
-            try: atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
+            try:
+                atomic_write(cpath, lambda f: np.savez(f, images=images))  # labels: from the folders
             except (OSError, UserError) as e:  # a cache is a convenience: training goes on without it
                 warnings.warn(f"Not caching the decoded images: {getattr(e, 'message', e)} Training goes on; the "
                               "next run decodes them again.")
@@ -328,7 +352,8 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], l
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f: return pickle.load(f, encoding="bytes")
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
     except FileNotFoundError:
         raise UserError(f"The python archive is missing {path.name} (looked in {path.parent}).") from None
     except Exception as e:
@@ -352,7 +377,8 @@ def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
     labels = np.concatenate([np.asarray(p[b"labels"]) for p in parts]).astype(np.int64)
     n_train = sum(len(p[b"labels"]) for p in parts[:5])
     images = torch.from_numpy(np.ascontiguousarray(images))
-    if size != SIZE: images = resize_images(images, size)
+    if size != SIZE:
+        images = resize_images(images, size)
     return CifarArrays(images, torch.from_numpy(labels), vocab, n_train)
 
 
@@ -375,19 +401,24 @@ def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int
     if path is None or dataset_name(path):
         from fastai.data.external import URLs, untar_data
         name = str(path or "cifar10")
-        try: path = untar_data(getattr(URLs, DATASETS[name]))
+        try:
+            path = untar_data(getattr(URLs, DATASETS[name]))
         except Exception as e:
             raise UserError(f"Could not download {name.upper().replace('CIFAR', 'CIFAR-')} ({type(e).__name__}: "
                             f"{e}). Without internet, give the path of a folder in fastai's layout (or of "
                             "`cifar-10-batches-py`).", hint="(--data PATH)") from None
     path = Path(path).expanduser()
-    if not path.exists(): raise UserError(f"Data path {path} does not exist.")
+    if not path.exists():
+        raise UserError(f"Data path {path} does not exist.")
     if path.is_file() and path.suffix.lower() == ".csv":  # a labels CSV beside the images
         return read_folder(path.parent, valid_pct=valid_pct, seed=seed, size=size, labels=path)
-    if not path.is_dir(): raise UserError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
-                                          "the class folders, or a CSV of file names and classes.")
-    if (path / "batches.meta").exists(): return read_python_archive(path, size)
-    if (path / "cifar-10-batches-py").is_dir(): return read_python_archive(path / "cifar-10-batches-py", size)
+    if not path.is_dir():
+        raise UserError(f"Data path {path} is a file; give the folder that holds train/ and test/, "
+                        "the class folders, or a CSV of file names and classes.")
+    if (path / "batches.meta").exists():
+        return read_python_archive(path, size)
+    if (path / "cifar-10-batches-py").is_dir():
+        return read_python_archive(path / "cifar-10-batches-py", size)
     return read_folder(path, valid_pct=valid_pct, seed=seed, size=size)
 
 
@@ -397,12 +428,14 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
     if n > data.n_train:
         raise UserError(f"A subset of {n} images is larger than the {data.n_train} training images available.")
     k = len(data.vocab)
-    if n < k: raise UserError(f"A subset of {n} images is smaller than the number of classes ({k}).")
+    if n < k:
+        raise UserError(f"A subset of {n} images is smaller than the number of classes ({k}).")
     tr = data.labels[:data.n_train]
     per = [torch.nonzero(tr == c).flatten() for c in range(k)]
     take = n // k
-    if take * k != n: warnings.warn(f"subset {n}: took {take * k} images ({take} per class), the largest number "
-                                    f"up to {n} that keeps the {k} classes balanced.")
+    if take * k != n:
+        warnings.warn(f"subset {n}: took {take * k} images ({take} per class), the largest number "
+                      f"up to {n} that keeps the {k} classes balanced.")
     if min(len(p) for p in per) < take:
         raise UserError(f"A subset of {n} images needs {take} per class, but a class has only "
                         f"{min(len(p) for p in per)}.")
@@ -425,16 +458,21 @@ class ToTensorImage(Transform):
 
     def encodes(self, o: torch.Tensor) -> TensorImage:
         if o.ndim == 3 and o.shape[1:] != (self.size, self.size):
-            if o.shape[0] != 3: raise UserError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
+            if o.shape[0] != 3:
+                raise UserError(f"Expected a (3, H, W) image tensor, got shape {tuple(o.shape)}.")
             o = pil_to_tensor(Image.fromarray(o.permute(1, 2, 0).to(torch.uint8).numpy()), "tensor image", True,
                               self.size)
         return TensorImage(o)
     def encodes(self, o: np.ndarray) -> TensorImage:
-        if o.ndim == 3 and o.shape[-1] == 3 and o.shape[0] != 3: o = o.transpose(2, 0, 1)  # HWC, as np.asarray(PIL)
+        if o.ndim == 3 and o.shape[-1] == 3 and o.shape[0] != 3:
+            o = o.transpose(2, 0, 1)  # HWC, as np.asarray(PIL)
         return self.encodes(torch.from_numpy(np.ascontiguousarray(o)))
-    def encodes(self, o: Image.Image) -> TensorImage: return TensorImage(pil_to_tensor(o, "PIL image", True, self.size))
-    def encodes(self, o: Path) -> TensorImage: return TensorImage(load_image(o, resize=True, size=self.size))
-    def encodes(self, o: str) -> TensorImage: return TensorImage(load_image(o, resize=True, size=self.size))
+    def encodes(self, o: Image.Image) -> TensorImage:
+        return TensorImage(pil_to_tensor(o, "PIL image", True, self.size))
+    def encodes(self, o: Path) -> TensorImage:
+        return TensorImage(load_image(o, resize=True, size=self.size))
+    def encodes(self, o: str) -> TensorImage:
+        return TensorImage(load_image(o, resize=True, size=self.size))
 
 
 class CifarDL(TfmdDL):
@@ -463,7 +501,8 @@ class PairOrFile(ItemGetter):
     (fastai's `parent_label`), as `fastresnet train` labels a folder."""
     input_types = (tuple, list, Path, str)  # where fastai's `test_dl` may start the pipeline: at an item or a file
     def encodes(self, x):
-        if not isinstance(x, (str, Path)): return x[self.i]
+        if not isinstance(x, (str, Path)):
+            return x[self.i]
         return x if self.i == 0 else parent_label(x)
 
 
@@ -475,7 +514,8 @@ def CifarImageBlock(size: int = SIZE) -> TransformBlock:
 def batch_augment(r: Recipe, stats=cifar_stats) -> list:
     "The recipe's augmentation, as fastai batch transforms (training split only) plus normalisation by `stats`."
     tfms = [RandomPadCrop(r.pad, r.pad_mode)]
-    if r.flip: tfms.append(RandomFlip(0.5))
+    if r.flip:
+        tfms.append(RandomFlip(0.5))
     tfms += [Normalize.from_stats(*stats), Cutout(r.cutout)]
     return tfms
 

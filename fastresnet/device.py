@@ -28,14 +28,17 @@ SYNC_EVERY = 50  # training batches between the host's reads of values on the de
 
 def cpu_native_bf16() -> bool:
     "Whether this CPU computes bf16 in hardware (flags avx512_bf16 or amx_bf16); elsewhere oneDNN emulates it."
-    try: flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError: return False  # not Linux: unknown, so no
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+                return False  # not Linux: unknown, so no
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(r: Recipe) -> Recipe:
     "`precision = auto` as this machine answers it: bf16 on a GPU that has it or a CPU with bf16 units, else fp32."
-    if r.precision != "auto": return r
+    if r.precision != "auto":
+        return r
     gpu = torch.cuda.is_available()
     native = torch.cuda.is_bf16_supported() if gpu else cpu_native_bf16()
     return r.replace(precision="bf16" if native else "fp32")
@@ -53,7 +56,8 @@ def check_runtime(r: Recipe) -> None:
 
 class BF16(MixedPrecision):
     "fastai's mixed precision in bf16 on the data's device (CPU too; fastai's autocasts for CUDA only); fp32 weights."
-    def __init__(self): super().__init__(AMPMode.BF16)
+    def __init__(self):
+        super().__init__(AMPMode.BF16)
     def before_fit(self):  # bf16 has fp32's range: no loss scaling (a disabled GradScaler, as fastai's bf16 has)
         device = getattr(self.dls.device, "type", "cpu")
         self.autocast, self.scales = torch.autocast(device, torch.bfloat16), L()
@@ -71,28 +75,36 @@ class SmoothLossOnDevice(AvgSmoothLoss):
 class LossesToHost(Callback):
     "The Recorder's per-batch losses, left on the device while an epoch runs, copied to the host after it in one go."
     order = 51  # after the Recorder
-    def after_epoch(self): self._move()
-    def after_fit(self): self._move()  # lr_find's fit ends without a completed epoch
+    def after_epoch(self):
+        self._move()
+    def after_fit(self):
+        self._move()  # lr_find's fit ends without a completed epoch
 
     def _move(self):
         losses = self.recorder.losses
         i = next((k for k, x in enumerate(losses) if getattr(x, "device", None) not in (None, torch.device("cpu"))),
                  None)
-        if i is not None: losses[i:] = list(torch.stack(losses[i:]).cpu())  # plot_loss and lr_find read them
+        if i is not None:
+            losses[i:] = list(torch.stack(losses[i:]).cpu())  # plot_loss and lr_find read them
 
 
 class Accuracy(AccumMetric):
     """fastai's accuracy over every prediction; on training batches counted on the device (fastai copies every
     batch's predictions to the host). Under a distributed launch the training figure is rank 0's share."""
-    def __init__(self): super().__init__(accuracy, flatten=False)
-    def reset(self): super().reset(); self.hits = self.seen = None
+    def __init__(self):
+        super().__init__(accuracy, flatten=False)
+    def reset(self):
+        super().reset()
+        self.hits = self.seen = None
     def accumulate(self, learn):
-        if not learn.training: return super().accumulate(learn)
+        if not learn.training:
+            return super().accumulate(learn)
         hits = (learn.pred.argmax(-1) == learn.y).sum()
         first = self.hits is None
         self.hits, self.seen = (hits, len(learn.y)) if first else (self.hits + hits, self.seen + len(learn.y))
     @property
-    def value(self): return super().value if self.hits is None else self.hits.float() / self.seen
+    def value(self):
+        return super().value if self.hits is None else self.hits.float() / self.seen
 
 
 class Progress(ProgressCallback):
@@ -107,10 +119,12 @@ class Progress(ProgressCallback):
 class CompileModel(Callback):
     "Train through `torch.compile(model)`; the plain module is put back after fit, so saving and export are unchanged."
     order = 0  # before the schedulers and RunCheckpoint (60), which unwrap the compiled module to save it
-    def __init__(self, backend: str = "inductor", mode: str | None = None): self.backend, self.mode = backend, mode
+    def __init__(self, backend: str = "inductor", mode: str | None = None):
+        self.backend, self.mode = backend, mode
     def before_fit(self):
         self.plain, self.learn.model = self.model, torch.compile(self.model, backend=self.backend, mode=self.mode)
-    def after_fit(self): self.learn.model = self.plain
+    def after_fit(self):
+        self.learn.model = self.plain
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

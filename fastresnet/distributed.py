@@ -19,8 +19,10 @@ from .config import Recipe, UserError
 __all__ = ["world_size", "is_main", "local_batch_size", "alone", "require_accelerate", "distrib_ctx", "leave"]
 
 
-def world_size() -> int: return max(num_distrib(), 1)
-def is_main() -> bool: return rank_distrib() == 0
+def world_size() -> int:
+    return max(num_distrib(), 1)
+def is_main() -> bool:
+    return rank_distrib() == 0
 
 
 @contextlib.contextmanager
@@ -29,10 +31,13 @@ def alone():
     fastai decides whether to gather predictions from WORLD_SIZE, so hide it meanwhile."""
     old = os.environ.get("WORLD_SIZE")
     os.environ["WORLD_SIZE"] = "1"
-    try: yield
+    try:
+        yield
     finally:
-        if old is None: del os.environ["WORLD_SIZE"]
-        else: os.environ["WORLD_SIZE"] = old
+        if old is None:
+            del os.environ["WORLD_SIZE"]
+        else:
+            os.environ["WORLD_SIZE"] = old
 
 
 def local_batch_size(r: Recipe) -> int:
@@ -75,9 +80,12 @@ def distrib_ctx(learn, r: Recipe):
           flush=True)
     from fastai.callback.progress import ProgressCallback
     learn.add_cb(_trainer()(r.sync_bn, cpu=not torch.cuda.is_available()))  # cpu: gloo joins the processes
-    if rank_distrib(): learn.remove_cb(ProgressCallback)  # as fastai's `to_distributed`: one bar, rank 0's
-    try: yield
-    finally: learn.detach_distributed()
+    if rank_distrib():
+        learn.remove_cb(ProgressCallback)  # as fastai's `to_distributed`: one bar, rank 0's
+    try:
+        yield
+    finally:
+        learn.detach_distributed()
 
 
 @functools.cache
@@ -88,7 +96,8 @@ def _trainer() -> type:
     class GlooDL(DistributedDL):
         def _broadcast(self, t, src):
             t = torch.tensor(t, dtype=torch.long)
-            if dist.get_backend() == "nccl": t = t.cuda()
+            if dist.get_backend() == "nccl":
+                t = t.cuda()
             dist.broadcast(t, src)
             return t.cpu().tolist()
 

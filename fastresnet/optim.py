@@ -31,7 +31,8 @@ class _TorchOptim(OptimWrapper):
     gets `wd` only where fastai's `wd_bn_bias` left its parameters `do_wd`."""
 
     @property
-    def hypers(self): return super().hypers[::2]          # one per layer group, as fastai expects
+    def hypers(self):
+        return super().hypers[::2]          # one per layer group, as fastai expects
 
     @property
     def param_lists(self):

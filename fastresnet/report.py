@@ -28,15 +28,18 @@ def _save(fig, path: Path) -> Path:
 def plot_lr_find(run_dir: Path) -> Path | None:
     "Loss against LR (log scale) with the range test's points and the chosen LRMIN/LRMAX marked."
     curve, bounds = read_json_or_none(run_dir / LR_FIND), read_json_or_none(run_dir / LR_BOUNDS)
-    if curve is None: return None  # LRMAX was given: no range test ran
+    if curve is None:
+        return None  # LRMAX was given: no range test ran
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(curve["lrs"], curve["losses"], lw=1.5)
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
     finite = [x for x in curve["losses"] if x == x]
-    if finite: ax.set_ylim(min(finite) * 0.95, finite[0] * 1.5)  # the divergence spike would flatten the curve
+    if finite:
+        ax.set_ylim(min(finite) * 0.95, finite[0] * 1.5)  # the divergence spike would flatten the curve
     colours = ["tab:olive", "tab:green", "tab:red", "tab:purple", "tab:brown"]
     for (name, lr), colour in zip(curve["suggestions"].items(), colours):
-        if lr == lr: ax.axvline(lr, color=colour, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
+        if lr == lr:
+            ax.axvline(lr, color=colour, ls=":", lw=1, label=f"{name} {lr:.3g}")  # lr == lr: not NaN
     if bounds:
         ax.axvline(bounds["lr_max"], color="k", lw=2, label=f"LRMAX {bounds['lr_max']:.3g}")
         ax.axvline(bounds["lr_min"], color="gray", lw=2, label=f"LRMIN {bounds['lr_min']:.3g}")
@@ -47,7 +50,8 @@ def plot_lr_find(run_dir: Path) -> Path | None:
 def plot_schedule(run_dir: Path) -> Path | None:
     "LR and beta1 (Adam; momentum for SGD) per training batch, exactly as the optimizer used them."
     hps = read_json_or_none(run_dir / SCHEDULE)
-    if not hps or not hps.get("lr"): return None
+    if not hps or not hps.get("lr"):
+        return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(hps["lr"], color="tab:blue")
     ax.set_xlabel("batch")
@@ -63,9 +67,11 @@ def plot_schedule(run_dir: Path) -> Path | None:
 def plot_metrics(run_dir: Path) -> Path | None:
     "Train vs test loss and accuracy per epoch: the gap between them is the overfitting signal."
     history = read_json_or_none(run_dir / METRICS_JSON)
-    if not history: return None
+    if not history:
+        return None
     epochs = [row["epoch"] + 1 for row in history]
-    def column(key): return [np.nan if row.get(key) is None else row[key] for row in history]  # None: no test pass
+    def column(key):
+        return [np.nan if row.get(key) is None else row[key] for row in history]  # None: no test pass
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     loss_ax.plot(epochs, column("train_loss"), "o-", label="train (augmented; the training loss)")
     loss_ax.plot(epochs, column("valid_loss"), "o-", label="test (plain cross-entropy)")
@@ -73,7 +79,8 @@ def plot_metrics(run_dir: Path) -> Path | None:
     acc_ax.plot(epochs, column("train_accuracy"), "o-", label="train (augmented)")
     acc_ax.plot(epochs, column("valid_accuracy"), "o-", label="test")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (loss_ax, acc_ax): ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
     return _save(fig, run_dir / "metrics.png")
 
 
@@ -96,7 +103,8 @@ def chance_note(final: dict, n_train: int | None = None, epochs: int | None = No
     k, n, acc = len(vocab), counts.sum(), final["accuracy"]
     top = int(counts.sum(0).argmax())
     one_class = k > 1 and counts[:, top].sum() > 0.9 * n
-    if acc >= 1 / k + 0.05 and not one_class: return None
+    if acc >= 1 / k + 0.05 and not one_class:
+        return None
     what = (f"predicts {vocab[top]!r} for {counts[:, top].sum() / n:.0%} of the test images" if one_class else
             f"is at chance (guessing gives {1 / k:.1%})")
     size = f" ({n_train} training images, {epochs} epochs)" if n_train and epochs else ""
@@ -108,7 +116,8 @@ def chance_note(final: dict, n_train: int | None = None, epochs: int | None = No
 
 def plot_confusion(run_dir: Path) -> Path | None:
     final = read_json_or_none(run_dir / FINAL)
-    if not final: return None
+    if not final:
+        return None
     counts, vocab = np.array(final["confusion"]), final["vocab"]
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
     ax.imshow(counts, cmap="Blues")
@@ -128,9 +137,11 @@ def plot_confusion(run_dir: Path) -> Path | None:
 def plot_top_losses(learn: Learner, losses, run_dir: Path, k: int = 9) -> Path:
     "fastai's own top-loss grid (prediction / actual / loss / probability) from already computed losses."
     interp = ClassificationInterpretation(learn, learn.dls.valid, losses)
-    with learn.no_bar(): interp.plot_top_losses(min(k, len(losses)), figsize=(10, 12))
+    with learn.no_bar():
+        interp.plot_top_losses(min(k, len(losses)), figsize=(10, 12))
     fig = plt.gcf()
-    for ax in fig.axes: ax.title.set_fontsize(8)  # four title lines a tile: small enough not to reach the row above
+    for ax in fig.axes:
+        ax.title.set_fontsize(8)  # four title lines a tile: small enough not to reach the row above
     fig.tight_layout()
     return _save(fig, run_dir / "top_losses.png")
 
@@ -156,14 +167,16 @@ def write_report(run_dir: Path) -> Path:
         lines += [f"**Test accuracy {final['accuracy']:.4f}**{tta} on "
                   f"{final['n_images']} test images, after {len(history)} epochs.", ""]
         note = chance_note(final, info.get("n_train"), len(history))
-        if note: lines += [f"> **Warning.** {note}", ""]
+        if note:
+            lines += [f"> **Warning.** {note}", ""]
     subset = f", subset {info['subset']}" if info.get("subset") else ""
     data = run_data(info)
     data = f"`{_cell(data)}`" if data else "CIFAR-10, downloaded by fastai"
     lines += [f"- data: {data}{subset} ({info.get('n_train')} train / {info.get('n_valid')} test images)",
               f"- wall time: {info.get('seconds', 'n/a')} s on {info.get('device')} ({info.get('machine', '')})"]
-    if bounds: lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "
-                            f"(rule: {bounds['rule']})")
+    if bounds:
+        lines.append(f"- LR bounds: LRMIN {bounds['lr_min']:.4g}, LRMAX {bounds['lr_max']:.4g} "
+                     f"(rule: {bounds['rule']})")
     lines.append("")
     if final:
         lines += ["| class | accuracy |", "|---|---|"]
@@ -173,7 +186,8 @@ def write_report(run_dir: Path) -> Path:
             lines += ["## Most frequent confusions", "", "| actual | predicted as | images |", "|---|---|---|"]
             lines += [f"| {_cell(a)} | {_cell(b)} | {n} |" for a, b, n in mistakes] + [""]
     for name, title in PLOTS.items():
-        if (run_dir / name).exists(): lines += [f"## {title}", "", f"![{title}]({name})", ""]
+        if (run_dir / name).exists():
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if (run_dir / SETTINGS).exists():
         lines += ["## Settings", "", "```ini", (run_dir / SETTINGS).read_text().strip(), "```", ""]
     atomic_write(run_dir / REPORT, lambda f: f.write("\n".join(lines).encode()))
@@ -184,8 +198,10 @@ def make_report(run_dir: str | Path, learn: Learner | None = None, losses=None) 
     """All plots and report.md. Plots that need the model and data (top losses, augmented batch)
     are made when `learn` (with data) is given; the rest come from the run folder's files alone."""
     run_dir = Path(run_dir)
-    for f in (plot_lr_find, plot_schedule, plot_metrics, plot_confusion): f(run_dir)
+    for f in (plot_lr_find, plot_schedule, plot_metrics, plot_confusion):
+        f(run_dir)
     if learn is not None:
-        if losses is not None: plot_top_losses(learn, losses, run_dir)
+        if losses is not None:
+            plot_top_losses(learn, losses, run_dir)
         plot_augmented(learn, run_dir)
     return write_report(run_dir)

@@ -40,18 +40,23 @@ class OneCyclePeak(Callback):
         store_attr(but="lr_end")
         self.lr_end = lr_min if lr_end is None else lr_end    # the spec ends where it began
 
-    def before_fit(self): self.hps = {"lr": [], "mom": []} if self.moms is not None else {"lr": []}
+    def before_fit(self):
+        self.hps = {"lr": [], "mom": []} if self.moms is not None else {"lr": []}
 
     def before_batch(self):
-        if not self.training: return
+        if not self.training:
+            return
         n = self.n_iter                                    # training batches an epoch
         knots, step = [0, self.peak_epoch * n, self.n_epoch * n - 1], self.epoch * n + self.iter
         hp = {"lr": piecewise(step, knots, [self.lr_min, self.lr_max, self.lr_end])}
-        if self.moms is not None: hp["mom"] = piecewise(step, knots, self.moms)
+        if self.moms is not None:
+            hp["mom"] = piecewise(step, knots, self.moms)
         self.opt.set_hypers(**hp)
-        for k, v in hp.items(): self.hps[k].append(v)
+        for k, v in hp.items():
+            self.hps[k].append(v)
 
-    def after_fit(self): self.recorder.hps = self.hps      # where fastai's `plot_sched` looks
+    def after_fit(self):
+        self.recorder.hps = self.hps      # where fastai's `plot_sched` looks
 
 
 @patch
@@ -76,17 +81,22 @@ def fine_tune_from(self: Learner, epochs: int, base_lr: float, freeze_epochs: in
         self.epoch_total = freeze_epochs + epochs
         if start_epoch < freeze_epochs:
             self.epoch_offset = 0
-            if start_epoch == 0: self.freeze()  # fastai's freeze also clears the optimizer state ...
-            else: self.opt.freeze_to(-1)         # ... which a resume mid-phase has just restored: keep it
+            if start_epoch == 0:
+                self.freeze()  # fastai's freeze also clears the optimizer state ...
+            else:
+                self.opt.freeze_to(-1)         # ... which a resume mid-phase has just restored: keep it
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs, start_epoch=start_epoch,
                                **kwargs)
         self.epoch_offset = freeze_epochs
-        if start_epoch <= freeze_epochs: self.unfreeze()
-        else: self.opt.freeze_to(0)
+        if start_epoch <= freeze_epochs:
+            self.unfreeze()
+        else:
+            self.opt.freeze_to(0)
         self.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), pct_start=pct_start, div=div, cbs=cbs,
                            start_epoch=max(0, start_epoch - freeze_epochs), **kwargs)
     finally:
-        for k in ("epoch_offset", "epoch_total"): self.__dict__.pop(k, None)
+        for k in ("epoch_offset", "epoch_total"):
+            self.__dict__.pop(k, None)
 
 
 class LRBounds(NamedTuple):
@@ -94,7 +104,8 @@ class LRBounds(NamedTuple):
     lr_max: float
     rule: str  # the lr_find suggestion LRMAX is, or "given"
 
-    def describe(self) -> str: return f"LRMAX = {self.lr_max:.3g} ({self.rule}), LRMIN = {self.lr_min:.3g}"
+    def describe(self) -> str:
+        return f"LRMAX = {self.lr_max:.3g} ({self.rule}), LRMIN = {self.lr_min:.3g}"
 
 
 RULES = next(f for f in fields(Recipe) if f.name == "lr_rule").metadata["choices"]  # fastai's suggestion functions
@@ -118,7 +129,8 @@ def find_bounds(learn: Learner, r: Recipe, show_plot: bool = False) -> tuple[LRB
     try:
         found = learn.lr_find(r.lr_find_start, r.lr_find_end, num_it, show_plot=show_plot, suggest_funcs=suggest)
     finally:
-        with contextlib.suppress(OSError): (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
+        with contextlib.suppress(OSError):
+            (learn.path / learn.model_dir).rmdir()  # the finder's, if it left it empty
     found = {n: float(v) for n, v in found._asdict().items()}
     lr_max = found[r.lr_rule]
     if not np.isfinite(lr_max) or lr_max <= 0:
@@ -141,9 +153,12 @@ def _suggestion(name: str, refuse_still_falling: bool = False):
     `refuse_still_falling` (the `minimum` rule), a curve whose loss has not turned up is an error instead."""
     func = getattr(fastai_schedule, name)
     def suggest(lrs, losses, num_it):  # the points fastai reads: its cut of the first tenth, the last 5 and any NaN
-        if refuse_still_falling: _check_turned_up(lrs, losses)
-        try: return func(lrs, losses, num_it)
-        except Exception: return float("nan"), (float("nan"), float("nan"))
+        if refuse_still_falling:
+            _check_turned_up(lrs, losses)
+        try:
+            return func(lrs, losses, num_it)
+        except Exception:
+                        return float("nan"), (float("nan"), float("nan"))
     suggest.__name__ = name
     return suggest
 
@@ -152,7 +167,8 @@ def _check_turned_up(lrs, losses) -> None:
     """The `minimum` rule needs the loss to turn up before the test's end: its lowest point before the last tenth
     (of at least 20 points). A curve still falling gives an LRMAX far too high (seen once at the width-0.25 proxy:
     LRMAX 0.2, and training stuck at 16-27% accuracy)."""
-    if len(losses) < 20: return  # too short a test to tell (the default's 100 batches keep 85 points)
+    if len(losses) < 20:
+        return  # too short a test to tell (the default's 100 batches keep 85 points)
     low = int(np.argmin(losses))
     if low >= len(losses) - len(losses) // 10:
         lr = float(lrs[low])

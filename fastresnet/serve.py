@@ -44,7 +44,8 @@ def run_facts(model_path: Path) -> str:
     "Markdown lines about the run the model comes from, if it sits in a run folder; empty otherwise."
     d = model_path.parent
     final, info = read_json_or_none(d / FINAL), read_json_or_none(d / RUN_JSON)
-    if not final and not info: return ""
+    if not final and not info:
+        return ""
     lines = [f"**Model:** `{model_path}`"]
     if final:
         tta = f" (flip-TTA {final['accuracy_tta']:.2%})" if final.get("accuracy_tta") is not None else ""
@@ -55,10 +56,12 @@ def run_facts(model_path: Path) -> str:
             r = load_settings(d / SETTINGS)
             lines.append(f"**Training:** {r.epochs} epochs, batch {r.bs}, peak at epoch {r.peak_epoch}, "
                          f"width {r.width:g}")
-        except (UserError, OSError): pass  # facts are a courtesy: a bad settings file must not stop the page
+        except (UserError, OSError):
+                        pass  # facts are a courtesy: a bad settings file must not stop the page
     if info:
         n = f"{info['n_train']:,} training images" if "n_train" in info else "training images: unknown"
-        if info.get("subset"): n += " (a subset of the data)"
+        if info.get("subset"):
+            n += " (a subset of the data)"
         lines.append(f"**Data:** {n}")
     stamp = d / FINAL if (d / FINAL).is_file() else model_path
     lines.append(f"**Finished:** {time.strftime('%Y-%m-%d %H:%M', time.localtime(stamp.stat().st_mtime))}")
@@ -73,7 +76,8 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
     from fastai.data.transforms import get_image_files
     if folder is not None:
         files = sorted(get_image_files(folder))[:n]
-        if not files: raise UserError(f"--examples {folder} holds no image files.")
+        if not files:
+            raise UserError(f"--examples {folder} holds no image files.")
         return [str(f) for f in files]
     info = read_json_or_none(model_path.parent / RUN_JSON) or {}
     test = Path(info["data"]) / "test" if info.get("data") else None
@@ -82,7 +86,8 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
     if test is not None and test.is_dir():
         found = {c: next(iter(sorted(get_image_files(test / c))), None) for c in vocab[:n] if (test / c).is_dir()}
         paths = [shutil.copy(f, out / f"{c}{f.suffix}") for c, f in found.items() if f is not None]  # named by class
-        if paths: return [str(p) for p in paths]
+        if paths:
+            return [str(p) for p in paths]
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     paths = []
     for i in range(n):  # smooth colour fields: something to click, clearly not a photograph
@@ -94,7 +99,8 @@ def example_images(model_path: Path, vocab: list[str], folder: str | Path | None
 
 def classify(learn, path: str | None, k: int = 3) -> tuple[dict[str, float], np.ndarray]:
     "One uploaded file → ({class: probability} of the top `k`, the RGB image the model saw). Raises UserError."
-    if not path: raise UserError("No image was uploaded.")
+    if not path:
+        raise UserError("No image was uploaded.")
     img = load_image(path, resize=True, max_pixels=MAX_PIXELS, size=image_size(learn))
     probs = predict_images(learn, [img])[0]
     return dict(top_classes(probs, list(learn.dls.vocab), k)), img.permute(1, 2, 0).numpy()
@@ -111,7 +117,8 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
 
     def predict(file):
         try:
-            with learn.no_bar(): label, seen = classify(learn, file)
+            with learn.no_bar():
+                label, seen = classify(learn, file)
         except UserError as e:
             raise gr.Error(_upload_message(str(e), file), print_exception=False) from None
         return label, Image.fromarray(seen).resize((SIZE * 6, SIZE * 6), Image.NEAREST)  # 192 px, whatever the size
@@ -135,7 +142,8 @@ def build_app(model: str | Path, examples: str | Path | None = None, workdir: st
         gr.Examples(examples=shown, inputs=upload, outputs=[label, seen], fn=predict, run_on_click=True,
                     cache_examples=False, label="Examples (click one)")
         facts = run_facts(path)
-        if facts: gr.Markdown(facts, elem_id="facts")
+        if facts:
+            gr.Markdown(facts, elem_id="facts")
         upload.upload(predict, inputs=upload, outputs=[label, seen], api_visibility="undocumented")
         upload.clear(lambda: (None, None), outputs=[label, seen], api_visibility="private")  # no stale result
     app.example_folders = sorted({str(Path(f).parent) for f in shown})  # Gradio serves files from these only
@@ -156,7 +164,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples
     left hanging (docs/benchmarks.md: the page under load)."""
     own_uploads = "GRADIO_TEMP_DIR" not in os.environ  # else the user chose where Gradio keeps uploads
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
-        if own_uploads: os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
+        if own_uploads:
+            os.environ["GRADIO_TEMP_DIR"] = str(Path(workdir) / "uploads")  # not the shared /tmp/gradio
         try:
             app = build_app(model, examples, workdir, allow_pickle)  # the model loads (or is refused) first
             print(f"Serving {model_file(model)} on http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
@@ -164,7 +173,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples
             app.launch(server_name=host, server_port=port, share=False, show_error=True, max_file_size=MAX_UPLOAD,
                        footer_links=[], theme=_local_theme(), allowed_paths=app.example_folders)
         finally:
-            if own_uploads: os.environ.pop("GRADIO_TEMP_DIR", None)
+            if own_uploads:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def _local_theme():
