@@ -228,7 +228,8 @@ def clear_leftovers(run_dir: Path) -> None:
 
 
 RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_CSV, METRICS_JSON, SCHEDULE, MODEL_PKL,
-             WEIGHTS, REPORT, SPLIT, *PLOTS}  # every file a run writes; `--overwrite` replaces nothing else
+             WEIGHTS, REPORT, SPLIT, *PLOTS,
+             "model.onnx"}  # every file a run (or `fastresnet export --onnx`) writes; `--overwrite` replaces no other
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
