@@ -122,6 +122,9 @@ class Recipe:
                             lr_find=False)
     compile: bool = setting("runtime", False, "torch.compile the model for training: measured 1.06x on an H200 after "
                             "25 s of compiling and 1.03x in bf16 on a CPU (docs/benchmarks.md), so off", lr_find=False)
+    tensorboard: bool = setting("runtime", False, "write TensorBoard event files into the run folder: the training "
+                                "loss and LR of every step, the test loss and accuracy of every epoch (needs the "
+                                "[tensorboard] extra; `tensorboard --logdir runs`)", lr_find=False)
     keep_checkpoint: bool = setting("runtime", True, "keep checkpoint.pth (weights, optimizer and random state: 79 MB "
                                     "at full width) once the run has finished; false removes it after the export "
                                     "(the weights stay in model.safetensors and model.pkl)", lr_find=False)

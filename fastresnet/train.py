@@ -59,6 +59,7 @@ def _run(r, run_dir, data, subset, overwrite, resume, extra_cbs, log, init, reci
         if not r.lr_max:
             raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                             hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
+    if r.tensorboard and dist.is_main(): from .tracking import TensorBoardLog  # noqa: F401  (none: one paragraph)
     if init_from != "resume" and dist.is_main(): prepare_run_dir(run_dir, overwrite)
     t0 = time.time() - ((ck or {}).get("seconds") or 0)  # a resumed run's clock goes on from its checkpoint
     # checks the machine can run `r`, then loads the data; a fine-tune's body, width and input scaling are its source's
@@ -132,6 +133,9 @@ def _callbacks(learn: Learner, run_dir: Path, start: int, ck: dict | None, t0: f
     if r.ema and fine_tune: warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start "
                                           "a new average. The last weights are tested and exported.")
     elif r.ema: cbs.append(ema := EMA(r.ema, r.ema_warmup, ck and ck.get("ema")))
+    if r.tensorboard and dist.is_main():
+        from .tracking import TensorBoardLog
+        cbs.append(TensorBoardLog(run_dir))
     if dist.is_main():
         cbs.append(RunCheckpoint(run_dir, ck and ck["history"][:start], ck and ck["smooth_loss"], ck and ck["hps"],
                                  clock=t0, ema=ema))
