@@ -4,6 +4,8 @@ a folder that a Hugging Face model repository holds (model card, weights, config
 The ONNX file takes images as `numpy.asarray` gives a PIL image, a batch of any size: uint8, (batch, size, size, 3),
 RGB, 0-255. The scaling and normalisation the model was trained with are inside it; it gives the class probabilities
 and the logits, and its metadata names the classes. Needs the optional extra: pip install "fastresnet[export]".
+
+Only torch is imported with it (fastai when a function needs a learner's parts): `Classifier` serves plain torch too.
 """
 from __future__ import annotations
 
@@ -23,8 +25,6 @@ from torch import nn
 
 from . import __version__
 from .config import Recipe, UserError
-from .data import CIFAR_CLASSES
-from .device import unwrap
 from .folder import (FINAL, LR_BOUNDS, METRICS_JSON, RUN_JSON, WEIGHTS, atomic_write, read_json_or_none, run_data,
                      umask_mode)
 
@@ -92,6 +92,7 @@ def require_onnx() -> None:
 
 def _classifier(learn) -> Classifier:
     "A copy of the learner's network (fp32, eval mode, on the CPU) behind its input pipeline."
+    from .device import unwrap
     from .learner import norm_stats
     net = copy.deepcopy(unwrap(learn.model)).float().eval().to("cpu", memory_format=torch.contiguous_format)
     return Classifier(net, norm_stats(learn)).eval()
@@ -284,6 +285,8 @@ def _card_facts(learn, r: Recipe, run_dir: Path) -> dict[str, str]:
 
 def model_card(learn, recipe: Recipe, run_dir: Path, onnx: bool) -> str:
     "README.md of the Hub folder: the run's figures (final.json), its recipe and data, and three ways to load it."
+    from .data import CIFAR_CLASSES
+    from .device import unwrap
     from .inference import image_size
     final, f, r = read_json_or_none(run_dir / FINAL), _card_facts(learn, recipe, run_dir), recipe
     vocab, size = list(learn.dls.vocab), image_size(learn)

@@ -238,3 +238,14 @@ def test_export_without_the_extra_or_a_target_is_one_paragraph(run, monkeypatch,
     err = capsys.readouterr().err
     assert 'needs onnxscript' in err and 'pip install "fastresnet[export]"' in err and "Traceback" not in err
     assert not (run / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_onnx_benchmark_runs_and_prints_its_table(tiny_folder):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_onnx.py"), "--data", str(tiny_folder),
+                          "--n", "20", "--bs", "8", "--bs-one", "3", "--width", "0.125", "--repeats", "1", "--force",
+                          "--wait", "0"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| onnxruntime") or line.startswith("| torch")]
+    assert len(rows) == 2 and "top class equal on 20 of 20 images" in res.stdout
+    assert "The onnxruntime child imported torch or fastai: no." in res.stdout
