@@ -1,4 +1,4 @@
-"""`fastresnet` console script: train, lr-find, evaluate, predict, serve, report, summary.
+"""`fastresnet` console script: train, lr-find, evaluate, predict, serve, export, report, summary.
 
 Every recipe flag is a `Recipe` field (`--peak-epoch` for `peak_epoch`, `--tta/--no-tta` for a switch);
 flags override `--settings FILE`, which overrides the defaults. Errors the user can fix print one
@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "answered (default 64); beyond that a client is told the queue is full and to try again")
     sv.add_argument("--examples", metavar="DIR", help="folder of example images for the page (default: one test "
                     "image per class from the run's data, else generated pictures)")
+    ex = sub.add_parser("export", help="the model as an ONNX file for onnxruntime alone, and/or a folder for the "
+                        "Hugging Face Hub (model card, weights, config.json); ONNX needs the [export] extra")
+    ex.add_argument("model", metavar="RUN_OR_WEIGHTS", help="a finished run folder, its model.safetensors, or a "
+                    "folder --hub wrote (no pickle is read unless --allow-pickle)")
+    ex.add_argument("--onnx", nargs="?", const=True, metavar="FILE", help="write an ONNX file: uint8 RGB images "
+                    "(batch, size, size, 3), 0-255, in; class probabilities and logits out; normalisation inside, "
+                    "class names in its metadata (default FILE: model.onnx beside the weights; with --hub, in DIR)")
+    ex.add_argument("--hub", metavar="DIR", help="write the folder a Hugging Face model repository holds: README.md "
+                    "(a model card with the run's figures), model.safetensors, config.json, and model.onnx with "
+                    "--onnx; upload it with `hf upload YOUR_NAME/REPO_NAME DIR`")
+    ex.add_argument("--overwrite", action="store_true", help="--hub: replace a folder an earlier export wrote")
+    ex.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     rp = sub.add_parser("report", help="regenerate a run folder's plots and report.md without retraining")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     rp.add_argument("--data", metavar="PATH", help="data for the top-loss and augmentation plots "
@@ -340,6 +352,26 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import MODEL_ONNX, require_onnx
+    if not a.onnx and not a.hub:
+        raise UserError("Nothing to export: give --onnx (an ONNX file), --hub DIR (a Hugging Face model folder), or "
+                        "both.")
+    if a.hub and isinstance(a.onnx, str):
+        raise UserError(f"With --hub, the ONNX file goes into {a.hub} as {MODEL_ONNX}: give --onnx without a file.")
+    if a.onnx: require_onnx()  # before the model loads: a missing extra is said at once
+    from .export import export_onnx, write_hub
+    from .learner import load_model, model_file
+    learn, weights = load_model(a.model, a.allow_pickle), model_file(a.model)
+    if a.hub:
+        names = write_hub(learn, weights, Path(a.hub), onnx=bool(a.onnx), overwrite=a.overwrite)
+        print(f"Hub folder {a.hub}: {', '.join(names)}. Upload it with: hf upload YOUR_NAME/REPO_NAME {a.hub}")
+        return 0
+    path = export_onnx(learn, a.onnx if isinstance(a.onnx, str) else weights.parent / MODEL_ONNX)
+    print(f"ONNX file {path}: onnxruntime alone runs it (README.md, 'Take the model elsewhere').")
+    return 0
+
+
 def cmd_report(a) -> int:
     from .folder import RUN_JSON
     from .inference import evaluate_learner
@@ -386,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*load_learner` uses Python's insecure pickle.*")
             warnings.showwarning = _show_warning
             commands = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                        "serve": cmd_serve, "report": cmd_report, "summary": cmd_summary}
+                        "serve": cmd_serve, "export": cmd_export, "report": cmd_report, "summary": cmd_summary}
             try:
                 return commands[a.command](a)
             except Exception as e:  # every error of ours: a message in the library's terms, flag advice as `hint`

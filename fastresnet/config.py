@@ -124,6 +124,8 @@ class Recipe:
                             lr_find=False)
     compile: bool = setting("runtime", False, "torch.compile the model for training (off: 1.03-1.06x, "
                             "docs/benchmarks.md)", lr_find=False)
+    tensorboard: bool = setting("runtime", False, "write TensorBoard event files into the run folder (the "
+                                "[tensorboard] extra; `tensorboard --logdir runs`)", lr_find=False)
     keep_checkpoint: bool = setting("runtime", True, "keep checkpoint.pth once the run has finished (false: removed "
                                     "after the export; the weights stay in model.safetensors)", lr_find=False)
 

@@ -35,6 +35,7 @@ CHECKPOINT, RUN_JSON, SETTINGS = "checkpoint.pth", "run.json", "settings.ini"  #
 LR_FIND, LR_BOUNDS, FINAL = "lr_find.json", "lr_bounds.json", "final.json"    # range test curve; bounds; test results
 METRICS_CSV, METRICS_JSON, SCHEDULE = "metrics.csv", "metrics.json", "schedule.json"  # per epoch; per batch LR/beta1
 MODEL_PKL, WEIGHTS, REPORT = "model.pkl", "model.safetensors", "report.md"    # exported learner; weights only
+TFEVENTS = "events.out.tfevents."  # TensorBoard's event files (`tensorboard = true`), named by time, host and pid
 SPLIT = "split.json"  # a folder of class folders: valid_pct, seed and the held-out files (relative paths)
 PLOTS = {"lr_find.png": "LR range test", "schedule.png": "Schedule applied per batch",  # report.md's, by title
          "metrics.png": "Loss and accuracy per epoch", "confusion.png": "Confusion matrix (test set)",
@@ -244,7 +245,8 @@ def clear_leftovers(run_dir: Path) -> None:
 
 
 RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_CSV, METRICS_JSON, SCHEDULE, MODEL_PKL,
-             WEIGHTS, REPORT, SPLIT, *PLOTS}  # every file a run writes; `--overwrite` replaces nothing else
+             WEIGHTS, REPORT, SPLIT, *PLOTS,
+             "model.onnx"}  # every file a run (or `fastresnet export --onnx`) writes; `--overwrite` replaces no other
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
@@ -257,7 +259,8 @@ def foreign_entries(run_dir: Path) -> list[str]:
     if not (isinstance(info, dict) and "fastresnet" in info): return names
     def ours(p: Path) -> bool:
         if p.is_symlink(): return False
-        if p.is_file(): return p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+        if p.is_file(): return (p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+                                or p.name.startswith(TFEVENTS))
         if p.name != "models" or not p.is_dir(): return False
         return all(f.is_dir() and f.name.startswith("tmp") or f.name == "_tmp.pth" for f in p.rglob("*"))  # lr_find's
     return sorted(_entry(p) for p in run_dir.iterdir() if not ours(p))

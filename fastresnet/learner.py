@@ -140,7 +140,12 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> Learner:
     pickle (`load_learner`), which runs the code it holds: loaded only if `allow_pickle` (trusted files only)."""
     path = model_file(path)
     if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
-    if path.suffix == ".safetensors": return load_weights_learner(path)
+    if path.suffix == ".safetensors":
+        learn = load_weights_learner(path)
+        if (path.parent / "config.json").is_file():  # a Hub folder (`fastresnet export --hub`): its config agrees
+            from .export import check_hub_config
+            check_hub_config(path.parent, list(learn.dls.vocab), learn.recipe, norm_stats(learn))
+        return learn
     if not allow_pickle:
         raise UserError(f"{path} is not a .safetensors weights file, so it would be read with Python's pickle, which "
                         "runs whatever code the file holds; fastresnet does that only when asked. Use the "

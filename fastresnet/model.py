@@ -65,8 +65,8 @@ class CustomResNet(nn.Sequential):
         if x.ndim != 4 or x.shape[1] != self.prep.conv.in_channels:
             raise ValueError(f"CustomResNet expects a batch of shape (N, {self.prep.conv.in_channels}, H, W); "
                              f"got {tuple(x.shape)}")
-        if type(x) is not torch.Tensor:  # fastai's TensorImage sends every operation through Python (~0.1 ms each)
-            x = x.as_subclass(torch.Tensor)
+        # No cast of fastai's TensorImage here (every operation on one goes through Python, ~0.1 ms each): a Learner's
+        # batches reach the model as plain tensors already (fastai's CastToTensor), and torch.export traces this.
         return super().forward(x)
 
     def __setstate__(self, state):

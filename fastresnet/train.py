@@ -97,6 +97,7 @@ def _begin(start: Start, run_dir: Path, recipe_name: str | None, allow_pickle: b
         if start.r.lr_max is None:
             raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                             hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
+    if start.r is not None and start.r.tensorboard: from .tracking import TensorBoardLog  # noqa: F401  (its error now)
     resume = start.init_from == "resume"
     if not resume: prepare_run_dir(run_dir, start.overwrite)
     start.t0 = time.time() - ((start.ck or {}).get("seconds") or 0)  # a resumed run's clock goes on
@@ -177,6 +178,9 @@ def _callbacks(learn: Learner, run_dir: Path, epoch: int, start: Start, extra_cb
     elif r.ema:
         ema = EMA(r.ema, r.ema_warmup, ck.get("ema"))
         cbs.append(ema)
+    if r.tensorboard:
+        from .tracking import TensorBoardLog
+        cbs.append(TensorBoardLog(run_dir))  # rank 0's alone, as the folder's other writes
     history = ck["history"][:epoch] if ck else None
     cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"), clock=start.t0, ema=ema))
     if epoch: cbs.append(MuteSkippedEpochs())
