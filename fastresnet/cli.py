@@ -35,7 +35,8 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    "each class; for smoke runs)")
 
 
-def _flag(name: str) -> str: return "--" + name.replace("_", "-")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _count(raw: str) -> int:
@@ -48,8 +49,10 @@ def _count(raw: str) -> int:
 def _setting_type(f):
     "argparse type for one Recipe field: the settings file's parser, its message kept."
     def convert(raw: str):
-        try: return parse_setting(f, raw, _flag(f.name))
-        except UserError as e: raise argparse.ArgumentTypeError(str(e)) from None
+        try:
+            return parse_setting(f, raw, _flag(f.name))
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     convert.__name__ = str(f.type).split(" ")[0]  # `float | None`: a float, or auto
     return convert
 
@@ -62,7 +65,8 @@ def _add_recipe(p: argparse.ArgumentParser, command: str = "train") -> None:
     g.add_argument("--settings", metavar="FILE", help="a settings file like fastresnet/settings.ini (over --recipe)")
     for f in fields(Recipe):
         md, default = f.metadata, getattr(Recipe(), f.name)
-        if command == "lr-find" and not md["lr_find"]: continue
+        if command == "lr-find" and not md["lr_find"]:
+            continue
         rng = f", one of {', '.join(md['choices'])}" if "choices" in md else ""
         rng += f", at least {md['min']:,}" if "min" in md else ""
         rng += f", above {md['above']:g}" if "above" in md else ""
@@ -159,7 +163,8 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     "The defaults, then --settings FILE, then the flags; says where a new length moved the peak."
     from .config import load_settings, recipe_file
     base = load_settings(recipe_file(a.recipe)) if a.recipe else Recipe()
-    if a.settings: base = load_settings(a.settings, base)
+    if a.settings:
+        base = load_settings(a.settings, base)
     changes = {f.name: getattr(a, f.name) for f in fields(Recipe) if getattr(a, f.name, None) is not None}
     r = base.replace(**changes)
     fine_tune = getattr(a, "init", None)  # fastai's fine_tune schedule has no peak epoch
@@ -170,10 +175,12 @@ def recipe_from_args(a: argparse.Namespace) -> Recipe:
     return r
 
 
-def _stamp() -> str: return time.strftime("%Y%m%d-%H%M%S")
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
 
 
-def _raise_interrupt(signum, frame): raise KeyboardInterrupt
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_train(a) -> int:
@@ -187,8 +194,9 @@ def cmd_train(a) -> int:
         return _run_interruptible(lambda: run(None, a.resume, a.data, resume=True), Path(a.resume))
     r = recipe_from_args(a)
     a.out = a.out or f"runs/{_stamp()}"  # named here, so that what stops the run can say where it is
-    def new_run(): return run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
-                              recipe_name=a.recipe or "default", allow_pickle=bool(a.allow_pickle))
+    def new_run():
+        return run(r, a.out, a.data, a.subset, a.overwrite, init=a.init,
+                   recipe_name=a.recipe or "default", allow_pickle=bool(a.allow_pickle))
     return _run_interruptible(new_run, Path(a.out))
 
 
@@ -197,11 +205,15 @@ def _kept(run_dir: Path) -> str | None:
     from .folder import CHECKPOINT, RUN_JSON
     if (run_dir / CHECKPOINT).is_file():
         from .resume import load_checkpoint
-        try: epoch = f"epoch {load_checkpoint(run_dir / CHECKPOINT)['epoch'] + 1}"
-        except Exception: epoch = "the last completed epoch"  # the message must not fail: resume says what is wrong
+        try:
+            epoch = f"epoch {load_checkpoint(run_dir / CHECKPOINT)['epoch'] + 1}"
+        except Exception:
+            epoch = "the last completed epoch"  # the message must not fail: resume says what is wrong
         what = f"the checkpoint of {epoch} is saved; continue with"
-    elif (run_dir / RUN_JSON).is_file(): what = "no epoch had completed; start the run again with its settings:"
-    else: return None
+    elif (run_dir / RUN_JSON).is_file():
+        what = "no epoch had completed; start the run again with its settings:"
+    else:
+        return None
     return f"{what} fastresnet train --resume {run_dir}"
 
 
@@ -221,7 +233,8 @@ def _full_disk(a, e: BaseException) -> UserError | None:
     what the command left intact and how to go on. None if `e` is not a full disk."""
     from .folder import disk_full_error, is_disk_full
     folder = Path(getattr(a, "resume", None) or getattr(a, "out", None) or ".")  # train's run folder, lr-find's
-    if not is_disk_full(e, folder): return None
+    if not is_disk_full(e, folder):
+        return None
     full = e if getattr(e, "disk_full", False) else disk_full_error(folder / "x", what=f"into {folder}")
     kept = _kept(folder) if a.command == "train" else None
     if kept:
@@ -270,7 +283,8 @@ def cmd_evaluate(a) -> int:
     w = max(len(c) for c in res["vocab"])
     print("Confusion matrix (rows: actual, columns: predicted):")
     print(" " * (w + 1) + " ".join(f"{c[:5]:>5}" for c in res["vocab"]))
-    for c, row in zip(res["vocab"], res["confusion"]): print(f"{c:>{w}} " + " ".join(f"{v:5d}" for v in row))
+    for c, row in zip(res["vocab"], res["confusion"]):
+        print(f"{c:>{w}} " + " ".join(f"{v:5d}" for v in row))
     return 0
 
 
@@ -283,7 +297,8 @@ def cmd_predict(a) -> int:
     skipped = 0
     try:
         with learn.no_bar():
-            if a.csv: skipped = _predictions_to_csv(rows, Path(a.csv), len(files))
+            if a.csv:
+                skipped = _predictions_to_csv(rows, Path(a.csv), len(files))
             else:
                 for row in rows:
                     if "error" in row:
@@ -291,9 +306,11 @@ def cmd_predict(a) -> int:
                         print(f"skipped: {row['error']}", file=sys.stderr)
                         continue
                     print(f"{row['file']}\t{row['class']}\t{row['probability']:.4f}", flush=True)
-                    for n in row["notes"]: print(f"  note: {n}", file=sys.stderr)
+                    for n in row["notes"]:
+                        print(f"  note: {n}", file=sys.stderr)
     except KeyboardInterrupt:  # the CSV writer has said where its rows are; printed rows are on the screen
-        if not a.csv: print("\nInterrupted.", file=sys.stderr)
+        if not a.csv:
+            print("\nInterrupted.", file=sys.stderr)
         return 130
     return 1 if skipped else 0
 
@@ -306,7 +323,8 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
     interruption leaves the rows done so far in PATH.partial. Returns how many files were skipped."""
     import csv
     from fastprogress.fastprogress import progress_bar
-    if path.is_dir(): raise UserError(f"--csv {path} is a folder; give a file name, e.g. {path}/predictions.csv.")
+    if path.is_dir():
+        raise UserError(f"--csv {path} is a folder; give a file name, e.g. {path}/predictions.csv.")
     partial, skipped, done = path.with_name(path.name + ".partial"), [], 0
     try:
         with open(partial, "w", newline="", encoding="utf-8") as f:
@@ -324,13 +342,15 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
         size = partial.stat().st_size if partial.exists() else 0
         partial.unlink(missing_ok=True)
         from .folder import disk_full_error, is_disk_full
-        if is_disk_full(sys.exc_info()[1]): raise disk_full_error(path, size * n // done if done else None) from None
+        if is_disk_full(sys.exc_info()[1]):
+            raise disk_full_error(path, size * n // done if done else None) from None
         raise
     except KeyboardInterrupt:
         print(f"\nInterrupted: the {done} predictions made so far are in {partial}.", file=sys.stderr)
         raise
     partial.replace(path)
-    for e in skipped: print(f"skipped: {e}", file=sys.stderr)
+    for e in skipped:
+        print(f"skipped: {e}", file=sys.stderr)
     print(f"{done} predictions written to {path}" + (f"; {len(skipped)} file(s) skipped (the `skipped:` lines)."
                                                      if skipped else "."), flush=True)
     return len(skipped)
@@ -338,13 +358,16 @@ def _predictions_to_csv(rows, path: Path, n: int) -> int:
 
 def cmd_serve(a) -> int:
     from .serve import MAX_QUEUE, gradio, serve
-    try: gradio()
+    try:
+        gradio()
     except ImportError:
         print('fastresnet: error: `fastresnet serve` needs Gradio, an optional extra: pip install "fastresnet[serve]" '
               '(in a clone: pip install -e ".[serve]"; or pip install gradio).', file=sys.stderr)
         return 2
-    if not 0 < a.port < 65536: raise UserError(f"--port {a.port} is not a port number (1-65535).")
-    try: serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE, a.allow_pickle)
+    if not 0 < a.port < 65536:
+        raise UserError(f"--port {a.port} is not a port number (1-65535).")
+    try:
+        serve(a.model, a.host, a.port, a.examples, a.max_queue or MAX_QUEUE, a.allow_pickle)
     except OSError as e:  # Gradio's "Cannot find empty port", an address this machine does not have, ...
         print(f"fastresnet: error: cannot serve on {a.host}:{a.port}: {str(e).splitlines()[0]} "
               "(another --port or --host)", file=sys.stderr)
@@ -359,7 +382,8 @@ def cmd_export(a) -> int:
                         "both.")
     if a.hub and isinstance(a.onnx, str):
         raise UserError(f"With --hub, the ONNX file goes into {a.hub} as {MODEL_ONNX}: give --onnx without a file.")
-    if a.onnx: require_onnx()  # before the model loads: a missing extra is said at once
+    if a.onnx:
+        require_onnx()  # before the model loads: a missing extra is said at once
     from .export import export_onnx, write_hub
     from .learner import load_model, model_file
     learn, weights = load_model(a.model, a.allow_pickle), model_file(a.model)
@@ -400,7 +424,8 @@ def cmd_summary(a) -> int:
         src = load_model(a.model, a.allow_pickle)
         vocab, r = list(src.dls.vocab), Recipe(width=unwrap(src.model).width, size=image_size(src))
     learn = stub_learner(vocab, r.replace(channels_last=False))
-    with learn.no_bar(): print(learn.summary())
+    with learn.no_bar():
+        print(learn.summary())
     return 0
 
 
@@ -423,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                 return commands[a.command](a)
             except Exception as e:  # every error of ours: a message in the library's terms, flag advice as `hint`
                 e = _full_disk(a, e) or e
-                if not isinstance(e, UserError): raise
+                if not isinstance(e, UserError):
+                    raise
                 print(f"fastresnet: error: {e.message}" + (f" {e.hint}" if e.hint else ""), file=sys.stderr)
                 return 2
     except KeyboardInterrupt:  # e.g. Ctrl-C while the libraries are still importing

@@ -133,7 +133,8 @@ class Recipe:
         "Check ranges and cross-field rules; raise `UserError` naming the offending value."
         for f in fields(self):
             v, md = getattr(self, f.name), f.metadata
-            if v is None: continue  # auto: derived when the run knows it
+            if v is None:
+                continue  # auto: derived when the run knows it
             if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(f"`{f.name}` is {v}, but it must be a finite number ({md['help']}).")
             if "min" in md and v < md["min"]:
@@ -162,7 +163,8 @@ class Recipe:
         kinds = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "float | None": (int, float)}
         byname, known = {f.name: f for f in fields(cls)}, {}
         for k, v in values.items():
-            if k not in byname: continue  # a field of another version
+            if k not in byname:
+                continue  # a field of another version
             v = compat.auto_zero(k, v)
             if v is None and byname[k].default is None:  # auto
                 known[k] = None
@@ -171,8 +173,10 @@ class Recipe:
             if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool"):
                 raise UserError(f"{where}: the recipe's `{k}` is {v!r:.40}, not a {t}.")
             known[k] = float(v) if t.startswith("float") and v is not None else v
-        try: return cls(**known).validate()
-        except UserError as e: raise UserError(f"{where}: {e.message}") from None
+        try:
+            return cls(**known).validate()
+        except UserError as e:
+            raise UserError(f"{where}: {e.message}") from None
 
     def replace(self, **changes: Any) -> "Recipe":
         """`dataclasses.replace`, validated; a new `epochs` without a `peak_epoch` keeps the peak at the same fraction
@@ -203,7 +207,8 @@ def peak_for(epochs: int) -> int:
 
 
 SECTIONS: dict[str, list[str]] = {}
-for _f in fields(Recipe): SECTIONS.setdefault(_f.metadata["section"], []).append(_f.name)
+for _f in fields(Recipe):
+    SECTIONS.setdefault(_f.metadata["section"], []).append(_f.name)
 
 
 BOOLS = configparser.ConfigParser.BOOLEAN_STATES  # true/yes/on/1 and false/no/off/0, as configparser reads them
@@ -214,12 +219,17 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
     raw = raw.strip()
     try:
         if f.type in ("bool", bool):
-            if raw.lower() in BOOLS: return BOOLS[raw.lower()]
+            if raw.lower() in BOOLS:
+                return BOOLS[raw.lower()]
             raise ValueError
-        if "_" in raw: raise ValueError  # Python reads `2_0` as 20: a typo here
-        if f.type in ("int", int): return int(raw)
-        if f.default is None and raw.lower() == "auto": return None
-        if f.type in ("float", float, "float | None"): return compat.auto_zero(f.name, float(raw))
+        if "_" in raw:
+            raise ValueError  # Python reads `2_0` as 20: a typo here
+        if f.type in ("int", int):
+            return int(raw)
+        if f.default is None and raw.lower() == "auto":
+            return None
+        if f.type in ("float", float, "float | None"):
+            return compat.auto_zero(f.name, float(raw))
         return raw
     except ValueError:
         raise UserError(f"{where}: `{f.name} = {raw}` is not a valid {f.type} ({f.metadata['help']}).") from None
@@ -227,9 +237,11 @@ def parse_setting(f: dataclasses.Field, raw: str, where: str) -> Any:
 
 def recipe_file(name_or_file: str | Path) -> Path:
     "A shipped recipe's file by name (`page-sgd`: fastresnet/recipes/page-sgd.ini), or a settings file's path."
-    if Path(name_or_file).is_file(): return Path(name_or_file)
+    if Path(name_or_file).is_file():
+        return Path(name_or_file)
     shipped = RECIPES / f"{name_or_file}.ini"
-    if shipped.is_file(): return shipped
+    if shipped.is_file():
+        return shipped
     names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.ini")))
     raise UserError(f"No recipe {str(name_or_file)!r}: give a shipped recipe's name ({names}) or the path of a "
                     "settings file.")
@@ -239,9 +251,11 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
     """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
     a typo silently ignored would change the recipe."""
     path = Path(path)
-    if not path.is_file(): raise UserError(f"Settings file {path} does not exist.")
+    if not path.is_file():
+        raise UserError(f"Settings file {path} does not exist.")
     cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)  # `%` is a character
-    try: cp.read(path, encoding="utf-8")
+    try:
+        cp.read(path, encoding="utf-8")
     except configparser.Error as e:
         raise UserError(f"{path} is not a valid settings file: {e}".splitlines()[0]) from None
     except UnicodeDecodeError as e:
@@ -260,14 +274,18 @@ def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
             if key not in SECTIONS[sec]:
                 raise UserError(f"{path}: unknown key `{key}` in [{sec}]; known keys: {', '.join(SECTIONS[sec])}.")
             values[key] = parse_setting(byname[key], raw, str(path))
-    try: return (base or Recipe()).replace(**values)
-    except UserError as e: raise UserError(f"{path}: {e}") from None
+    try:
+        return (base or Recipe()).replace(**values)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def ini_value(v) -> str:
     "A value as settings.ini writes it: booleans as true/false, None as auto."
-    if v is None: return "auto"
-    if isinstance(v, bool): return str(v).lower()
+    if v is None:
+        return "auto"
+    if isinstance(v, bool):
+        return str(v).lower()
     return str(v)
 
 

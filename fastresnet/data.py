@@ -91,7 +91,7 @@ def load_image(path: str | Path, resize: bool = False, max_pixels: int = Image.M
         raise UserError(f"Image {path} has more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow accepts: "
                         f"the model sees {size}x{size}; shrink the image first.") from None
     except UserError:
-                raise
+        raise
     except Exception as e:  # whatever Pillow raises (OSError, ValueError, SyntaxError, ...), a bad file is a bad file
         raise UserError(f"Image {path} is corrupt or not an image ({type(e).__name__}: {str(e)[:120]}).") from None
 
@@ -265,7 +265,7 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
             try:
                 images[k] = load_image(f, resize=True, size=size).numpy()
             except UserError as e:
-                                bad.append(str(e))
+                bad.append(str(e))
     for what, how in (("converted to RGB", "were not RGB (grayscale, palette or RGBA) and were converted to RGB"),
                       ("resized to", f"were not {size}x{size} and were resized (squashed) to {size}x{size}, as "
                                      "`fastresnet predict` and `learn.predict` resize theirs")):

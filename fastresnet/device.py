@@ -31,7 +31,7 @@ def cpu_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
-                return False  # not Linux: unknown, so no
+        return False  # not Linux: unknown, so no
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

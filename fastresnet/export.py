@@ -84,8 +84,10 @@ def require_onnx() -> None:
     "onnx and onnxscript (torch's exporter), onnxruntime (which checks the file): or one paragraph naming the extra."
     missing = []
     for name in ("onnx", "onnxscript", "onnxruntime"):
-        try: importlib.import_module(name)
-        except ImportError: missing.append(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise UserError(f"Exporting to ONNX needs {' and '.join(missing)}, which the optional extra brings: {EXTRA}.")
 
@@ -122,7 +124,8 @@ def onnx_bytes(learn) -> bytes:
         "width": f"{recipe.width:g}", "fastresnet": __version__})
     data = proto.SerializeToString()
     got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run([OUTPUTS[0]], {INPUT: example.numpy()})[0]
-    with torch.inference_mode(): want = model(example)[0].numpy()
+    with torch.inference_mode():
+        want = model(example)[0].numpy()
     if not np.allclose(got, want, atol=1e-4):  # a fault of the exporter's, never of the user's: loud, not a file
         raise RuntimeError(f"The ONNX file's probabilities differ from the network's by {np.abs(got - want).max():.3g}"
                            ".")
@@ -132,9 +135,12 @@ def onnx_bytes(learn) -> bytes:
 def export_onnx(learn, path: str | Path) -> Path:
     "The learner's model as an ONNX file at `path` (written atomically: a complete file or none)."
     path = Path(path)
-    if path.suffix != ".onnx": raise UserError(f"--onnx {path}: name the file with the .onnx suffix.")
-    if path.is_dir(): raise UserError(f"--onnx {path} is a folder; give a file name, e.g. {path / MODEL_ONNX}.")
-    if not path.parent.is_dir(): raise UserError(f"--onnx {path}: the folder {path.parent} does not exist.")
+    if path.suffix != ".onnx":
+        raise UserError(f"--onnx {path}: name the file with the .onnx suffix.")
+    if path.is_dir():
+        raise UserError(f"--onnx {path} is a folder; give a file name, e.g. {path / MODEL_ONNX}.")
+    if not path.parent.is_dir():
+        raise UserError(f"--onnx {path}: the folder {path.parent} does not exist.")
     data = onnx_bytes(learn)
     atomic_write(path, lambda f: f.write(data))
     return path
@@ -154,9 +160,12 @@ def check_hub_config(folder: Path, vocab: list[str], recipe: Recipe, stats: list
     """A Hub folder's config.json against its weights' own record (classes, width, size, normalisation): a folder whose
     two disagree (one edited by hand, or copied from another model) is refused, never guessed at."""
     path = Path(folder) / HUB_CONFIG
-    try: cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise UserError(f"{path} is not readable JSON ({e}).") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != HUB_FORMAT: return  # another program's config: not ours
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}).") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != HUB_FORMAT:
+        return  # another program's config: not ours
     have = {"classes": cfg.get("classes"), "image_size": cfg.get("image_size"), "stats": cfg.get("stats"),
             "width": (cfg.get("recipe") or {}).get("width")}
     want = {"classes": list(vocab), "image_size": recipe.size, "stats": stats, "width": recipe.width}
@@ -169,9 +178,11 @@ def check_hub_config(folder: Path, vocab: list[str], recipe: Recipe, stats: list
 
 def _hub_entries(out: Path, overwrite: bool) -> None:
     "A Hub folder is written only where nothing else is lost: a new or empty folder, or (`overwrite`) one of ours."
-    if out.exists() and not out.is_dir(): raise UserError(f"--hub {out} is a file, not a folder.")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--hub {out} is a file, not a folder.")
     entries = sorted(p.name + "/" * p.is_dir() for p in out.iterdir()) if out.is_dir() else []
-    if not entries: return
+    if not entries:
+        return
     cfg = read_json_or_none(out / HUB_CONFIG) if (out / HUB_CONFIG).is_file() else None
     foreign = [e for e in entries if e not in HUB_FILES or (out / e).is_symlink()]
     if foreign or not (isinstance(cfg, dict) and cfg.get("format") == HUB_FORMAT):
@@ -189,24 +200,29 @@ def _put_folder(out: Path, files: dict[str, bytes]) -> None:
     and removed only then), so `out` is the old folder or the new one, never half of each. An empty folder (perhaps a
     mount point, which cannot be renamed) gets the files in place, each written atomically."""
     if out.is_dir() and not any(out.iterdir()):
-        for name, data in files.items(): atomic_write(out / name, lambda f, d=data: f.write(d))
+        for name, data in files.items():
+            atomic_write(out / name, lambda f, d=data: f.write(d))
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
     try:
         os.chmod(tmp, umask_mode(0o777))
-        for name, data in files.items(): atomic_write(tmp / name, lambda f, d=data: f.write(d))
-        if not out.exists(): os.replace(tmp, out)
+        for name, data in files.items():
+            atomic_write(tmp / name, lambda f, d=data: f.write(d))
+        if not out.exists():
+            os.replace(tmp, out)
         else:
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-            try: os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
             except OSError:
                 os.replace(old, out)  # the previous folder back where it was
                 raise
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_hub(learn, weights: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False) -> list[str]:
@@ -222,7 +238,8 @@ def write_hub(learn, weights: str | Path, out: str | Path, onnx: bool = False, o
         raise UserError(f"{run_dir} holds no {FINAL}: the model card quotes the run's own test figures, so --hub "
                         "needs a finished run folder (fastresnet train writes final.json at its end).")
     _hub_entries(out, overwrite)
-    if onnx: require_onnx()
+    if onnx:
+        require_onnx()
     if weights.suffix == ".safetensors":
         recipe, raw = read_weights(weights)[2], weights.read_bytes()  # the file as the run wrote it, checksum and all
     else:
@@ -232,12 +249,14 @@ def write_hub(learn, weights: str | Path, out: str | Path, onnx: bool = False, o
         shutil.rmtree(buf.parent)
     files = {CARD: model_card(learn, recipe, run_dir, onnx).encode(), WEIGHTS: raw,
              HUB_CONFIG: (json.dumps(hub_config(learn, recipe), indent=2) + "\n").encode()}
-    if onnx: files[MODEL_ONNX] = onnx_bytes(learn)
+    if onnx:
+        files[MODEL_ONNX] = onnx_bytes(learn)
     _put_folder(out, files)
     return sorted(files)
 
 
-def _fence(lang: str, code: str) -> str: return f"```{lang}\n{code.rstrip()}\n```"
+def _fence(lang: str, code: str) -> str:
+    return f"```{lang}\n{code.rstrip()}\n```"
 
 
 TORCH_SNIPPET = '''\

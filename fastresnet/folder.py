@@ -47,7 +47,8 @@ def _free(path: Path) -> tuple[Path, int]:
     "The mount point holding `path` and the bytes free there for this user."
     path = next(p for p in (path, *path.parents) if p.exists())
     st = os.statvfs(path)
-    while not os.path.ismount(path): path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
     return path, st.f_bavail * st.f_frsize
 
 
@@ -57,15 +58,18 @@ def is_disk_full(e: BaseException, folder: Path | None = None) -> bool:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if getattr(e, "disk_full", False): return True  # ours, from `atomic_path`
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+        if getattr(e, "disk_full", False):
+            return True  # ours, from `atomic_path`
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
         if folder is not None and isinstance(e, RuntimeError) and "unexpected pos" in str(e):
             return _free(Path(folder))[1] < 64 * 2**20
         e = e.__cause__ or e.__context__
     return False
 
 
-def _mb(n: int) -> str: return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{-(-n // 1024)} kB"
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{-(-n // 1024)} kB"
 
 
 def disk_full_error(path: Path, needed: int | None = None, what: str | None = None) -> UserError:
@@ -97,26 +101,32 @@ def atomic_path(path: Path, needed: int | None = None):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.close(fd)
     except OSError as e:
-        if is_disk_full(e): raise disk_full_error(path, needed) from None
+        if is_disk_full(e):
+            raise disk_full_error(path, needed) from None
         raise
     try:
         yield Path(tmp)
         os.chmod(tmp, umask_mode())
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except Exception as e:
-        if not is_disk_full(e, path.parent): raise
+        if not is_disk_full(e, path.parent):
+            raise
         full = True
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    if full: raise disk_full_error(path, needed)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if full:
+        raise disk_full_error(path, needed)
 
 
 def rank0(write):
     "A write of the run folder, done by rank 0 alone: on the other processes of a distributed run it does nothing."
     @functools.wraps(write)
     def on_rank0(*args, **kwargs):
-        if dist.is_main(): return write(*args, **kwargs)
+        if dist.is_main():
+            return write(*args, **kwargs)
     return on_rank0
 
 
@@ -126,30 +136,37 @@ def atomic_write(path: Path, write) -> None:
     made in memory first, so a full disk is reported with the exact size the file needs."""
     buf = io.BytesIO()
     write(buf)
-    with atomic_path(path, buf.tell()) as tmp, open(tmp, "wb") as f: f.write(buf.getbuffer())
+    with atomic_path(path, buf.tell()) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 @rank0
 def atomic_export(learn, path: Path) -> None:
     "fastai's `learn.export`, through `atomic_path`: a full disk never leaves a half-written model.pkl."
     weights = sum(t.numel() * t.element_size() for t in learn.model.state_dict().values())  # most of the pickle
-    with atomic_path(path, weights) as tmp: learn.export(tmp)
+    with atomic_path(path, weights) as tmp:
+        learn.export(tmp)
 
 
-def atomic_torch_save(obj, path: Path) -> None: atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def check_zip(path: Path) -> None:
     """A file `torch.save` wrote (a zip that records each part's CRC-32 as it is written) checked part by part: a
     changed bit anywhere in the data fails here. Raises `zipfile.BadZipFile` naming the damaged part."""
-    with zipfile.ZipFile(path) as z: bad = z.testzip()
-    if bad is not None: raise zipfile.BadZipFile(f"its part {bad} differs from the CRC-32 recorded when it was written")
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"its part {bad} differs from the CRC-32 recorded when it was written")
 
 
-def write_text(path: Path, text: str) -> None: atomic_write(path, lambda f: f.write(text.encode()))
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_json(path: Path, obj) -> None: write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 _NUM, _INT, _OPT = (int, float), int, type(None)
@@ -171,16 +188,20 @@ def read_json(path: Path, missing_ok: bool = False):
     `missing_ok`: None)."""
     path = Path(path)
     kind, keys = SCHEMA.get(path.name, (dict, {}))
-    try: obj = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if missing_ok: return None
+        if missing_ok:
+            return None
         raise UserError(f"{path} is missing: is {path.parent} a fastresnet run folder?") from None
-    except (ValueError, OSError) as e: obj, why = None, f"{type(e).__name__}: {str(e)[:100]}"
+    except (ValueError, OSError) as e:
+        obj, why = None, f"{type(e).__name__}: {str(e)[:100]}"
     else:
         why = f"it holds a {type(obj).__name__}, not a {kind.__name__}" if not isinstance(obj, kind) else next(
             (f"`{k}` is {obj.get(k, 'missing')!r:.40}" for k, t in keys.items()
              if not isinstance(obj.get(k), t)), None)  # a field that may be None may be missing
-    if why is None: return obj
+    if why is None:
+        return obj
     raise UserError(f"{path} is damaged ({why}). fastresnet wrote it and does not read it damaged: restore it from "
                     "a copy, or train the run again into a new folder (--out).")
 
@@ -192,8 +213,10 @@ def read_json_or_none(path: Path):
 
 def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -> None:
     "The per-epoch table as CSV (for spreadsheets) and JSON (for code); the per-batch LR/beta1 as applied."
-    if hps is not None: atomic_write(run_dir / SCHEDULE, lambda f: f.write(json.dumps(hps).encode()))
-    if not history: return
+    if hps is not None:
+        atomic_write(run_dir / SCHEDULE, lambda f: f.write(json.dumps(hps).encode()))
+    if not history:
+        return
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
     w.writeheader()
@@ -218,7 +241,8 @@ def run_lock(run_dir: Path):
     except OSError as e:
         raise UserError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
                         hint="Choose another with --out.") from None
-    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "unknown"
@@ -227,7 +251,8 @@ def run_lock(run_dir: Path):
                         hint="Wait for it to end or stop it, or choose another folder with --out.") from None
     f.seek(0), f.truncate(), f.write(f"{os.getpid()}\n"), f.flush()
     clear_leftovers(run_dir)
-    try: yield
+    try:
+        yield
     finally:
         os.unlink(path)  # before the lock goes: a process that opens the name afterwards makes a new file
         f.close()
@@ -240,8 +265,10 @@ def clear_leftovers(run_dir: Path) -> None:
     stale += run_dir.parent.glob(f".{run_dir.name}.new-*")
     stale += run_dir.parent.glob(f".{run_dir.name}.old-*")
     for p in stale:
-        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
-        else: p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_CSV, METRICS_JSON, SCHEDULE, MODEL_PKL,
@@ -254,19 +281,26 @@ def foreign_entries(run_dir: Path) -> list[str]:
     `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a fastresnet
     run.json is foreign as a whole (its entries are all listed)."""
     names = sorted(_entry(p) for p in run_dir.iterdir())
-    try: info = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, ValueError): info = None
-    if not (isinstance(info, dict) and "fastresnet" in info): return names
+    try:
+        info = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        info = None
+    if not (isinstance(info, dict) and "fastresnet" in info):
+        return names
     def ours(p: Path) -> bool:
-        if p.is_symlink(): return False
-        if p.is_file(): return (p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
-                                or p.name.startswith(TFEVENTS))
-        if p.name != "models" or not p.is_dir(): return False
+        if p.is_symlink():
+            return False
+        if p.is_file():
+            return (p.name in RUN_FILES or p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+                    or p.name.startswith(TFEVENTS))
+        if p.name != "models" or not p.is_dir():
+            return False
         return all(f.is_dir() and f.name.startswith("tmp") or f.name == "_tmp.pth" for f in p.rglob("*"))  # lr_find's
     return sorted(_entry(p) for p in run_dir.iterdir() if not ours(p))
 
 
-def _entry(p: Path) -> str: return f"{p.name}/" if p.is_dir() else p.name
+def _entry(p: Path) -> str:
+    return f"{p.name}/" if p.is_dir() else p.name
 
 
 def _refuse_foreign(run_dir: Path) -> None:
@@ -305,28 +339,36 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
     """Put a new run's first files in place: written into a new folder beside `run_dir`, which then takes its name.
     An old run there (`--overwrite`, checked again: it may have changed while the data loaded) is removed only now.
     A mount point (a container's volume) cannot be renamed: its files are replaced where they are, run.json first."""
-    if run_dir.is_dir() and any(run_dir.iterdir()): _refuse_foreign(run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        _refuse_foreign(run_dir)
     if os.path.ismount(run_dir):
         for p in run_dir.iterdir():  # only a run's files are there (just checked)
-            if p.is_dir(): shutil.rmtree(p)
-            else: p.unlink()
-        for name in sorted(files, key=lambda n: n != RUN_JSON): write_text(run_dir / name, files[name])
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        for name in sorted(files, key=lambda n: n != RUN_JSON):
+            write_text(run_dir / name, files[name])
         return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.new-"))
         os.chmod(tmp, umask_mode(0o777))
-        for name, text in files.items(): (tmp / name).write_text(text)
+        for name, text in files.items():
+            (tmp / name).write_text(text)
         if run_dir.exists():
             old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
             os.replace(run_dir, old)
             os.replace(tmp, run_dir)
             shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(tmp, run_dir)
+        else:
+            os.replace(tmp, run_dir)
     except OSError as e:
-        if tmp is not None: shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(e): raise
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise
         raise UserError(f"Cannot write to the run folder {run_dir} ({e.strerror}).",
                         hint="Choose another with --out.") from None
 
@@ -335,7 +377,8 @@ def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
 def set_status(run_dir: Path, status: str) -> None:
     "run.json's `status`, where the run has one and has not finished."
     info = read_json_or_none(run_dir / RUN_JSON)
-    if info and info.get("status") != "finished": write_json(run_dir / RUN_JSON, {**info, "status": status})
+    if info and info.get("status") != "finished":
+        write_json(run_dir / RUN_JSON, {**info, "status": status})
 
 
 def run_data(info: dict) -> str | None:

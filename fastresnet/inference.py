@@ -27,7 +27,8 @@ class TTAView(Callback):
     """One test-time view of every input batch: moved `shift` pixels right and down (left and up if negative), the
     edge reflected in (a crop of the reflect-padded image, as Page's multi-crop TTA), and mirrored if `flip`."""
     order = 1  # after fastai's batch transforms have made the input, before the model sees it
-    def __init__(self, shift: int = 0, flip: bool = False): self.d, self.flip = shift, flip
+    def __init__(self, shift: int = 0, flip: bool = False):
+        self.d, self.flip = shift, flip
 
     def before_batch(self):
         x = self.xb[0].as_subclass(torch.Tensor)
@@ -88,7 +89,8 @@ def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset
         learn.validate(); learn.tta(); learn.dls.show_batch(); learn.fine_tune(2)"""
     r = (getattr(learn, "recipe", None) or Recipe()).replace(**changes)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, image_size(learn))
-    if subset is not None: arrays = balanced_subset(arrays, subset)
+    if subset is not None:
+        arrays = balanced_subset(arrays, subset)
     if list(arrays.vocab) != list(learn.dls.vocab):
         raise UserError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
                         "train on other classes, start from this model with a new head: cifar_learner(data, "
@@ -145,7 +147,9 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(get_image_files(p))
-            if not found: raise UserError(f"Folder {p} holds no image files (looked recursively, by extension).")
+            if not found:
+                raise UserError(f"Folder {p} holds no image files (looked recursively, by extension).")
             out += found
-        else: out.append(p)
+        else:
+            out.append(p)
     return out

@@ -56,22 +56,28 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     source = load_model(init, allow_pickle) if init is not None else None
     if source is not None:  # the body's shape is the source's: its width wins over the recipe's
         width, asked = unwrap(source.model).width, changes.get("width", r.width)
-        if width != asked: warnings.warn(f"Starting from {init}: the network's width is its {width}, not {asked}.")
+        if width != asked:
+            warnings.warn(f"Starting from {init}: the network's width is its {width}, not {asked}.")
         changes["width"] = width
     r = resolve_precision(r.replace(**changes))  # the recipe as this run uses it, made once
     check_runtime(r)
     arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
-    if subset is not None: arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
-    if source is not None and stats is None: stats = norm_stats(source)  # the inputs scaled as the body was trained
-    if stats is not None: arrays = dataclasses.replace(arrays, stats=tuple(map(list, stats)))
+    if subset is not None:
+        arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
+    if source is not None and stats is None:
+        stats = norm_stats(source)  # the inputs scaled as the body was trained
+    if stats is not None:
+        arrays = dataclasses.replace(arrays, stats=tuple(map(list, stats)))
     set_seed(r.seed)
     torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
     torch.backends.cudnn.benchmark = not r.deterministic
     dls = cifar_dls(arrays, r, default_device(), bs=dist.local_batch_size(r))  # on the GPU if there is one
     dls.valid_files = arrays.valid_files  # a random split's held-out files, for the run folder (not exported)
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
-    if dist.world_size() > 1: torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
-    if source is not None: load_body(learn.model, source.model)
+    if dist.world_size() > 1:
+        torch.manual_seed(r.seed + rank_distrib())  # same init everywhere, own augmentation
+    if source is not None:
+        load_body(learn.model, source.model)
     return learn
 
 
@@ -89,7 +95,8 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     loss = LabelSmoothingCrossEntropyFlat(eps=r.label_smoothing) if r.label_smoothing else CrossEntropyLossFlat()
     hyper = dict(mom=r.beta1_max, sqr_mom=r.beta2, eps=r.eps, decouple_wd=r.decouple_wd)
     opt = partial(Adam, **hyper) if r.adam_impl == "fastai" else partial(TorchAdam, impl=r.adam_impl, **hyper)
-    if r.optimizer == "sgd": opt = partial(TorchSGD, mom=r.beta1_max, nesterov=r.nesterov)
+    if r.optimizer == "sgd":
+        opt = partial(TorchSGD, mom=r.beta1_max, nesterov=r.nesterov)
     model = CustomResNet(n_out=len(dls.vocab), width=r.width, bn_momentum=r.bn_momentum)
     # Accuracy (fastai's AccumMetric) is computed once over every test prediction; under a distributed launch
     # fastai gathers them from every process (padding removed), so each test image counts once.
@@ -100,11 +107,16 @@ def build_learner(dls: DataLoaders, r: Recipe, path: str | Path = ".") -> Learne
     learn.recipe = r
     learn.recorder.train_metrics = True  # training accuracy too: the train–test gap is the overfitting signal
     learn.recorder.smooth_loss = SmoothLossOnDevice(learn.recorder.smooth_loss.beta)
-    if hasattr(learn, "progress"): learn.remove_cb(learn.progress).add_cb(Progress())
-    if r.channels_last: learn.add_cb(ChannelsLast())
-    if r.precision == "bf16": learn.add_cb(BF16())
-    if r.precision == "fp16": learn.to_fp16()
-    if r.compile: learn.add_cb(CompileModel())
+    if hasattr(learn, "progress"):
+        learn.remove_cb(learn.progress).add_cb(Progress())
+    if r.channels_last:
+        learn.add_cb(ChannelsLast())
+    if r.precision == "bf16":
+        learn.add_cb(BF16())
+    if r.precision == "fp16":
+        learn.to_fp16()
+    if r.compile:
+        learn.add_cb(CompileModel())
     return learn
 
 
@@ -128,10 +140,13 @@ def model_file(path: str | Path) -> Path:
     """A model file as given, except a run's model.pkl with its model.safetensors beside it: that (the same weights,
     no pickle); for a run folder its model.safetensors if present, else its model.pkl."""
     path = Path(path)
-    if path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file(): return path.parent / WEIGHTS
-    if not path.is_dir(): return path
+    if path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file():
+        return path.parent / WEIGHTS
+    if not path.is_dir():
+        return path
     for name in (WEIGHTS, MODEL_PKL):
-        if (path / name).is_file(): return path / name
+        if (path / name).is_file():
+            return path / name
     raise UserError(f"{path} is a folder holding neither {WEIGHTS} nor {MODEL_PKL}: is it a finished run folder?")
 
 
@@ -139,7 +154,8 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> Learner:
     """A model file or a run folder (see `model_file`): `.safetensors` → weights-only loading; anything else is a
     pickle (`load_learner`), which runs the code it holds: loaded only if `allow_pickle` (trusted files only)."""
     path = model_file(path)
-    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
+    if not path.is_file():
+        raise UserError(f"Model file {path} does not exist.")
     if path.suffix == ".safetensors":
         learn = load_weights_learner(path)
         if (path.parent / "config.json").is_file():  # a Hub folder (`fastresnet export --hub`): its config agrees
@@ -158,9 +174,11 @@ def load_pickled_learner(path: str | Path) -> Learner:
     """`load_learner` with clear errors. A `.pkl` learner is a Python pickle: loading it runs code,
     so only load files you trust (or use the weights-only `.safetensors` path)."""
     path = Path(path)
-    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
+    if not path.is_file():
+        raise UserError(f"Model file {path} does not exist.")
     try:
-        if zipfile.is_zipfile(path): check_zip(path)  # fastai exports with torch.save: a zip with CRC-32s
+        if zipfile.is_zipfile(path):
+            check_zip(path)  # fastai exports with torch.save: a zip with CRC-32s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             learn = load_learner(path)
@@ -201,14 +219,17 @@ def read_weights(path: str | Path) -> tuple[dict, list[str], Recipe, list | None
     format 3 on) the SHA-256 `save_weights` recorded. Anything amiss is a `UserError` naming the file."""
     from safetensors import SafetensorError, safe_open
     path = Path(path)
-    if not path.is_file(): raise UserError(f"Model file {path} does not exist.")
-    def bad(why): return UserError(f"{path} is not a usable fastresnet weights file: {why}.")
+    if not path.is_file():
+        raise UserError(f"Model file {path} does not exist.")
+    def bad(why):
+        return UserError(f"{path} is not a usable fastresnet weights file: {why}.")
     try:
         with safe_open(path, framework="pt") as f:
             meta, shapes = f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             vocab, r, stats = _read_meta(meta, path)
             compat.check_named(shapes, str(path))
-            with torch.device("meta"): want = CustomResNet(len(vocab), width=r.width).state_dict()
+            with torch.device("meta"):
+                want = CustomResNet(len(vocab), width=r.width).state_dict()
             if shapes != {k: tuple(v.shape) for k, v in want.items()}:
                 wrong = sorted(set(shapes) ^ set(want)) or [k for k in want if shapes[k] != tuple(want[k].shape)]
                 raise bad(f"its tensors do not make the network its recipe names (width {r.width:g}, {len(vocab)} "
@@ -226,8 +247,10 @@ def read_weights(path: str | Path) -> tuple[dict, list[str], Recipe, list | None
 def _read_meta(meta: dict, path) -> tuple[list[str], Recipe, list | None]:
     "A weights file's classes, recipe and input statistics, each checked (JSON of the right shape, within range)."
     def field(key, default=None):
-        try: return json.loads(meta[key]) if key in meta else default
-        except ValueError: raise UserError(f"{path}: its metadata `{key}` is not JSON ({meta[key]!r:.60}).") from None
+        try:
+            return json.loads(meta[key]) if key in meta else default
+        except ValueError:
+            raise UserError(f"{path}: its metadata `{key}` is not JSON ({meta[key]!r:.60}).") from None
     vocab, stats = field("vocab"), field("stats")
     if not (isinstance(vocab, list) and 2 <= len(vocab) <= MAX_CLASSES and all(isinstance(c, str) and c for c in vocab)
             and len(set(vocab)) == len(vocab)):

@@ -20,7 +20,8 @@ __all__ = ["conv_bn", "Residual", "CustomResNet", "resnet_split"]
 def conv_bn(c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> nn.Sequential:
     "Conv 3x3 (stride 1, pad 1) → [MaxPool 2] → BN → ReLU: the one building block of the net."
     layers = [("conv", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False))]
-    if pool: layers.append(("pool", nn.MaxPool2d(2)))  # pooling before BN, as the spec orders it
+    if pool:
+        layers.append(("pool", nn.MaxPool2d(2)))  # pooling before BN, as the spec orders it
     layers += [("bn", nn.BatchNorm2d(c_out, momentum=bn_momentum)), ("relu", nn.ReLU(inplace=True))]
     return nn.Sequential(OrderedDict(layers))
 

@@ -158,7 +158,7 @@ def _suggestion(name: str, refuse_still_falling: bool = False):
         try:
             return func(lrs, losses, num_it)
         except Exception:
-                        return float("nan"), (float("nan"), float("nan"))
+            return float("nan"), (float("nan"), float("nan"))
     suggest.__name__ = name
     return suggest
 

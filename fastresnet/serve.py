@@ -57,7 +57,7 @@ def run_facts(model_path: Path) -> str:
             lines.append(f"**Training:** {r.epochs} epochs, batch {r.bs}, peak at epoch {r.peak_epoch}, "
                          f"width {r.width:g}")
         except (UserError, OSError):
-                        pass  # facts are a courtesy: a bad settings file must not stop the page
+            pass  # facts are a courtesy: a bad settings file must not stop the page
     if info:
         n = f"{info['n_train']:,} training images" if "n_train" in info else "training images: unknown"
         if info.get("subset"):

@@ -40,23 +40,30 @@ class TensorBoardLog(TensorBoardCallback):
         self.writer = None
 
     def after_batch(self):
-        if not (self.run and self.training): return
+        if not (self.run and self.training):
+            return
         epoch = getattr(self.learn, "epoch_offset", 0) + self.epoch  # the run's, whichever of fine_tune's fits this is
         self.step = step = epoch * self.n_iter + self.iter + 1
-        if self.writer is None: self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=step)
+        if self.writer is None:
+            self.writer = SummaryWriter(log_dir=self.log_dir, purge_step=step)
         hp = self.opt.hypers[-1]  # the head's group: the LR schedule.json records
-        for tag, v in zip(STEP_TAGS, (self.smooth_loss, hp["lr"], hp["mom"])): self.writer.add_scalar(tag, v, step)
+        for tag, v in zip(STEP_TAGS, (self.smooth_loss, hp["lr"], hp["mom"])):
+            self.writer.add_scalar(tag, v, step)
 
     def after_epoch(self):
-        if self.writer is None: return  # an epoch a resumed fit skips (fastai's SkipToEpoch), or not rank 0
+        if self.writer is None:
+            return  # an epoch a resumed fit skips (fastai's SkipToEpoch), or not rank 0
         rec, step = self.recorder, self.step  # the epoch's last training step
         values = list(rec.log[1:-1])  # between the epoch number and the time; no test figures when that pass skipped
         for name in rec.metric_names[1:-1]:
-            if rec.cancel_valid and name.startswith("valid_"): continue
+            if rec.cancel_valid and name.startswith("valid_"):
+                continue
             v = values.pop(0)
-            if name != "train_loss": self.writer.add_scalar(name, v, step)
+            if name != "train_loss":
+                self.writer.add_scalar(name, v, step)
         self.writer.flush()  # on disk before the epoch's checkpoint: what a resume continues from is in the file
 
     def after_fit(self):
-        if self.writer is not None: self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         self.writer = None

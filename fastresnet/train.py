@@ -53,7 +53,8 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
     `init`: a trained model (run folder, `.safetensors`, or `.pkl` with `allow_pickle`) to fine-tune (docs/usage.md).
     `recipe_name`: the shipped recipe or settings file `r` came from, for run.json."""
     run_dir = Path(run_dir).absolute()
-    if not dist.is_main(): log = _silent  # one voice in a distributed run (and one writer: folder.py)
+    if not dist.is_main():
+        log = _silent  # one voice in a distributed run (and one writer: folder.py)
     with run_lock(run_dir):  # one process a run folder
         try:
             start = _resume(run_dir, data, log) if resume else _new(r, data, subset, init, overwrite)
@@ -61,7 +62,8 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
             _fit(learn, start, run_dir, extra_cbs, log)
             res = {}
             if dist.is_main():  # rank 0 alone tests all the images, exports and reports
-                with dist.alone(): res = _finish(learn, start, run_dir, log)
+                with dist.alone():
+                    res = _finish(learn, start, run_dir, log)
             dist.leave()
             return res
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the record says so
@@ -69,7 +71,8 @@ def run(r: Recipe | None, run_dir: str | Path, data: str | None = None, subset: 
             raise
 
 
-def _silent(*args, **kwargs) -> None: pass
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def _new(r: Recipe | None, data, subset, init, overwrite: bool) -> Start:
@@ -97,9 +100,11 @@ def _begin(start: Start, run_dir: Path, recipe_name: str | None, allow_pickle: b
         if start.r.lr_max is None:
             raise UserError("A distributed run needs LRMAX given: the LR range test is not split over processes.",
                             hint="Run `fastresnet lr-find` in one process first and pass --lr-max (and --lr-min).")
-    if start.r is not None and start.r.tensorboard: from .tracking import TensorBoardLog  # noqa: F401  (its error now)
+    if start.r is not None and start.r.tensorboard:
+        from .tracking import TensorBoardLog  # noqa: F401  (its error now)
     resume = start.init_from == "resume"
-    if not resume: prepare_run_dir(run_dir, start.overwrite)
+    if not resume:
+        prepare_run_dir(run_dir, start.overwrite)
     start.t0 = time.time() - ((start.ck or {}).get("seconds") or 0)  # a resumed run's clock goes on
     # a fine-tune's body, width and input scaling are its source's; a resume's input scaling is its folder's
     init = start.init if start.init_from == "finetune" else None
@@ -107,7 +112,8 @@ def _begin(start: Start, run_dir: Path, recipe_name: str | None, allow_pickle: b
     learn = cifar_learner(start.data, start.r, run_dir, start.subset, init=init, stats=stats,
                           allow_pickle=allow_pickle)
     log(f"Precision: {learn.recipe.precision}{start.precision_from}")  # `auto` resolved (a resume keeps it)
-    if not resume: start.info = _start_folder(learn, run_dir, start, recipe_name)
+    if not resume:
+        start.info = _start_folder(learn, run_dir, start, recipe_name)
     return learn
 
 
@@ -119,21 +125,26 @@ def _fit(learn: Learner, start: Start, run_dir: Path, extra_cbs, log) -> None:
         if start.init_from == "resume":
             bounds, epoch = restore(learn, start.ck, run_dir, start.info, epochs)
         else:
-            if fine_tune: learn.freeze()  # its range test trains the new head alone, as its fit starts
+            if fine_tune:
+                learn.freeze()  # its range test trains the new head alone, as its fit starts
             bounds, epoch = _bounds(learn, r, run_dir, log), 0
         if epoch >= epochs:
             log(f"{run_dir} already finished all {epochs} epochs; evaluating and exporting.")
             return
-        if epoch: log(f"Resuming {run_dir} at epoch {epoch + 1} of {epochs}.")
+        if epoch:
+            log(f"Resuming {run_dir} at epoch {epoch + 1} of {epochs}.")
         if fine_tune:
             log(f"Fine-tuning {start.init}: {r.freeze_epochs} epoch(s) of the new head, then {r.epochs} of the whole "
                 f"net (fastai's fine_tune), base LR = LRMAX = {bounds.lr_max:.3g} ({bounds.rule})")
-        else: log(f"LR bounds: {bounds.describe()}")
+        else:
+            log(f"LR bounds: {bounds.describe()}")
         with dist.distrib_ctx(learn, r):
             cbs = _callbacks(learn, run_dir, epoch, start, extra_cbs)
-            if fine_tune: learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, epoch, cbs=cbs)
-            else: learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
-                                           lr_end=r.lr_end, start_epoch=epoch)
+            if fine_tune:
+                learn.fine_tune_from(r.epochs, bounds.lr_max, r.freeze_epochs, epoch, cbs=cbs)
+            else:
+                learn.fit_one_cycle_peak(r.epochs, bounds.lr_min, bounds.lr_max, r.peak_epoch, cbs=cbs,
+                                         lr_end=r.lr_end, start_epoch=epoch)
 
 
 def _restart(run_dir: Path, info: dict, log) -> bool:
@@ -158,9 +169,12 @@ def _start_folder(learn: Learner, run_dir: Path, start: Start, recipe_name: str 
             "machine": platform.platform(), "data": _data_record(start.data), "subset": start.subset,
             "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds), "vocab": list(learn.dls.vocab),
             "stats": norm_stats(learn), "world_size": dist.world_size(), "status": "started"}
-    if start.init: info["init"] = str(Path(start.init).resolve())
-    if recipe_name and Path(recipe_name).suffix == ".ini": recipe_name = str(Path(recipe_name).resolve())  # a file
-    if recipe_name: info["recipe"] = recipe_name
+    if start.init:
+        info["init"] = str(Path(start.init).resolve())
+    if recipe_name and Path(recipe_name).suffix == ".ini":
+        recipe_name = str(Path(recipe_name).resolve())  # a file
+    if recipe_name:
+        info["recipe"] = recipe_name
     files = {SETTINGS: recipe_to_ini(r), RUN_JSON: json.dumps(info, indent=2) + "\n"}
     if split is not None:  # the held-out files of a random split, so a resume can check it has the same ones
         files[SPLIT] = json.dumps({"valid_pct": r.valid_pct, "seed": r.seed, "valid": split}) + "\n"
@@ -171,7 +185,8 @@ def _start_folder(learn: Learner, run_dir: Path, start: Start, recipe_name: str 
 def _callbacks(learn: Learner, run_dir: Path, epoch: int, start: Start, extra_cbs) -> list:
     "The fit's callbacks: the NaN stop, the per-epoch checkpoint (continued from a resume's), what the recipe asks for."
     r, ck, cbs, ema = learn.recipe, start.ck or {}, [StopOnNaN(), *extra_cbs], None
-    if r.valid_every != 1: cbs.append(ValidEvery(r.valid_every))
+    if r.valid_every != 1:
+        cbs.append(ValidEvery(r.valid_every))
     if r.ema and start.init is not None:
         warnings.warn("`ema` is not used when fine-tuning (--init): its two fits would each start a new average. "
                       "The last weights are tested and exported.")
@@ -183,7 +198,8 @@ def _callbacks(learn: Learner, run_dir: Path, epoch: int, start: Start, extra_cb
         cbs.append(TensorBoardLog(run_dir))  # rank 0's alone, as the folder's other writes
     history = ck["history"][:epoch] if ck else None
     cbs.append(RunCheckpoint(run_dir, history, ck.get("smooth_loss"), ck.get("hps"), clock=start.t0, ema=ema))
-    if epoch: cbs.append(MuteSkippedEpochs())
+    if epoch:
+        cbs.append(MuteSkippedEpochs())
     return cbs
 
 
@@ -211,7 +227,8 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
         if run_dir is not None:
             curve = {"lrs": [float(x) for x in learn.recorder.lrs], "losses": [float(x) for x in learn.recorder.losses]}
             write_json(run_dir / LR_FIND, {**curve, "suggestions": found})
-    if run_dir is not None: write_json(run_dir / LR_BOUNDS, bounds._asdict())
+    if run_dir is not None:
+        write_json(run_dir / LR_BOUNDS, bounds._asdict())
     return bounds
 
 
@@ -220,13 +237,15 @@ def lr_find_run(r: Recipe, out: str | Path, data: str | None = None, subset: int
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     learn = cifar_learner(data, r, out, subset)
-    with plain_output(learn): return _bounds(learn, r.replace(lr_max=None, lr_min=None), out, log=lambda *a: None)
+    with plain_output(learn):
+        return _bounds(learn, r.replace(lr_max=None, lr_min=None), out, log=lambda *a: None)
 
 
 def _finish(learn: Learner, start: Start, run_dir: Path, log) -> dict:
     "The test results, the exported learner and its weights, the run record and the report; returns the results."
     r = learn.recipe
-    with plain_output(learn): res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
+    with plain_output(learn):
+        res, losses = evaluate_learner(learn, tta=r.tta, crops=r.tta_crops)
     write_json(run_dir / FINAL, res)
     atomic_export(learn, run_dir / MODEL_PKL)  # outside plain_output: the learner goes out with fastai's own logger
     save_weights(learn, run_dir / WEIGHTS)
@@ -239,10 +258,12 @@ def _finish(learn: Learner, start: Start, run_dir: Path, log) -> dict:
         (run_dir / CHECKPOINT).unlink()
         log(f"Removed {run_dir / CHECKPOINT} ({mb:.0f} MB; keep_checkpoint = false): the weights are in {WEIGHTS}.")
     tta = f" (flip-TTA {res['accuracy_tta']:.4f})" if "accuracy_tta" in res else ""
-    if "accuracy_tta_crops" in res: tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})"
+    if "accuracy_tta_crops" in res:
+        tta += f" (multi-crop TTA {res['accuracy_tta_crops']:.4f})"
     log(f"Test accuracy {res['accuracy']:.4f}{tta} on {res['n_images']} images. Exported {run_dir / MODEL_PKL}")
     note = chance_note(res, info.get("n_train"), len(read_json_or_none(run_dir / METRICS_JSON) or []))
-    if note: log(f"Warning: {note}")
+    if note:
+        log(f"Warning: {note}")
     return res
 
 
