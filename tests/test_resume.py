@@ -154,7 +154,7 @@ def test_an_averaged_run_resumes_to_the_same_exported_average(tiny_folder, tmp_p
 
 def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_path):
     "A run folder from before `adam_impl` existed (no such key, fastai's optimizer state) still resumes."
-    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai")
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai", width=0.25)
     with pytest.raises(KeyboardInterrupt):
         train_run(r, tmp_path / "old", str(tiny_folder), extra_cbs=[Interrupt(1)], log=lambda *a: None)
     settings = tmp_path / "old" / "settings.ini"
