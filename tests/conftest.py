@@ -146,3 +146,23 @@ def leave_free(disk: Path, free: int) -> None:
     (disk / "ballast").unlink(missing_ok=True)
     st = os.statvfs(disk)
     with open(disk / "ballast", "wb") as f: f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+
+
+def accuracy_by_hand(model_pkl: Path, test_folder: Path) -> dict:
+    """Test results counted as a user would, independently of `evaluate_learner`: each image of test/<class>/
+    predicted alone with fastai's `learn.predict`, plain and as its mirror (the tensor flipped here); flip-TTA is the
+    mean of the two softmaxes. Accuracy, flip-TTA accuracy, the confusion matrix (rows: actual), per-class accuracy."""
+    from fastai.learner import load_learner
+    from fastresnet.data import load_image
+    learn = load_learner(model_pkl)
+    vocab, files = list(learn.dls.vocab), sorted(Path(test_folder).glob("*/*.png"))
+    cm, plain, tta = [[0] * len(vocab) for _ in vocab], 0, 0
+    with learn.no_bar():
+        for f in files:
+            x, y = load_image(f), vocab.index(f.parent.name)
+            p, q = learn.predict(x)[2], learn.predict(x.flip(-1))[2]
+            k = int(p.argmax())
+            cm[y][k] += 1
+            plain, tta = plain + (k == y), tta + (int(((p + q) / 2).argmax()) == y)
+    return {"n_images": len(files), "accuracy": plain / len(files), "accuracy_tta": tta / len(files),
+            "confusion": cm, "per_class": {c: cm[i][i] / max(1, sum(cm[i])) for i, c in enumerate(vocab)}}
