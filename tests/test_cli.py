@@ -417,3 +417,55 @@ def test_predict_batch_with_bad_and_odd_files(finished, tiny_folder, tmp_path, c
     assert [l.split("\t")[0] for l in lines] == [files[0], files[3]]  # the good ones, in order
     assert "missing.png does not exist" in err and "notes.txt is corrupt or not an image" in err
     assert "resized to 32x32" in err
+
+
+# ---------------------------------------------------------------- error branches of evaluate, report, serve, resume
+def test_evaluate_on_data_of_other_classes_is_refused(finished, tiny_folder, tmp_path, capsys):
+    other = Path(shutil.copytree(tiny_folder, tmp_path / "other"))
+    for split in ("train", "test"): (other / split / "cat").rename(other / split / "kitten")
+    code, _, err = run_cli(["evaluate", "--model", str(finished), "--data", str(other)], capsys)
+    assert code == 2 and "The data's classes" in err and "'kitten'" in err and "differ from the model's" in err
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    code, _, err = run_cli(["report", str(tmp_path / "notes")], capsys)
+    assert code == 2 and "is not a fastresnet run folder (no run.json)" in err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["a.txt"]            # nothing written there
+
+
+def test_report_without_the_runs_data_makes_the_plots_it_can(finished, tmp_path, capsys):
+    run = Path(shutil.copytree(finished, tmp_path / "r"))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data": str(tmp_path / "moved-away")}))   # the data is gone
+    for f in [*run.glob("*.png"), run / "report.md"]: f.unlink()
+    code, out, err = run_cli(["report", str(run)], capsys)
+    assert code == 0 and out.startswith("Report: ") and "note: top-loss and augmentation plots skipped" in err
+    assert "moved-away" in err                                                        # says why: the data path
+    made = sorted(p.name for p in run.glob("*.png"))
+    assert made == ["confusion.png", "lr_find.png", "metrics.png", "schedule.png"], made   # from the run's files
+    report = (run / "report.md").read_text()
+    assert "](top_losses.png)" not in report and "](confusion.png)" in report
+
+
+@pytest.mark.parametrize("flags, match", [(["--port", "70000"], "--port 70000 is not a port number (1-65535)"),
+                                          (["--port", "0"], "'0' is not a whole number >= 1"),
+                                          (["--max-queue", "0"], "'0' is not a whole number >= 1")])
+def test_serve_port_and_queue_bounds(finished, capsys, flags, match):
+    try: code = main(["serve", "--model", str(finished), *flags])
+    except SystemExit as e: code = e.code                                             # argparse's own refusal
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_resume_with_a_checkpoint_of_another_shape(finished, tmp_path, capsys):
+    "settings.ini edited by hand to another width: the checkpoint's tensors do not fit the model it now describes."
+    run = Path(shutil.copytree(finished, tmp_path / "r"))
+    settings = (run / "settings.ini").read_text()
+    assert "\nwidth = 0.25 " in settings
+    (run / "settings.ini").write_text(settings.replace("\nwidth = 0.25 ", "\nwidth = 0.5 "))
+    before = (run / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "does not fit a model for this data" in err and "size mismatch" in err, err
+    assert (run / "model.safetensors").read_bytes() == before                        # nothing exported over it
