@@ -88,9 +88,10 @@ def _add_hook() -> None:
 
 def next_point(rng: random.Random, i: int, range_test_ahead: bool, checkpoint: str = "checkpoint_write"
                ) -> tuple[str, int]:
-    """The i-th interruption: the three that must be covered first, then random ones the rest of the run still
-    reaches. `checkpoint`: the kind that hits a checkpoint write."""
-    must = [("range_test_batch", 3), ("valid_batch", 1), (checkpoint, 1)]
+    """The i-th interruption: the four that must be covered first, then random ones the rest of the run still
+    reaches. `checkpoint`: the kind that hits a checkpoint write: the run's first (nothing to resume from yet) and,
+    run again from the start, its second (the first is kept: the next session resumes over what the write left)."""
+    must = [("range_test_batch", 3), ("valid_batch", 1), (checkpoint, 1), (checkpoint, 2)]
     if i < len(must): return must[i]
     kinds = ["train_batch", "valid_batch", checkpoint] + ["range_test_batch"] * range_test_ahead
     return rng.choice(kinds), rng.randint(1, 2)   # per epoch: 4 training batches, 2 test batches, 1 checkpoint

@@ -39,7 +39,8 @@ def one_picture_data(root: Path) -> Path:
 
 def max_difference(a: Path, b: Path) -> float:
     """The largest difference between two runs' learned weights (BatchNorm's running variance apart: a half batch's
-    unbiased estimate has Bessel's n / (n - 1) of half the elements, 0.16% apart at 4x4 pixels; `bn_variances_agree`)."""
+    unbiased estimate has Bessel's n / (n - 1) of half the elements, 0.16% apart at 4x4 pixels:
+    `bn_variances_agree`)."""
     x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert x.keys() == y.keys()
     return max(float((x[k].double() - y[k].double()).abs().max()) for k in x if not k.endswith("running_var")
