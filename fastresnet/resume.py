@@ -120,9 +120,10 @@ def restore(learn: Learner, ck: dict, run_dir: Path, info: dict, epochs: int) ->
     set_status(run_dir, "started")  # a resumed run runs again
     learn.create_opt()
     try: learn.model.load_state_dict(ck["model"])
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch's first line only says "Error(s) in loading state_dict": the next names a tensor
+        why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e).splitlines()[0])
         raise UserError(f"The checkpoint in {run_dir} does not fit a model for this data "
-                        f"({str(e).splitlines()[0]}): resume with the data the run started with.") from None
+                        f"({why[:200]}): resume with the data the run started with.") from None
     learn.opt.load_state_dict(ck["opt"])
     set_rng_state(learn, ck["rng"])
     write_metrics(run_dir, ck["history"][:ck["epoch"] + 1], ck["hps"])

@@ -93,11 +93,76 @@ def pictures(root, classes, n, seed=0, size=(32, 32)):
             Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / c / f"{i}.png")
 
 
+def file_digests(folder: Path) -> dict:
+    "Every file under `folder` with its size and SHA-256: what a test that only reads the folder must leave."
+    import hashlib
+    return {str(p.relative_to(folder)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
-def source_run(tmp_path_factory, tiny_folder):
-    "A CIFAR-10-shaped run to start from."
+def trained_run(tmp_path_factory, tiny_folder):
+    """The one finished run the session's tests read (the CLI, predict, serve, reports, fine-tuning's source): width
+    0.25 (412,954 parameters: a 5 MB checkpoint, where width 1 writes 79 MB), two epochs, the range test, no TTA.
+    Tests that change a run work on a copy: the session ends with an error if a file of it changed."""
     from fastresnet.cli import main
-    run = tmp_path_factory.mktemp("source") / "run"
+    run = tmp_path_factory.mktemp("trained") / "run"
     assert main(["train", "--data", str(tiny_folder), "--out", str(run), "--epochs", "2", "--width", "0.25",
                  "--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]) == 0
-    return run
+    before = file_digests(run)
+    yield run
+    assert file_digests(run) == before, "a test changed the shared trained run: work on a copy (shutil.copytree)"
+
+
+@pytest.fixture(scope="session")
+def source_run(trained_run):
+    "A CIFAR-10-shaped run to start from (fine-tuning): the session's trained run."
+    return trained_run
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """A real small file system: `mount_tmpfs(size_bytes)` mounts a tmpfs of that size on a new folder and returns it
+    (unmounted after the test). What runs out on it is the kernel's space, not a mock; mounting needs root with
+    CAP_SYS_ADMIN (as CI has), and a machine without it fails these tests rather than skipping them."""
+    import subprocess
+    made = []
+    def mount(size: int, name: str = "disk") -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True,
+                           text=True)
+        if p.returncode:
+            pytest.fail(f"this test mounts a small tmpfs and needs root with CAP_SYS_ADMIN (as CI has): {p.stderr}")
+        made.append(d)
+        return d
+    yield mount
+    for d in reversed(made): subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def leave_free(disk: Path, free: int) -> None:
+    "Fill `disk` with a ballast file until `free` bytes are left (0: full)."
+    import os
+    (disk / "ballast").unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    with open(disk / "ballast", "wb") as f: f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+
+
+def accuracy_by_hand(model_pkl: Path, test_folder: Path) -> dict:
+    """Test results counted as a user would, independently of `evaluate_learner`: each image of test/<class>/
+    predicted alone with fastai's `learn.predict`, plain and as its mirror (the tensor flipped here); flip-TTA is the
+    mean of the two softmaxes. Accuracy, flip-TTA accuracy, the confusion matrix (rows: actual), per-class accuracy."""
+    from fastai.learner import load_learner
+    from fastresnet.data import load_image
+    learn = load_learner(model_pkl)
+    vocab, files = list(learn.dls.vocab), sorted(Path(test_folder).glob("*/*.png"))
+    cm, plain, tta = [[0] * len(vocab) for _ in vocab], 0, 0
+    with learn.no_bar():
+        for f in files:
+            x, y = load_image(f), vocab.index(f.parent.name)
+            p, q = learn.predict(x)[2], learn.predict(x.flip(-1))[2]
+            k = int(p.argmax())
+            cm[y][k] += 1
+            plain, tta = plain + (k == y), tta + (int(((p + q) / 2).argmax()) == y)
+    return {"n_images": len(files), "accuracy": plain / len(files), "accuracy_tta": tta / len(files),
+            "confusion": cm, "per_class": {c: cm[i][i] / max(1, sum(cm[i])) for i, c in enumerate(vocab)}}

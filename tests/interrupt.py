@@ -1,19 +1,42 @@
-"""Interruption points for the resume soaks: a signal sent to the training process itself at the n-th event of
-one kind (a range-test batch, a training batch, a test-set batch, or mid-way through a checkpoint write).
+"""Interruption points for the fault tests: a real signal reaches a real `fastresnet` process (this one, or a child
+started through this file as a script) at a chosen moment of the project's own code path. Nothing of the project is
+replaced: a fastai callback given to the run's learner, or a Python audit hook that watches the files the project
+opens and renames, sends the signal when the moment comes.
 
-Run as a script it is a real `fastresnet` process that dies by that signal at that point:
-    python tests/interrupt.py KIND N SIGNAL -- train --data ... (SIGKILL: no handler, no cleanup, like `kill -9`)."""
-import io
+Points (KIND, N), the N-th event of a kind in this process:
+  range_test_batch, train_batch, valid_batch: right after that batch;
+  checkpoint_write: the project's `atomic_path` renaming its N-th checkpoint, complete and fsynced in its temporary
+      file, onto checkpoint.pth (the audit event of `os.replace`): the signal lands before the rename;
+  checkpoint_cut: (child processes: the signal kills) the project's writer opening the temporary file of its N-th
+      checkpoint; the file is capped there at CUT bytes (RLIMIT_FSIZE), so the kernel stops the project's own write
+      after CUT bytes and kills the process with SIGXFSZ: a checkpoint half-written, as a kill mid-write leaves it;
+  image_read: the N-th image file opened for reading (`fastresnet predict`).
+
+Run as a script it is a real `fastresnet` process:
+    python tests/interrupt.py KIND N SIGNAL -- train --data ...
+SIGNAL: SIGKILL (no handler, no cleanup: `kill -9`), SIGTERM (a service manager's stop), SIGINT (Ctrl-C), SIGSTOP
+(the process pauses itself at the point, for the test to act while it holds its run folder; `paused` waits for it),
+or SIGXFSZ (checkpoint_cut's)."""
+import contextlib
 import os
 import random
+import resource
 import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from fastai.callback.core import Callback
 
+CUT = 2**20  # checkpoint_cut: the bytes of the checkpoint that reach the disk (a width-0.25 checkpoint is ~5 MB)
+AUDIT_KINDS = ("checkpoint_write", "checkpoint_cut", "image_read")
+_point: dict = {}   # the armed audit point (kind, n, sig, seen); `install` sets it
+_hooked = False
+
 
 class SignalAt(Callback):
-    "Send this process `sig` at the n-th event of one kind: what `kill -SIG` does at that moment."
+    "Send this process `sig` at the n-th batch of one kind: what `kill -SIG` does at that moment."
     order = -20
     def __init__(self, kind: str, n: int, sig=signal.SIGTERM): self.kind, self.n, self.sig, self.seen = kind, n, sig, 0
 
@@ -25,42 +48,104 @@ class SignalAt(Callback):
             if self.seen == self.n: os.kill(os.getpid(), self.sig)
 
 
-def next_point(rng: random.Random, i: int, range_test_ahead: bool) -> tuple[str, int]:
-    "The i-th interruption: the three that must be covered first, then random ones the rest of the run still reaches."
-    must = [("range_test_batch", 3), ("valid_batch", 1), ("checkpoint_write", 1)]
+def _is_checkpoint_tmp(path) -> bool:
+    name = os.path.basename(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else ""
+    return name.startswith(".checkpoint.pth.") and name.endswith(".tmp")
+
+
+def _audit(event: str, args) -> None:
+    "The audit hook: counts the armed kind's events and signals at the n-th."
+    p = _point
+    if not p: return
+    kind = p["kind"]
+    if kind == "checkpoint_write": hit = event == "os.rename" and os.fspath(args[1]).endswith("checkpoint.pth")
+    elif kind == "checkpoint_cut":   # `open(tmp, "wb")` is audited with mode "w"
+        hit = event == "open" and args[1] in ("w", "wb") and _is_checkpoint_tmp(args[0])
+    elif kind == "image_read":
+        hit = event == "open" and args[1] in ("r", "rb") and isinstance(args[0], (str, os.PathLike)) and \
+            os.fspath(args[0]).lower().endswith((".png", ".jpg", ".jpeg"))
+    else: hit = False
+    if not hit: return
+    p["seen"] += 1
+    if p["seen"] != p["n"]: return
+    sig = p["sig"]
+    p.clear()
+    if kind == "checkpoint_cut":   # the kernel, not this hook, stops the write: after CUT bytes, with SIGXFSZ
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)     # Python ignores it by default (the write would fail)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (CUT, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        return
+    os.kill(os.getpid(), sig)
+
+
+def _add_hook() -> None:
+    "The audit hook, added once a process (audit hooks cannot be removed: an empty `_point` makes it idle)."
+    global _hooked
+    if not _hooked:
+        sys.addaudithook(_audit)
+        _hooked = True
+
+
+def next_point(rng: random.Random, i: int, range_test_ahead: bool, checkpoint: str = "checkpoint_write"
+               ) -> tuple[str, int]:
+    """The i-th interruption: the four that must be covered first, then random ones the rest of the run still
+    reaches. `checkpoint`: the kind that hits a checkpoint write: the run's first (nothing to resume from yet) and,
+    run again from the start, its second (the first is kept: the next session resumes over what the write left)."""
+    must = [("range_test_batch", 3), ("valid_batch", 1), (checkpoint, 1), (checkpoint, 2)]
     if i < len(must): return must[i]
-    kinds = ["train_batch", "valid_batch", "checkpoint_write"] + ["range_test_batch"] * range_test_ahead
+    kinds = ["train_batch", "valid_batch", checkpoint] + ["range_test_batch"] * range_test_ahead
     return rng.choice(kinds), rng.randint(1, 2)   # per epoch: 4 training batches, 2 test batches, 1 checkpoint
 
 
 def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
-    "Make the next run signal itself at (kind, n): `monkeypatch_setattr(obj, name, value)` installs the hooks."
-    import torch
-
-    import fastresnet.resume as resume_mod
-    import fastresnet.folder as run_files
+    """Make the next run of this process get `sig` at (kind, n). `monkeypatch_setattr(obj, name, value)` gives the
+    run's learner the batch callback, or arms the audit point (pytest's `monkeypatch.undo` takes either away)."""
     import fastresnet.train as T
-    build, calls = T.cifar_learner, {"n": 0}
-
-    def save_then_signal(obj, path):                     # the signal lands with half the checkpoint in its temp file
-        calls["n"] += 1
-        def write(f):
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            data = buf.getbuffer()
-            if kind != "checkpoint_write" or calls["n"] != n: return f.write(data)
-            f.write(data[:len(data) // 2])
-            f.flush()
-            os.kill(os.getpid(), sig)
-            f.write(data[len(data) // 2:])               # SIGTERM: the handler raised; SIGKILL never gets here
-        with run_files.atomic_path(path) as tmp, open(tmp, "wb") as f: write(f)
+    if kind in AUDIT_KINDS:
+        if kind == "checkpoint_cut" and __name__ != "__main__":
+            raise ValueError("checkpoint_cut kills its process: only in a child started through this script")
+        _add_hook()
+        monkeypatch_setattr(sys.modules[__name__], "_point", {"kind": kind, "n": n, "sig": sig, "seen": 0})
+        return
+    build = T.cifar_learner
 
     def setup_with_signal(*a, **k):
         learn = build(*a, **k)
-        if kind != "checkpoint_write": learn.add_cb(SignalAt(kind, n, sig))
+        learn.add_cb(SignalAt(kind, n, sig))
         return learn
     monkeypatch_setattr(T, "cifar_learner", setup_with_signal)
-    monkeypatch_setattr(resume_mod, "atomic_torch_save", save_then_signal)
+
+
+@contextlib.contextmanager
+def signal_at(kind: str, n: int, sig):
+    "In this process, the runs started inside the block get `sig` at (kind, n) (`install`, undone at the end)."
+    import pytest
+    with pytest.MonkeyPatch.context() as mp:   # its own: the test's monkeypatch (its cache folder) stays
+        install(mp.setattr, kind, n, sig)
+        yield
+
+
+def script(kind: str, n: int, sig: str, *argv) -> list[str]:
+    "The command line of a `fastresnet` child that gets `sig` at (kind, n)."
+    return [sys.executable, str(Path(__file__).resolve()), kind, str(n), sig, "--", *map(str, argv)]
+
+
+def state(pid: int) -> str:
+    "The kernel's state letter of a process: R running, S sleeping, T stopped, Z exited."
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def paused(cmd: list[str], timeout: float = 300, **kw) -> subprocess.Popen:
+    "Start `cmd` (a `script(..., 'SIGSTOP', ...)`) and return once it has stopped itself at its point."
+    proc = subprocess.Popen(cmd, **kw)
+    deadline = time.time() + timeout
+    while proc.poll() is None and state(proc.pid) != "T":
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{cmd} did not reach its point within {timeout} s")
+        time.sleep(0.05)
+    if proc.poll() is not None: raise AssertionError(f"{cmd} ended ({proc.returncode}) before its point")
+    return proc
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """The command's contract, and what the run folder survives: bad input gets one clear paragraph and exit code 2,
 never a traceback; nothing a typo can destroy; interruption, divergence and failure lose nothing; files and logs
 people can share. Each test failed before its fix."""
-import errno
 import json
 import os
 import pickle
@@ -9,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -20,14 +18,13 @@ from fastai.callback.core import Callback
 from PIL import Image
 
 import fastresnet.device as device_mod
-import fastresnet.folder as run_files
-import fastresnet.train as T
 from fastresnet.cli import main
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_cifar
 from fastresnet.resume import load_checkpoint
 from fastresnet.folder import atomic_torch_save
 from fastresnet.train import run as train_run
+from interrupt import paused, script, signal_at
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a: None)
@@ -40,11 +37,10 @@ def run_cli(args, capsys):
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def finished(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("finished") / "r"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, tta=False), out, str(tiny_folder), **QUIET)
-    return out
+@pytest.fixture
+def finished(trained_run):
+    "The session's finished run (width 0.25, 2 epochs), read only: tests that change a run copy it."
+    return trained_run
 
 
 def snapshot(folder: Path) -> dict:
@@ -62,23 +58,24 @@ def test_overwrite_with_a_typo_leaves_the_finished_run_intact(finished, tmp_path
                            capsys)
     assert code == 2 and snapshot(run) == before                    # a bad subset is found after the flags parse
     code, _, _ = run_cli(["train", "--data", str(tiny_folder), "--out", str(run), "--overwrite", "--bs", "10",
-                          "--epochs", "2", "--lr-max", "0.002"], capsys)
+                          "--epochs", "2", "--lr-max", "0.002", "--width", "0.25", "--no-tta"], capsys)
     assert code == 0 and json.loads((run / "lr_bounds.json").read_text())["lr_max"] == 0.002  # replaced when valid
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]                     # no leftovers
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_during_the_range_test_then_resume_works(tiny_folder, tmp_path, capsys):
+    "A real Ctrl-C (SIGINT to this process) after the range test's third batch: fastai's lr_find is inside its fit."
     out = tmp_path / "r"
-    def interrupted(*a, **k): raise KeyboardInterrupt
-    monkeypatch.setattr(T, "find_bounds", interrupted)                            # the range test, as the run calls it
-    code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(out), "--bs", "10", "--epochs", "2",
-                            "--lr-find-iters", "6", "--lr-find-end", "1"], capsys)
+    with signal_at("range_test_batch", 3, signal.SIGINT):
+        code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(out), "--bs", "10", "--epochs", "2",
+                                "--lr-find-iters", "6", "--lr-find-end", "1", "--width", "0.25", "--no-tta"], capsys)
     assert code == 130 and f"fastresnet train --resume {out}" in err
-    monkeypatch.undo()
+    assert "no epoch had completed" in err and not (out / "lr_find.json").exists()   # stopped inside the test
     code, out_text, err = run_cli(["train", "--resume", str(out)], capsys)       # the command it named works
     assert code == 0, err
     assert "starting it again" in out_text and (out / "final.json").is_file() and (out / "lr_find.json").is_file()
+    assert len(json.loads((out / "lr_find.json").read_text())["lrs"]) == 6   # the whole range test, run again
 
 
 # ---------------------------------------------------------------- one paragraph, exit 2, no traceback
@@ -149,7 +146,7 @@ def test_ctrl_c_while_importing(capsys, monkeypatch):
 
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_folder, tmp_path):
     with pytest.raises(UserError, match="no checkpoint yet"):
-        train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3), tmp_path / "r", str(tiny_folder),
+        train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25), tmp_path / "r", str(tiny_folder),
                   extra_cbs=[NaNAt(0)], **QUIET)
 
 
@@ -173,7 +170,7 @@ def test_one_short_run_rule_for_flags_and_settings_files(capsys, tmp_path):
 
 def test_subset_says_what_it_took(tiny_folder, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--subset", "15",
-                            "--bs", "10", "--epochs", "2", "--lr-max", "0.001", "--no-tta"], capsys)
+                            "--bs", "10", "--epochs", "2", "--lr-max", "0.001", "--no-tta", "--width", "0.25"], capsys)
     assert code == 0 and "took 10 images (1 per class)" in err
     assert err.count("fastresnet: warning:") >= 1 and "warnings.warn" not in err       # one line, no source
 
@@ -191,7 +188,7 @@ def test_run_files_honour_the_umask(finished):
 def test_piped_output_has_one_line_per_epoch_and_no_bars(tiny_folder, tmp_path):
     p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--out",
                         str(tmp_path / "r"), "--bs", "10", "--epochs", "3", "--lr-find-iters", "6",
-                        "--lr-find-end", "1"], capture_output=True, text=True, timeout=600,
+                        "--lr-find-end", "1", "--width", "0.25"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "\r" not in p.stdout and "█" not in p.stdout
@@ -204,14 +201,14 @@ def test_small_messages(finished, tiny_folder, tmp_path, capsys):
     load_cifar(tiny_folder)
     data = load_cifar(tiny_folder)                                   # the second load comes from the cache
     assert all(type(v) is str for v in data.vocab)
-    code, out, _ = run_cli(["train", "--resume", str(finished)], capsys)
-    assert code == 0 and "already finished" in out and "Resuming" not in out
     run = tmp_path / "r"
     shutil.copytree(finished, run)
-    (run / "checkpoint.pth").write_bytes(b"cut short")
+    code, out, _ = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 0 and "already finished" in out and "Resuming" not in out
+    raw = (run / "checkpoint.pth").read_bytes()
+    (run / "checkpoint.pth").write_bytes(raw[:len(raw) // 2])        # a real checkpoint, cut in half
     code, _, err = run_cli(["train", "--resume", str(run)], capsys)
-    assert code == 2 and "--overwrite" in err
-    from PIL import Image
+    assert code == 2 and "checkpoint.pth is damaged" in err and "--overwrite" in err
     from fastresnet.data import load_image
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     with pytest.raises(UserError) as e: load_image(tmp_path / "big.png")
@@ -219,15 +216,13 @@ def test_small_messages(finished, tiny_folder, tmp_path, capsys):
 
 
 def test_resume_prints_no_rows_for_the_epochs_it_skips(tiny_folder, tmp_path, capsys, monkeypatch):
-    from fastai.callback.core import Callback
-    from fastresnet.train import run as train_run
     class StopAfterFirstEpoch(Callback):
         order = 70                                                  # after RunCheckpoint has saved epoch 1
         def after_epoch(self):
             if self.epoch == 0: raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        train_run(Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, tta=False), tmp_path / "r", str(tiny_folder),
-                  extra_cbs=[StopAfterFirstEpoch()], **QUIET)
+        train_run(Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, tta=False, width=0.25), tmp_path / "r",
+                  str(tiny_folder), extra_cbs=[StopAfterFirstEpoch()], **QUIET)
     for tty in (False, True):                                       # one line per epoch, and fastai's table
         run = tmp_path / f"r{tty}"
         shutil.copytree(tmp_path / "r", run)
@@ -339,7 +334,7 @@ class NaNAt(Callback):
 
 
 def test_divergence_stops_at_once_naming_lr_and_epoch_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
-    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3)
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, width=0.25)
     with pytest.raises(UserError, match=r"epoch 2 \(batch 1\) at LR [0-9.e-]+.*smaller LRMAX") as e:
         train_run(r, tmp_path / "r", str(tiny_folder), extra_cbs=[NaNAt(1)], **QUIET)
     assert "--lr-max" not in str(e.value) and e.value.hint.startswith("(--lr-max")   # flag advice is the CLI's
@@ -347,35 +342,35 @@ def test_divergence_stops_at_once_naming_lr_and_epoch_and_keeps_the_last_good_ch
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pth"
-    atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
-    def full_disk(obj, f):
-        f.write(b"partial bytes")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(run_files.torch, "save", full_disk)
-    with pytest.raises(OSError):
-        atomic_torch_save({"epoch": 2, "w": torch.zeros(3)}, path)
-    monkeypatch.undo()
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(mount_tmpfs):
+    "The project's writer on a real 1 MiB tmpfs: the kernel's ENOSPC, not a mock of it."
+    disk = mount_tmpfs(2**20)
+    path = disk / "checkpoint.pth"
+    atomic_torch_save({"epoch": 1, "w": torch.ones(1000)}, path)            # 4 kB: fits
+    with pytest.raises(UserError) as e:
+        atomic_torch_save({"epoch": 2, "w": torch.zeros(2**19)}, path)      # 2 MiB of float32: more than the disk
+    msg = e.value.message
+    assert e.value.disk_full and f"mounted at {disk}" in msg and "writing checkpoint.pth" in msg, msg
+    assert "which needs about 2.0 MB" in msg, msg                            # the file's size, known before writing
     assert torch.load(path, weights_only=True)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]   # no temporary file left behind
+    assert [p.name for p in disk.iterdir()] == ["checkpoint.pth"]            # no temporary file left behind
 
 
 @pytest.mark.slow
 def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
+    "A real SIGTERM from outside, while the run is in its second epoch (paused there by its own SIGSTOP)."
     out = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder),
-                          "--out", str(out),
-                          "--bs", "10", "--epochs", "50", "--lr-max", "0.001"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoint.pth").exists() and time.time() < deadline and p.poll() is None: time.sleep(0.5)
-    p.send_signal(signal.SIGTERM)
+    p = paused(script("train_batch", 6, "SIGSTOP", "train", "--data", tiny_folder, "--out", out, "--bs", "10",
+                      "--epochs", "3", "--lr-max", "0.001", "--width", "0.25", "--no-tta"),
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p.send_signal(signal.SIGTERM)                                   # as a service manager stops it
+    p.send_signal(signal.SIGCONT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
-    assert f"fastresnet train --resume {out}" in err
-    assert load_checkpoint(out / "checkpoint.pth")["epoch"] >= 0
+    assert f"the checkpoint of epoch 1 is saved; continue with fastresnet train --resume {out}" in err
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 0
     assert json.loads((out / "run.json").read_text())["status"] == "stopped"   # not "started", as if still running
+    assert [f.name for f in out.iterdir() if f.name.startswith(".")] == []
 
 
 # ---------------------------------------------------------------- model files and prediction input
@@ -422,3 +417,55 @@ def test_predict_batch_with_bad_and_odd_files(finished, tiny_folder, tmp_path, c
     assert [l.split("\t")[0] for l in lines] == [files[0], files[3]]  # the good ones, in order
     assert "missing.png does not exist" in err and "notes.txt is corrupt or not an image" in err
     assert "resized to 32x32" in err
+
+
+# ---------------------------------------------------------------- error branches of evaluate, report, serve, resume
+def test_evaluate_on_data_of_other_classes_is_refused(finished, tiny_folder, tmp_path, capsys):
+    other = Path(shutil.copytree(tiny_folder, tmp_path / "other"))
+    for split in ("train", "test"): (other / split / "cat").rename(other / split / "kitten")
+    code, _, err = run_cli(["evaluate", "--model", str(finished), "--data", str(other)], capsys)
+    assert code == 2 and "The data's classes" in err and "'kitten'" in err and "differ from the model's" in err
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    code, _, err = run_cli(["report", str(tmp_path / "notes")], capsys)
+    assert code == 2 and "is not a fastresnet run folder (no run.json)" in err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["a.txt"]            # nothing written there
+
+
+def test_report_without_the_runs_data_makes_the_plots_it_can(finished, tmp_path, capsys):
+    run = Path(shutil.copytree(finished, tmp_path / "r"))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data": str(tmp_path / "moved-away")}))   # the data is gone
+    for f in [*run.glob("*.png"), run / "report.md"]: f.unlink()
+    code, out, err = run_cli(["report", str(run)], capsys)
+    assert code == 0 and out.startswith("Report: ") and "note: top-loss and augmentation plots skipped" in err
+    assert "moved-away" in err                                                        # says why: the data path
+    made = sorted(p.name for p in run.glob("*.png"))
+    assert made == ["confusion.png", "lr_find.png", "metrics.png", "schedule.png"], made   # from the run's files
+    report = (run / "report.md").read_text()
+    assert "](top_losses.png)" not in report and "](confusion.png)" in report
+
+
+@pytest.mark.parametrize("flags, match", [(["--port", "70000"], "--port 70000 is not a port number (1-65535)"),
+                                          (["--port", "0"], "'0' is not a whole number >= 1"),
+                                          (["--max-queue", "0"], "'0' is not a whole number >= 1")])
+def test_serve_port_and_queue_bounds(finished, capsys, flags, match):
+    try: code = main(["serve", "--model", str(finished), *flags])
+    except SystemExit as e: code = e.code                                             # argparse's own refusal
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_resume_with_a_checkpoint_of_another_shape(finished, tmp_path, capsys):
+    "settings.ini edited by hand to another width: the checkpoint's tensors do not fit the model it now describes."
+    run = Path(shutil.copytree(finished, tmp_path / "r"))
+    settings = (run / "settings.ini").read_text()
+    assert "\nwidth = 0.25 " in settings
+    (run / "settings.ini").write_text(settings.replace("\nwidth = 0.25 ", "\nwidth = 0.5 "))
+    before = (run / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "does not fit a model for this data" in err and "size mismatch" in err, err
+    assert (run / "model.safetensors").read_bytes() == before                        # nothing exported over it

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import leave_free
 from fastresnet.resume import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,22 +28,9 @@ def cli(*args, cache=None):
 
 
 @pytest.fixture
-def disk(tmp_path):
+def disk(mount_tmpfs):
     "A real 12 MB file system (tmpfs): what runs out is the kernel's space, not a mock."
-    d = tmp_path / "disk"
-    d.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(d)], capture_output=True, text=True)
-    if p.returncode:
-        pytest.fail(f"these tests mount a small tmpfs and need root with CAP_SYS_ADMIN (as CI has): {p.stderr}")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], check=True)
-
-
-def leave_free(disk: Path, free: int) -> None:
-    "Fill `disk` with a ballast file until `free` bytes are left (0: full)."
-    (disk / "ballast").unlink(missing_ok=True)
-    st = os.statvfs(disk)
-    with open(disk / "ballast", "wb") as f: f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+    return mount_tmpfs(12 * 2**20)
 
 
 def refused(p, disk: Path, file: str) -> str:
@@ -111,9 +99,8 @@ def test_a_full_disk_during_checkpoint_export_and_plots_then_resume(tiny_folder,
     assert out[0] == out[1] and out[0].strip()
 
 
-def test_predictions_csv_on_a_full_disk_leaves_the_earlier_file(tiny_folder, tmp_path, disk):
-    ref = tmp_path / "r"
-    assert cli("train", "--data", tiny_folder, "--out", ref, *ARGS, "--epochs", "2").returncode == 0
+def test_predictions_csv_on_a_full_disk_leaves_the_earlier_file(tiny_folder, trained_run, disk):
+    ref = trained_run
     csv = disk / "predictions.csv"
     csv.write_text("an earlier file\n")
     leave_free(disk, 0)

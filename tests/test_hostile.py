@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fastresnet.cli import build_parser, main
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_image, read_folder
-from fastresnet.train import run as train_run
 
 QUIET = dict(log=lambda *a: None)
 TINY = ["--epochs", "2", "--bs", "10", "--lr-max", "1e-3", "--no-tta", "--width", "0.25"]
@@ -41,12 +39,10 @@ def files_under(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def run(tiny_folder, tmp_path_factory):
-    "A finished run (checkpoint kept) to copy and damage."
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, tta=False), out, str(tiny_folder), **QUIET)
-    return out
+@pytest.fixture
+def run(trained_run):
+    "A finished run (checkpoint kept) to copy and damage: the session's (read only)."
+    return trained_run
 
 
 @pytest.fixture

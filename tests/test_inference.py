@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastresnet.config import Recipe
-from fastresnet.data import cifar_dls
+from fastresnet.data import CifarArrays, cifar_dls
 from fastresnet.inference import SHIFTS, TTAView, evaluate_learner
 from fastresnet.learner import build_learner
 
@@ -24,20 +24,47 @@ def test_a_shift_moves_the_picture_and_reflects_the_edge_in():
     assert shifted(-1, flip=True) == [row[::-1] for row in shifted(-1)] and shifted(0, True)[0] == [2, 1, 0]
 
 
-def test_multi_crop_tta_is_the_mean_softmax_of_six_views(arrays, tmp_path):
-    r = Recipe(bs=10, width=0.25)
-    learn = build_learner(cifar_dls(arrays, r), r, tmp_path)
-    learn.fit(1, 1e-3)
-    res, _ = evaluate_learner(learn, tta=True, crops=True)
-    xs, ys = zip(*[(x, y) for x, y in learn.dls.valid])
-    x, y = torch.cat(xs).as_subclass(torch.Tensor), torch.cat(ys).as_subclass(torch.Tensor)
-    learn.model.eval()
-    def view(d, flip):
-        a = abs(d)
-        v = torch.nn.functional.pad(x, (a,) * 4, mode="reflect")[..., a - d:a - d + 32, a - d:a - d + 32] if d else x
-        with torch.no_grad(): return learn.model(v.flip(-1) if flip else v).softmax(-1)
-    probs = torch.stack([view(d, f) for d in SHIFTS for f in (False, True)]).mean(0)
-    assert res["accuracy_tta_crops"] == pytest.approx(float(probs.argmax(1).eq(y).float().mean()))
-    flip = (view(0, False) + view(0, True)) / 2                                  # flip-TTA: the image and its mirror
-    assert res["accuracy_tta"] == pytest.approx(float(flip.argmax(1).eq(y).float().mean()))
-    assert res["accuracy"] == pytest.approx(float(view(0, False).argmax(1).eq(y).float().mean()))
+class HandMade(torch.nn.Module):
+    """A classifier whose answer is known by hand: three features of the normalised image, L (channel 0's mean over
+    the left half), R (over the right half) and C (channel 1's mean over column 16), weighed into the first three of
+    ten logits; the other seven are 0."""
+    W = torch.tensor([[-0.5, 1.0, 2.0], [-1.0, 0.5, -0.5], [1.0, 0.5, -2.0]])
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(self.W.clone(), requires_grad=False)   # fastai finds the device by a parameter
+
+    def forward(self, x):
+        x = x.as_subclass(torch.Tensor).float()
+        f = torch.stack([x[:, 0, :, :16].mean((1, 2)), x[:, 0, :, 16:].mean((1, 2)), x[:, 1, :, 16].mean(1)], 1)
+        return torch.cat([f @ self.w.T, torch.zeros(len(x), 7)], 1)
+
+
+def test_flip_and_multi_crop_tta_give_the_known_answers_of_a_hand_made_model(tmp_path):
+    """Every test image: channel 0 white on the left half, black on the right; channel 1 black but for a white
+    column 16. Normalised with mean 0.5 and std 0.25, white is 2 and black -2. So, by hand, each view's (L, R, C):
+      plain (2, -2, 2); mirrored (-2, 2, -2) (column 16 of the mirror is column 15: black);
+      shift +1 (right and down, column 0 reflected from column 1): (2, (2 - 15 * 2) / 16, -2), mirrored: L and R swap,
+      C is the shifted column 15 (the old 14): -2; shift -1: ((15 * 2 - 2) / 16, -2, -2), mirrored: swapped, and C the
+      shifted column 15 (the old 16): 2. The logits W (L, R, C): plain picks class 0, flip-TTA (mean of two softmaxes)
+      class 1, multi-crop TTA (mean of six) class 2, each by a margin of at least 0.17 in probability. With labels
+      2 x class 0, 3 x class 1, 5 x class 2, the accuracies must be 0.2, 0.3 and 0.5."""
+    imgs = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    imgs[:, 0, :, :16] = 255
+    imgs[:, 1, :, 16] = 255
+    labels = torch.tensor([0] * 2 + [1] * 3 + [2] * 5)
+    from conftest import make_arrays
+    train = make_arrays(20, 0)
+    data = CifarArrays(torch.cat([train.images, imgs]), torch.cat([train.labels, labels]), train.vocab, 20,
+                       stats=([0.5] * 3, [0.25] * 3))
+    r = Recipe(bs=10, width=0.25, precision="fp32")
+    learn = build_learner(cifar_dls(data, r), r, tmp_path)
+    learn.model = HandMade()
+    with learn.no_bar(): res, _ = evaluate_learner(learn, tta=True, crops=True)
+    w, s = 2.0, -2.0
+    views = {(0, 0): (w, s, w), (0, 1): (s, w, s), (1, 0): (w, (w + 15 * s) / 16, s), (1, 1): ((w + 15 * s) / 16, w, s),
+             (-1, 0): ((15 * w + s) / 16, s, s), (-1, 1): (s, (15 * w + s) / 16, w)}
+    prob = {v: torch.cat([HandMade.W @ torch.tensor(f), torch.zeros(7)]).softmax(0) for v, f in views.items()}
+    plain, flip, crops = prob[0, 0], (prob[0, 0] + prob[0, 1]) / 2, torch.stack(list(prob.values())).mean(0)
+    assert [int(p.argmax()) for p in (plain, flip, crops)] == [0, 1, 2]     # the answers differ: the test can fail
+    assert (res["accuracy"], res["accuracy_tta"], res["accuracy_tta_crops"]) == pytest.approx((0.2, 0.3, 0.5))
+    assert res["n_images"] == 10 and res["confusion"][2] == [5, 0, 0] + [0] * 7   # plain: every image as class 0

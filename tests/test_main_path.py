@@ -14,12 +14,12 @@ import pytest
 import torch
 from fastai.learner import Learner
 
-from fastresnet.config import Recipe, UserError
+from fastresnet.config import UserError
 from fastresnet.learner import cifar_learner
 from fastresnet.train import _bounds
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
+FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta", "--width", "0.25"]
 
 
 def cli(args, cwd, timeout=600):
@@ -111,12 +111,10 @@ def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out):
         assert (run / "model.pkl").is_file()
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_folder, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("exported")
-    p = cli(["train", "--data", str(tiny_folder), "--epochs", "2", *FAST, "--out", "run"], cwd=work)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return work / "run" / "model.pkl"
+@pytest.fixture
+def exported(trained_run) -> Path:
+    "The session's trained run's exported learner (read only)."
+    return trained_run / "model.pkl"
 
 
 @pytest.mark.slow
@@ -181,20 +179,17 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
     assert learn.predict(str(tiny_folder / "test" / "dog" / "0005.png"))[0] in learn.dls.vocab
 
 
-def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, tmp_path):
+def test_a_width_proxy_run_reloads_from_safetensors(tiny_folder, trained_run):
     "The width travels with the weights: a proxy's model.safetensors rebuilds a model of its own width."
     from fastresnet.inference import iter_predictions
     from fastresnet.learner import load_weights_learner
-    from fastresnet.train import run as train_run
-    r = Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, width=0.25, tta=False)
-    train_run(r, tmp_path / "w", str(tiny_folder), log=lambda *a: None)
-    learn = load_weights_learner(tmp_path / "w" / "model.safetensors")
+    learn = load_weights_learner(trained_run / "model.safetensors")       # a width-0.25 run
     assert learn.model.width == 0.25 and learn.model.prep.conv.out_channels == 16
     imgs = sorted((tiny_folder / "test").rglob("*.png"))[:4]
     from fastai.learner import load_learner
     with learn.no_bar():
         a = list(iter_predictions(learn, imgs))
-        b = list(iter_predictions(load_learner(tmp_path / "w" / "model.pkl"), imgs))
+        b = list(iter_predictions(load_learner(trained_run / "model.pkl"), imgs))
     assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)
 
 

@@ -2,6 +2,7 @@
 unreadable files listed and skipped, the same answers as `learn.predict`, nothing lost on interruption."""
 import csv
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -10,17 +11,16 @@ from PIL import Image
 
 from fastresnet import inference
 from fastresnet.cli import main
-from fastresnet.config import Recipe, UserError
-from fastresnet.train import run as train_run
+from fastresnet.config import UserError
+from interrupt import signal_at
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def run(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, tta=False), out, str(tiny_folder), log=lambda *a: None)
-    return out
+@pytest.fixture
+def run(trained_run):
+    "The session's trained run (read only)."
+    return trained_run
 
 
 @pytest.fixture
@@ -70,17 +70,30 @@ def test_batches_give_the_same_answers_as_one_by_one(run, photos):
     assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(batched, small))
 
 
-def test_an_interrupted_csv_keeps_the_rows_done_so_far(run, photos, tmp_path, capsys, monkeypatch):
-    real = inference.iter_predictions
-    def stop_after_four(*a, **k):
-        for i, row in enumerate(real(*a, **k)):
-            if i == 4: raise KeyboardInterrupt
-            yield row
-    monkeypatch.setattr(inference, "iter_predictions", stop_after_four)
+def test_an_interrupted_csv_keeps_the_rows_done_so_far(run, tiny_folder, tmp_path, capsys):
+    """A real Ctrl-C (SIGINT to this process) while the second batch's images are read: the first batch's rows
+    (INFER_BS of them) are in the .partial file, the final name is not taken. (A SIGTERM from outside with rows
+    still coming: test_hostile.py.)"""
+    many = tmp_path / "many"
+    many.mkdir()
+    png = (tiny_folder / "test" / "cat" / "0003.png").read_bytes()
+    for i in range(inference.INFER_BS + 40): (many / f"{i:04d}.png").write_bytes(png)
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(photos), "--model", str(run / "model.safetensors"), "--csv", str(out)]) == 130
-    assert "4 predictions made so far are in" in capsys.readouterr().err
-    assert not out.exists() and len(_rows(tmp_path / "preds.csv.partial")) == 4
+    with signal_at("image_read", inference.INFER_BS + 20, signal.SIGINT):
+        code = main(["predict", str(many), "--model", str(run / "model.safetensors"), "--csv", str(out)])
+    assert code == 130
+    assert f"the {inference.INFER_BS} predictions made so far are in {out}.partial" in capsys.readouterr().err
+    rows = _rows(tmp_path / "preds.csv.partial")
+    assert [r["path"] for r in rows] == [str(many / f"{i:04d}.png") for i in range(inference.INFER_BS)]
+    assert not out.exists()
+
+
+def test_ctrl_c_while_predicting_to_the_screen_keeps_the_printed_lines(run, photos, capsys):
+    "A real Ctrl-C while the images are read: the command stops with 130 and says so, no traceback."
+    with signal_at("image_read", 3, signal.SIGINT):
+        code = main(["predict", str(photos), "--model", str(run / "model.safetensors")])
+    cap = capsys.readouterr()
+    assert code == 130 and "Interrupted." in cap.err and "Traceback" not in cap.err and cap.out == ""
 
 
 @pytest.mark.parametrize("case, match", [("empty_folder", "holds no image files"),

@@ -3,23 +3,18 @@ split, no network, a bad model to start from, a reader that stops early, a pixel
 lacks, a full queue, a settings file's length, a background run."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import pictures
 from fastresnet.cli import main
-from fastresnet.config import Recipe
-from fastresnet.train import run as train_run
 
 TINY = ["--epochs", "2", "--bs", "10", "--lr-max", "1e-3", "--no-tta", "--width", "0.25"]
 CLI = [sys.executable, "-m", "fastresnet.cli"]
@@ -33,12 +28,10 @@ def cli(args, capsys):
     return code, err
 
 
-@pytest.fixture(scope="module")
-def run(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("promises") / "run"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=1e-3, tta=False, width=0.25), out, str(tiny_folder),
-              log=lambda *a: None)
-    return out
+@pytest.fixture
+def run(trained_run):
+    "The session's trained run (width 0.25; read only)."
+    return trained_run
 
 
 def test_resume_refuses_data_whose_held_out_files_changed(tmp_path, capsys):

@@ -3,7 +3,9 @@ uninterrupted run, bit for bit, whatever the run keeps (a weight average, fastai
 a finished run whose checkpoint was removed is refused. A run stopped by Ctrl-C at an epoch's start (its clock goes
 on over sessions); and soaks: one tiny run stopped by SIGTERM (in this process), another by SIGKILL (a real
 `kill -9` of a child process) at ten points each (drawn at random, and always including the LR range test, the
-validation pass and the middle of a checkpoint write), resumed after each."""
+validation pass and a checkpoint write of the project's own writer: SIGTERM before its rename, and in the child
+the kernel stopping the write after 1 MiB), resumed after each. All at width 0.25 (the same code path as width 1:
+only the channel counts differ), so a checkpoint is 5 MB, not 79."""
 import json
 import os
 import random
@@ -19,7 +21,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import load_learner
 from conftest import pictures
-from interrupt import install, next_point
+from interrupt import CUT, next_point, script, signal_at
 from safetensors.torch import load_file
 
 from fastresnet.cli import main
@@ -29,7 +31,7 @@ from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
+ARGS = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 EMA_ARGS = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-max", "0.003", "--no-tta"]
 FT_ARGS = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 
@@ -41,23 +43,37 @@ class Interrupt(Callback):
         if self.epoch == self.at: raise KeyboardInterrupt
 
 
-class Sleep(Callback):
-    "A slow epoch: `seconds` more at the end of each (before its checkpoint)."
-    def __init__(self, seconds): self.seconds = seconds
-    def after_epoch(self): time.sleep(self.seconds)
+class Clock(Callback):
+    """When the first epoch this session trains ended (just before `RunCheckpoint`, order 60, took the time it
+    records), and the run time that checkpoint holds (read before the next epoch)."""
+    order = 59
+    def __init__(self, run_dir): self.run_dir, self.ended, self.counted, self.skipped = run_dir, None, None, False
+    def after_cancel_epoch(self): self.skipped = True     # an epoch the resumed fit passes through
+    def after_epoch(self):
+        if self.skipped: self.skipped = False
+        elif self.ended is None: self.ended = time.time()
+    def before_epoch(self):
+        if self.ended is not None and self.counted is None:
+            self.counted = load_checkpoint(self.run_dir / "checkpoint.pth")["seconds"]
 
 
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path):
-    r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3)
+    r = Recipe(bs=10, epochs=4, peak_epoch=1, lr_max=3e-3, width=0.25)
     train_run(r, tmp_path / "full", str(tiny_folder), log=lambda *a: None)
     with pytest.raises(KeyboardInterrupt):
-        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2), Sleep(5)], log=lambda *a: None)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pth")["epoch"] == 1
+        train_run(r, tmp_path / "cut", str(tiny_folder), extra_cbs=[Interrupt(2)], log=lambda *a: None)
+    first = load_checkpoint(tmp_path / "cut" / "checkpoint.pth")
+    assert first["epoch"] == 1 and first["seconds"] > 0
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "stopped"
-    train_run(None, tmp_path / "cut", resume=True, log=lambda *a: None)
+    clock, start = Clock(tmp_path / "cut"), time.time()
+    train_run(None, tmp_path / "cut", resume=True, extra_cbs=[clock], log=lambda *a: None)
+    # the resumed session's first checkpoint counts the first session's time too: a clock restarted at the resume
+    # would count at most `ended - start` (and a few ms), one going on `first["seconds"]` more (less ~15 ms, measured)
+    margin = clock.counted - (clock.ended - start)
+    assert margin > first["seconds"] / 2, (clock.counted, clock.ended - start, first["seconds"])
     info = json.loads((tmp_path / "cut" / "run.json").read_text())
-    assert info["status"] == "finished" and info["seconds"] >= 10   # the first session's two 5-second epochs count
+    assert info["status"] == "finished" and info["seconds"] >= clock.counted
     schedule = lambda run: json.loads((tmp_path / run / "schedule.json").read_text())
     assert schedule("cut") == schedule("full") and len(schedule("full")["lr"]) == 4 * 4   # per-batch LR and beta1
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pth")
@@ -68,20 +84,21 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_folder, tmp_path)
     assert strip(a["history"]) == strip(b["history"])            # and identical metrics history
 
 
-def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypatch, capsys):
+def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, capsys):
     base = tmp_path / "uninterrupted"
     assert main(["train", "--data", str(tiny_folder), "--out", str(base), *ARGS]) == 0
     run = tmp_path / "interrupted"
     rng, codes = random.Random(0), []
     for i in range(10):
         kind, n = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
-        install(monkeypatch.setattr, kind, n, signal.SIGTERM)
         start = ["train", "--data", str(tiny_folder), "--out", str(run), *ARGS]
         args = ["train", "--resume", str(run)] if run.exists() else start
-        codes.append(main(args))
-        monkeypatch.undo()
+        with signal_at(kind, n, signal.SIGTERM): codes.append(main(args))
         if (run / "run.json").exists(): json.loads((run / "run.json").read_text())     # never left half-written
         assert codes[-1] == 130, (i, kind, n, codes)                                 # each point was reached
+        assert [f.name for f in run.iterdir() if f.name.startswith(".")] == [], (i, kind)  # the handler cleaned up
+        if kind == "checkpoint_write":   # stopped before the rename: the previous checkpoint (if any) is whole
+            assert not (run / "checkpoint.pth").exists() or load_checkpoint(run / "checkpoint.pth")["epoch"] >= 0
     codes.append(main(["train", "--resume", str(run)]))                            # finish without interruptions
     assert codes[-1] == 0
     a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
@@ -92,23 +109,34 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, monkeypa
 
 def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_path):
     """`kill -9` for real, at the same kinds of points: no handler runs, temporary files stay where the process
-    died. Each `--resume` clears them, and the final weights equal an uninterrupted run's."""
+    died. At a checkpoint the kernel itself stops the project's writer after 1 MiB (RLIMIT_FSIZE) and kills the
+    process (SIGXFSZ): half a checkpoint in its temporary file. Each `--resume` clears what was left, and the final
+    weights equal an uninterrupted run's."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     def fastresnet(*args, point=None):
-        pre = [str(ROOT / "tests" / "interrupt.py"), point[0], str(point[1]), "SIGKILL", "--"] if point else \
-            ["-m", "fastresnet.cli"]
-        return subprocess.run([sys.executable, *pre, *map(str, args)], capture_output=True, text=True, env=env,
-                              timeout=600)
+        sig = "SIGXFSZ" if point and point[0] == "checkpoint_cut" else "SIGKILL"
+        cmd = script(*point, sig, *args) if point else [sys.executable, "-m", "fastresnet.cli", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     base, run = tmp_path / "uninterrupted", tmp_path / "killed"
     assert fastresnet("train", "--data", tiny_folder, "--out", base, *ARGS).returncode == 0
-    rng, left = random.Random(1), []
+    assert (base / "checkpoint.pth").stat().st_size > 2 * CUT                 # the cut lands inside the file
+    left = lambda: {f.name for f in run.iterdir() if f.name.startswith(".")} if run.exists() else set()
+    rng, cut, cleared = random.Random(1), [], 0
     for i in range(10):
-        point = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists())
+        point = next_point(rng, i, range_test_ahead=not (run / "checkpoint.pth").exists(), checkpoint="checkpoint_cut")
+        resume = (run / "checkpoint.pth").exists()
         args = ["--resume", run] if run.exists() else ["--data", tiny_folder, "--out", run, *ARGS]
+        stale = left()
         p = fastresnet("train", *args, point=point)
-        assert p.returncode == -signal.SIGKILL, (i, point, p.stderr[-2000:])       # died at the point, by the signal
-        if point[0] == "checkpoint_write": left += [f.name for f in run.glob(".checkpoint.pth.*.tmp")]
-    assert left, "no kill landed inside a checkpoint write"
+        died = signal.SIGXFSZ if point[0] == "checkpoint_cut" else signal.SIGKILL
+        assert p.returncode == -died, (i, point, p.returncode, p.stderr[-2000:])   # died at the point, by the signal
+        assert not stale & left(), (i, stale & left())        # what the last kill left went when the folder was taken
+        cleared += bool(stale) and resume                      # (taken by a resume, not a new start over the folder)
+        if point[0] == "checkpoint_cut":
+            cut += [f.stat().st_size for f in run.glob(".checkpoint.pth.*.tmp")]
+            if (run / "checkpoint.pth").exists(): load_checkpoint(run / "checkpoint.pth")   # the last one, whole
+    assert CUT in cut, f"no write was cut inside a checkpoint: {cut}"     # a temporary file holding the first 1 MiB
+    assert cleared, "no resume found a cut checkpoint's temporary file to clear"
     assert fastresnet("train", "--resume", run).returncode == 0
     a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
@@ -117,14 +145,13 @@ def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_pa
 
 
 # ---------------------------------------------------------------- what a run keeps, resumed
-def test_an_averaged_run_resumes_to_the_same_exported_average(tiny_folder, tmp_path, monkeypatch):
+def test_an_averaged_run_resumes_to_the_same_exported_average(tiny_folder, tmp_path):
     args = ["--data", str(tiny_folder), *EMA_ARGS, "--ema", "0.9", "--ema-warmup", "1"]
     base = tmp_path / "whole"
     assert main(["train", "--out", str(base), *args]) == 0
     run = tmp_path / "stopped"
-    install(monkeypatch.setattr, "train_batch", 10, signal.SIGTERM)   # 4 batches an epoch: in the third
-    assert main(["train", "--out", str(run), *args]) == 130
-    monkeypatch.undo()
+    with signal_at("train_batch", 10, signal.SIGTERM):            # 4 batches an epoch: in the third
+        assert main(["train", "--out", str(run), *args]) == 130
     assert main(["train", "--resume", str(run)]) == 0
     a, b = load_file(base / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the average differs from the uninterrupted run's"
@@ -136,7 +163,7 @@ def test_an_averaged_run_resumes_to_the_same_exported_average(tiny_folder, tmp_p
 
 def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_path):
     "A run folder from before `adam_impl` existed (no such key, fastai's optimizer state) still resumes."
-    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai")
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=3e-3, adam_impl="fastai", width=0.25)
     with pytest.raises(KeyboardInterrupt):
         train_run(r, tmp_path / "old", str(tiny_folder), extra_cbs=[Interrupt(1)], log=lambda *a: None)
     settings = tmp_path / "old" / "settings.ini"
@@ -148,25 +175,23 @@ def test_a_run_checkpointed_with_fastais_adam_resumes_with_it(tiny_folder, tmp_p
 
 
 def test_a_fine_tune_interrupted_in_each_phase_resumes_to_the_same_weights_and_freeze_froze(source_run, tmp_path,
-                                                                                             monkeypatch, capsys):
+                                                                                             capsys):
     new = tmp_path / "flowers"
     pictures(new, ["daisy", "rose", "tulip"], 12)
     args = ["--data", str(new), "--init", str(source_run), "--epochs", "2", *FT_ARGS]
     base = tmp_path / "whole"
     assert main(["train", "--out", str(base), *args]) == 0
     run = tmp_path / "stopped"
-    install(monkeypatch.setattr, "train_batch", 5, signal.SIGTERM)      # 3 batches an epoch: in the second epoch
-    assert main(["train", "--out", str(run), *args]) == 130
-    monkeypatch.undo()
+    with signal_at("train_batch", 5, signal.SIGTERM):                  # 3 batches an epoch: in the second epoch
+        assert main(["train", "--out", str(run), *args]) == 130
     ck = torch.load(run / "checkpoint.pth", weights_only=False)
     assert ck["epoch"] == 0                                            # the head's epoch was saved ...
     src = load_file(source_run / "model.safetensors")
     convs = [k for k in src if k.endswith("conv.weight")]
     assert all(torch.equal(ck["model"][k], src[k]) for k in convs)     # ... with the body exactly the source's
     assert not torch.equal(ck["model"]["fc.weight"], load_file(base / "model.safetensors")["fc.weight"])
-    install(monkeypatch.setattr, "train_batch", 4, signal.SIGTERM)      # resumed: in the last epoch
-    assert main(["train", "--resume", str(run)]) == 130
-    monkeypatch.undo()
+    with signal_at("train_batch", 4, signal.SIGTERM):                  # resumed: in the last epoch
+        assert main(["train", "--resume", str(run)]) == 130
     assert torch.load(run / "checkpoint.pth", weights_only=False)["epoch"] == 1
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0

@@ -16,20 +16,17 @@ from fastai.learner import load_learner
 from PIL import Image
 
 from conftest import script_module
-from fastresnet.config import Recipe
 from fastresnet.learner import model_file
 from fastresnet.serve import MAX_PIXELS, example_images, run_facts
-from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("FASTRESNET_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_folder):
-    d = tmp_path_factory.mktemp("serve") / "run"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, tta=False), d, str(tiny_folder), log=lambda *a: None)
-    return d
+@pytest.fixture
+def run_dir(trained_run):
+    "The session's trained run (read only)."
+    return trained_run
 
 
 def test_the_model_file_is_the_weights_when_both_exist(run_dir, tmp_path):
@@ -75,20 +72,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _no_browser(reason: str):
+    "Without a browser the page tests skip on a developer's machine; in CI (FASTRESNET_CI=1, .ci/run) they fail."
+    if os.environ.get("FASTRESNET_CI"): pytest.fail(f"CI must run the browser tests: {reason}")
+    print(f"SKIPPED browser test: {reason}")
+    pytest.skip(reason)
+
+
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        reason = "no Chromium on this machine (.ci/run installs Debian's `chromium`; apt-get install chromium)"
-        print(f"SKIPPED browser test: {reason}")
-        pytest.skip(reason)
+    if exe is None: _no_browser("no Chromium on this machine (.ci/run installs Debian's `chromium`; apt-get install "
+                                "chromium)")
     return exe
 
 
+def _playwright():
+    try: from playwright.sync_api import sync_playwright
+    except ImportError as e: _no_browser(f"Playwright is not installed ({e}; pip install -e '.[test]')")
+    return sync_playwright
+
+
 @pytest.fixture(scope="module")
-def server(run_dir):
+def server(trained_run, tmp_path_factory):
+    run_dir, here = trained_run, tmp_path_factory.mktemp("serve")
     port = _free_port()
-    log = open(run_dir.parent / "serve.log", "w")
-    tmp = run_dir.parent / "server-tmp"   # the server's /tmp: it must be empty again once the server stops
+    log = open(here / "serve.log", "w")
+    tmp = here / "server-tmp"   # the server's /tmp: it must be empty again once the server stops
     tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "fastresnet.cli", "serve", "--model", str(run_dir),
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
@@ -102,14 +111,14 @@ def server(run_dir):
                 break
             except OSError: time.sleep(0.5)
         else: raise AssertionError("the server did not answer within 120 s")
-        assert proc.poll() is None, (run_dir.parent / "serve.log").read_text()
+        assert proc.poll() is None, (here / "serve.log").read_text()
         yield url
     finally:
         proc.terminate()   # SIGTERM, as a service manager stops it
         try: proc.wait(10)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
-    assert proc.returncode == 0, (run_dir.parent / "serve.log").read_text()
+    assert proc.returncode == 0, (here / "serve.log").read_text()
     left = [str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file() or f.name.startswith("fastresnet")]
     assert left == []   # examples and uploads went with the server (Gradio and torch leave only empty folders)
 
@@ -127,7 +136,7 @@ def test_the_api_endpoint_answers_like_learn_predict(server, run_dir, tiny_folde
 
 @pytest.fixture(scope="module")
 def page(server):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    sync_playwright = _playwright()
     exe = _chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])  # root in CI: no sandbox

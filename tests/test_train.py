@@ -8,23 +8,26 @@ import pytest
 import torch
 from fastai.learner import load_learner
 
+from conftest import accuracy_by_hand
 from fastresnet.cli import main
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import load_image
 from fastresnet.train import run as train_run
 
-TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1"]
+TINY = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--width", "0.25"]
 
 
 @pytest.mark.slow
-def test_cli_train_export_load_predict(tiny_folder, tmp_path):
+def test_cli_train_export_load_predict(tiny_folder, tmp_path, capsys):
+    "`fastresnet train` as a process with its output piped; then predict, evaluate and report as commands here."
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastresnet.cli", "train", "--data", str(tiny_folder), "--epochs", "2",
            "--peak-epoch", "1", "--out", str(out), "--tta", *TINY]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "LR bounds: LRMAX" in p.stdout and "Test accuracy" in p.stdout
-    assert "LR range test: 6 batches of 10, LR 1e-06 to 1\n  range test: batch 1/6, LR " in p.stdout  # piped: lines
+    assert ("LR range test: 6 batches of 10, LR 1e-06 to 1 (1.5 passes over the training images)\n"   # 40 / 10 = 4
+            "  range test: batch 1/6, LR ") in p.stdout                                       # a batch a line: piped
     assert "\r" not in p.stdout and "epoch 2/2  train_loss " in p.stdout                          # not bars
     for f in ("settings.ini", "lr_bounds.json", "lr_find.json", "metrics.csv", "metrics.json", "final.json",
               "model.pkl", "run.json", "checkpoint.pth"):
@@ -36,30 +39,33 @@ def test_cli_train_export_load_predict(tiny_folder, tmp_path):
     run = json.loads((out / "run.json").read_text())
     bounds = json.loads((out / "lr_bounds.json").read_text())
     assert run["status"] == "finished" and bounds["lr_max"] > bounds["lr_min"] > 0 and bounds["rule"] == "minimum"
-    assert 0 <= run["accuracy_tta"] <= 1                         # asked for with tta=true
+    final = json.loads((out / "final.json").read_text())
+    want = accuracy_by_hand(out / "model.pkl", tiny_folder / "test")   # each image alone, and its mirror
+    for k in ("accuracy", "accuracy_tta"):                       # tta=true: flip-TTA, the mean of the two softmaxes
+        assert final[k] == run[k] == pytest.approx(want[k], abs=1e-6), (k, final[k], want[k])
+    assert final["confusion"] == want["confusion"] and final["n_images"] == 20
     learn = load_learner(out / "model.pkl")
     img = tiny_folder / "test" / "cat" / "0003.png"
     cls, idx, probs = learn.predict(load_image(img))
     assert cls in learn.dls.vocab and probs.sum() == pytest.approx(1, abs=1e-5)
-    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "predict", str(img), "--model", str(out / "model.pkl")],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and p.stdout.split("\t")[1] == cls
-    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "evaluate", "--model", str(out / "model.pkl"),
-                        "--data", str(tiny_folder), "--json"], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    ev = json.loads(p.stdout)
-    final = json.loads((out / "final.json").read_text())
-    assert ev["accuracy"] == pytest.approx(final["accuracy"]) and ev["n_images"] == 20
-    assert sum(map(sum, ev["confusion"])) == 20
-    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "evaluate", "--model", str(out / "model.pkl"),
-                        "--data", str(tiny_folder)], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and p.stdout.startswith("Test accuracy: ")  # a pipe gets no bar fragments
+    capsys.readouterr()
+    assert main(["predict", str(img), "--model", str(out / "model.pkl")]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == cls
+    assert main(["evaluate", "--model", str(out / "model.pkl"), "--data", str(tiny_folder), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    for k in ("accuracy", "accuracy_tta"): assert ev[k] == pytest.approx(want[k], abs=1e-6), k
+    assert ev["confusion"] == want["confusion"] and ev["n_images"] == 20
+    assert ev["per_class"] == pytest.approx(want["per_class"], abs=1e-6)
+    assert main(["evaluate", "--model", str(out / "model.pkl"), "--data", str(tiny_folder)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"Test accuracy: {want['accuracy']:.4f}   with flip-TTA: {want['accuracy_tta']:.4f}")
+    assert "\r" not in text                                     # not a terminal: no bar fragments
     check_report(out)
     for png in out.glob("*.png"): png.unlink()
     (out / "report.md").unlink()
-    p = subprocess.run([sys.executable, "-m", "fastresnet.cli", "report", str(out)], capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0 and p.stdout.startswith("Report: "), p.stderr[-2000:]   # a pipe: no bar fragments
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Report: ") and "\r" not in text
     check_report(out)                                            # regenerated without retraining
 
 
@@ -106,7 +112,7 @@ def test_existing_run_folder_is_refused(tmp_path, arrays):
 
 
 def test_valid_every_skips_test_passes_but_not_the_last(tiny_folder, tmp_path):
-    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, valid_every=0)
+    r = Recipe(bs=10, epochs=3, peak_epoch=1, lr_max=1e-3, valid_every=0, width=0.25)
     train_run(r, tmp_path / "r", str(tiny_folder), log=lambda *a: None)
     hist = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert [h["valid_accuracy"] is None for h in hist] == [True, True, False]
@@ -121,7 +127,7 @@ def test_test_loss_is_plain_cross_entropy_while_training_is_smoothed(tiny_folder
     from fastresnet.learner import load_weights_learner
     from fastresnet.train import learner_for_run
     out = tmp_path / "r"
-    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, label_smoothing=0.2, tta=False), out,
+    train_run(Recipe(bs=10, epochs=2, peak_epoch=1, lr_max=3e-3, label_smoothing=0.2, tta=False, width=0.25), out,
               str(tiny_folder), log=lambda *a: None)
     learn = learner_for_run(out)
     with learn.no_bar():
