@@ -48,17 +48,21 @@ class RunCheckpoint(Callback):
             self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
     def after_batch(self):
-        if not self.training: return
+        if not self.training:
+            return
         hp = self.opt.hypers[-1]
-        for k in self.hps: self.hps[k].append(hp[k])
+        for k in self.hps:
+            self.hps[k].append(hp[k])
 
-    def after_cancel_epoch(self): self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch)
+    def after_cancel_epoch(self):
+        self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch)
 
     def after_epoch(self):
         if self.skipped:
             self.skipped = False
             return
-        if not dist.is_main(): return  # the run folder is rank 0's
+        if not dist.is_main():
+            return  # the run folder is rank 0's
         values = list(self.recorder.log[1:-1])  # between the epoch number and the time
         row = {"epoch": len(self.history)}  # of the run: fine_tune's two fits count on
         for n in self.recorder.metric_names[1:-1]:  # train_*, then valid_* unless that pass was skipped
@@ -81,27 +85,35 @@ class MuteSkippedEpochs(Callback):
     at the next epoch."""
     order = 49
     saved = None
-    def before_epoch(self): self._restore()
-    def after_fit(self): self._restore()
-    def after_cancel_epoch(self): self.saved, self.learn.logger = self.learn.logger, noop
+    def before_epoch(self):
+        self._restore()
+    def after_fit(self):
+        self._restore()
+    def after_cancel_epoch(self):
+        self.saved, self.learn.logger = self.learn.logger, noop
 
     def _restore(self):
-        if self.saved is not None: self.learn.logger, self.saved = self.saved, None
+        if self.saved is not None:
+            self.learn.logger, self.saved = self.saved, None
 
 
 def open_run(run_dir: Path) -> tuple[Recipe, dict, dict | None]:
     "A run folder's settings, facts and last checkpoint (None if no epoch had completed)."
-    if not run_dir.is_dir(): raise UserError(f"No run folder at {run_dir}.")
+    if not run_dir.is_dir():
+        raise UserError(f"No run folder at {run_dir}.")
     info = read_json(run_dir / RUN_JSON)
     r = load_settings(run_dir / SETTINGS)
-    if not (run_dir / CHECKPOINT).is_file(): return r, info, None
-    try: ck = load_checkpoint(run_dir / CHECKPOINT)
+    if not (run_dir / CHECKPOINT).is_file():
+        return r, info, None
+    try:
+        ck = load_checkpoint(run_dir / CHECKPOINT)
     except Exception as e:
         raise UserError(f"{run_dir/CHECKPOINT} is damaged ({type(e).__name__}: {str(e)[:120]}), so the run is not "
                         "resumed from it: restore the file from a copy, or start the run again.",
                         hint=f"(fastresnet train --settings {run_dir/SETTINGS} --data DATA --out {run_dir} "
                         "--overwrite starts it again in the same folder)") from None
-    if "hypers" in ck["opt"] and r.adam_impl != "fastai": r = r.replace(adam_impl="fastai")  # began with fastai's Adam
+    if "hypers" in ck["opt"] and r.adam_impl != "fastai":
+        r = r.replace(adam_impl="fastai")  # began with fastai's Adam
     return r, info, ck
 
 
@@ -119,7 +131,8 @@ def restore(learn: Learner, ck: dict, run_dir: Path, info: dict, epochs: int) ->
                         f"renamed since the run started): resume {run_dir} with the data it started with.")
     set_status(run_dir, "started")  # a resumed run runs again
     learn.create_opt()
-    try: learn.model.load_state_dict(ck["model"])
+    try:
+        learn.model.load_state_dict(ck["model"])
     except RuntimeError as e:  # torch's first line only says "Error(s) in loading state_dict": the next names a tensor
         why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e).splitlines()[0])
         raise UserError(f"The checkpoint in {run_dir} does not fit a model for this data "
@@ -146,17 +159,24 @@ def set_rng_state(learn: Learner, s: dict) -> None:
     random.setstate(s["python"])
     torch.set_rng_state(s["torch"])
     np.random.set_state((s["numpy"][0], s["numpy"][1].numpy(), *s["numpy"][2:]))
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-    for dl, st in zip(learn.dls.loaders, s["dls"]): getattr(dl, "dl", dl).rng.setstate(st)
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    for dl, st in zip(learn.dls.loaders, s["dls"]):
+        getattr(dl, "dl", dl).rng.setstate(st)
 
 
 def to_plain(o):
     "fastai containers (`L`) and numpy scalars as lists and Python numbers, so `weights_only` loading accepts them."
-    if isinstance(o, dict): return {k: to_plain(v) for k, v in o.items()}
-    if isinstance(o, (list, L)): return [to_plain(v) for v in o]
-    if isinstance(o, tuple): return tuple(to_plain(v) for v in o)
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor: return o.as_subclass(torch.Tensor)
+    if isinstance(o, dict):
+        return {k: to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, L)):
+        return [to_plain(v) for v in o]
+    if isinstance(o, tuple):
+        return tuple(to_plain(v) for v in o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, torch.Tensor) and type(o) is not torch.Tensor:
+        return o.as_subclass(torch.Tensor)
     return o
 
 
