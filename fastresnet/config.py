@@ -48,7 +48,7 @@ class Recipe:
     seed: int = setting("train", 42, "random seed for init, shuffling and augmentation", min=0,
                      max=2**32 - 1)  # numpy's seeds end there
     valid_pct: float = setting("train", 0.2, "data as one folder of class folders (no train/ and test/): the share "
-                               "of each class held out for testing, drawn with `seed`", min=0.01, max=0.9)
+                               "of each class held out for testing (0.2: 20%), drawn with `seed`", min=0.01, max=0.9)
     size: int = setting("train", 32, "images are resized to size x size pixels when the data is read (32: CIFAR's own; "
                          "at least 32, which the network's pooling stages need)", min=32, max=512)
     freeze_epochs: int = setting("train", 1, "fine-tuning (--init): epochs training the new head alone before the "

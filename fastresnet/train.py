@@ -218,7 +218,7 @@ def _bounds(learn: Learner, r: Recipe, run_dir: Path | None, log=print) -> LRBou
         n_batches = len(learn.dls.train)
         num_it = range_test_batches(r, n_batches)
         passes = num_it / max(1, n_batches)
-        over = f" ({passes:.0f} passes over the training images)" if passes >= 2 else ""  # small data
+        over = f" ({round(passes, 1):g} passes over the training images)"
         log(f"LR range test: {num_it} batches of {r.bs}, LR {r.lr_find_start:g} to {r.lr_find_end:g}{over}")
         try:
             bounds, found = find_bounds(learn, r)

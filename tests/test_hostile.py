@@ -134,7 +134,7 @@ def test_every_help_prints(command, flag, capsys):
     if command == "train":  # every setting's flag, with its help
         for f in Recipe.__dataclass_fields__.values():
             assert "--" + f.name.replace("_", "-") in out
-        assert "94.1%" in " ".join(out.split())  # the help that held a bare %
+        assert "(0.2: 20%)" in " ".join(out.split())  # a help that holds a bare %
 
 
 # ---------------------------------------------------------------- 4. whatever Pillow raises

@@ -75,7 +75,7 @@ def test_lr_find_restores_model_and_optimizer(arrays, tmp_path):
 def test_range_test_length_on_small_data(arrays, tmp_path, iters, passes, want):
     """docs/usage.md: the range test runs min(lr_find_iters, max(30, lr_find_passes x batches an epoch)) batches.
     40 training images in batches of 10: 4 batches an epoch, so 8 passes are 32 batches, 2 passes the floor 30."""
-    learn = tiny_learner(arrays, tmp_path, lr_find_iters=iters, lr_find_passes=passes, lr_find_end=1e-4,
+    learn = tiny_learner(arrays, tmp_path, lr_find_iters=iters, lr_find_passes=passes, lr_find_end=1e-4, width=0.125,
                          lr_rule="steep")  # a curve still falling: a rule without the turn-up check
     with learn.no_bar(): learn.lr_bounds(show_plot=False)     # an LR too small to diverge: fastai runs every batch
     assert len(learn.recorder.lrs) == want
