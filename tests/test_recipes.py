@@ -71,7 +71,7 @@ def test_page_units_and_fastai_units_take_the_same_sgd_steps():
 def test_page_sgd_through_the_command_records_the_recipe_and_follows_page_lr_line(tiny_folder, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_folder), "--recipe", "page-sgd", "--out", str(run), "--bs", "10",
-                 "--epochs", "3", "--peak-epoch", "1", "--no-tta"]) == 0
+                 "--epochs", "3", "--peak-epoch", "1", "--no-tta", "--width", "0.25"]) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["recipe"] == "page-sgd"
     ini = (run / "settings.ini").read_text()
