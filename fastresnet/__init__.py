@@ -1,7 +1,7 @@
 """fastresnet: a custom ResNet trained on CIFAR-10 with fastai and a peak-at-epoch-5 one-cycle Adam recipe."""
 import warnings
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # 0.3: `auto` for derived LRs (0.2 wrote 0: compat.py), TensorBoard, export
 __all__ = ["cifar_learner", "dls_for"]
 # fastai's own layers still use `torch.jit.script`, which newer torch deprecates: a warning at every import that the
 # user can do nothing about. Only that message is silenced, and only when fastresnet imports fastai first.
