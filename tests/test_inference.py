@@ -6,7 +6,7 @@ import torch
 
 from fastresnet.config import Recipe
 from fastresnet.data import CifarArrays, cifar_dls
-from fastresnet.inference import SHIFTS, ShiftInputs, evaluate_learner
+from fastresnet.inference import ShiftInputs, evaluate_learner
 from fastresnet.learner import build_learner
 
 
