@@ -120,6 +120,16 @@ def source_run(trained_run):
     return trained_run
 
 
+@pytest.fixture(scope="session")
+def fork_server():
+    """tests/forkserver.py: real `fastresnet` processes forked from one that has done the imports (6 s each
+    otherwise). Started at its first use in a session, ended with it."""
+    from forkserver import ForkServer
+    server = ForkServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """A real small file system: `mount_tmpfs(size_bytes)` mounts a tmpfs of that size on a new folder and returns it

@@ -1,5 +1,6 @@
-"""Interruption points for the fault tests: a real signal reaches a real `fastresnet` process (this one, or a child
-started through this file as a script) at a chosen moment of the project's own code path. Nothing of the project is
+"""Interruption points for the fault tests: a real signal reaches a real `fastresnet` process (this one, a child forked
+by tests/forkserver.py, or one started through this file as a script, e.g. by torchrun) at a chosen moment of the
+project's own code path. Nothing of the project is
 replaced: a fastai callback given to the run's learner, or a Python audit hook that watches the files the project
 opens and renames, sends the signal when the moment comes.
 
@@ -15,14 +16,13 @@ Points (KIND, N), the N-th event of a kind in this process:
 Run as a script it is a real `fastresnet` process:
     python tests/interrupt.py KIND N SIGNAL -- train --data ...
 SIGNAL: SIGKILL (no handler, no cleanup: `kill -9`), SIGTERM (a service manager's stop), SIGINT (Ctrl-C), SIGSTOP
-(the process pauses itself at the point, for the test to act while it holds its run folder; `paused` waits for it),
+(the process pauses itself at the point, for the test to act while it holds its run folder; `stopped` waits for it),
 or SIGXFSZ (checkpoint_cut's)."""
 import contextlib
 import os
 import random
 import resource
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,8 +102,8 @@ def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
     run's learner the batch callback, or arms the audit point (pytest's `monkeypatch.undo` takes either away)."""
     import fastresnet.train as T
     if kind in AUDIT_KINDS:
-        if kind == "checkpoint_cut" and __name__ != "__main__":
-            raise ValueError("checkpoint_cut kills its process: only in a child started through this script")
+        if kind == "checkpoint_cut" and "pytest" in sys.modules:
+            raise ValueError("checkpoint_cut kills its process: only in a child (this script, tests/forkserver.py)")
         _add_hook()
         monkeypatch_setattr(sys.modules[__name__], "_point", {"kind": kind, "n": n, "sig": sig, "seen": 0})
         return
@@ -125,26 +125,21 @@ def signal_at(kind: str, n: int, sig):
         yield
 
 
-def script(kind: str, n: int, sig: str, *argv) -> list[str]:
-    "The command line of a `fastresnet` child that gets `sig` at (kind, n)."
-    return [sys.executable, str(Path(__file__).resolve()), kind, str(n), sig, "--", *map(str, argv)]
-
-
 def state(pid: int) -> str:
     "The kernel's state letter of a process: R running, S sleeping, T stopped, Z exited."
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def paused(cmd: list[str], timeout: float = 300, **kw) -> subprocess.Popen:
-    "Start `cmd` (a `script(..., 'SIGSTOP', ...)`) and return once it has stopped itself at its point."
-    proc = subprocess.Popen(cmd, **kw)
+def stopped(proc, timeout: float = 300):
+    """Return `proc` (a Popen, or a tests/forkserver.py Child) once it has stopped itself at its SIGSTOP point;
+    fail if it ends or takes longer than `timeout`."""
     deadline = time.time() + timeout
     while proc.poll() is None and state(proc.pid) != "T":
         if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{cmd} did not reach its point within {timeout} s")
+            os.kill(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"process {proc.pid} did not reach its point within {timeout} s")
         time.sleep(0.05)
-    if proc.poll() is not None: raise AssertionError(f"{cmd} ended ({proc.returncode}) before its point")
+    if proc.poll() is not None: raise AssertionError(f"process {proc.pid} ended before its point")
     return proc
 
 

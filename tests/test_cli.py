@@ -24,7 +24,7 @@ from fastresnet.data import load_cifar
 from fastresnet.resume import load_checkpoint
 from fastresnet.folder import atomic_torch_save
 from fastresnet.train import run as train_run
-from interrupt import paused, script, signal_at
+from interrupt import signal_at, stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a: None)
@@ -357,16 +357,16 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(mount_tmpfs):
 
 
 @pytest.mark.slow
-def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path):
-    "A real SIGTERM from outside, while the run is in its second epoch (paused there by its own SIGSTOP)."
+def test_sigterm_leaves_a_resumable_checkpoint(tiny_folder, tmp_path, fork_server):
+    "A real SIGTERM from outside, while the run (a real process) is in its second epoch, paused there by its SIGSTOP."
     out = tmp_path / "r"
-    p = paused(script("train_batch", 6, "SIGSTOP", "train", "--data", tiny_folder, "--out", out, "--bs", "10",
-                      "--epochs", "3", "--lr-max", "0.001", "--width", "0.25", "--no-tta"),
-               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = stopped(fork_server.start(["train", "--data", tiny_folder, "--out", out, "--bs", "10", "--epochs", "3",
+                                   "--lr-max", "0.001", "--width", "0.25", "--no-tta"],
+                                  point=("train_batch", 6, "SIGSTOP")))
     p.send_signal(signal.SIGTERM)                                   # as a service manager stops it
     p.send_signal(signal.SIGCONT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
+    code, _, err = p.wait(timeout=120)
+    assert code == 130, err[-2000:]
     assert f"the checkpoint of epoch 1 is saved; continue with fastresnet train --resume {out}" in err
     assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 0
     assert json.loads((out / "run.json").read_text())["status"] == "stopped"   # not "started", as if still running

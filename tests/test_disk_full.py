@@ -3,7 +3,6 @@ a chosen number of free bytes, so the write that runs out of space is the one un
 naming the disk and the space needed, exit 2, every earlier file intact; after space is freed `--resume` finishes
 with the weights of an uninterrupted run."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--width", "0.25", "--epochs", "3", "--bs", "10", "--lr-max", "0.001", "--no-tta"]
 
 
-def cli(*args, cache=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if cache: env["FASTRESNET_CACHE"] = str(cache)
-    return subprocess.run([sys.executable, "-m", "fastresnet.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
+@pytest.fixture
+def cli(fork_server):
+    "`fastresnet ARGS` as a real process (forked after the imports: tests/forkserver.py); `cache`: its cache folder."
+    def run(*args, cache=None):
+        return fork_server.run(args, env={"FASTRESNET_CACHE": str(cache)} if cache else None)
+    return run
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def same_weights(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_a_full_disk_during_checkpoint_export_and_plots_then_resume(tiny_folder, tmp_path, disk):
+def test_a_full_disk_during_checkpoint_export_and_plots_then_resume(tiny_folder, tmp_path, disk, cli):
     ref = tmp_path / "uninterrupted"
     assert cli("train", "--data", tiny_folder, "--out", ref, *ARGS).returncode == 0
     ck = (ref / "checkpoint.pth").stat().st_size
@@ -99,7 +99,7 @@ def test_a_full_disk_during_checkpoint_export_and_plots_then_resume(tiny_folder,
     assert out[0] == out[1] and out[0].strip()
 
 
-def test_predictions_csv_on_a_full_disk_leaves_the_earlier_file(tiny_folder, trained_run, disk):
+def test_predictions_csv_on_a_full_disk_leaves_the_earlier_file(tiny_folder, trained_run, disk, cli):
     ref = trained_run
     csv = disk / "predictions.csv"
     csv.write_text("an earlier file\n")
@@ -115,7 +115,7 @@ def test_predictions_csv_on_a_full_disk_leaves_the_earlier_file(tiny_folder, tra
     assert p.returncode == 0 and len(csv.read_text().splitlines()) == 1 + n
 
 
-def test_a_full_cache_disk_is_a_one_line_note_and_training_goes_on(tiny_folder, tmp_path, disk):
+def test_a_full_cache_disk_is_a_one_line_note_and_training_goes_on(tiny_folder, tmp_path, disk, cli):
     leave_free(disk, 0)
     p = cli("train", "--data", tiny_folder, "--out", tmp_path / "r", *ARGS, "--epochs", "2",
             cache=disk / "cache")

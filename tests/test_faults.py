@@ -1,6 +1,7 @@
 """Real faults, produced for real: a second process on the same run folder while the first holds it (paused there by
 its own SIGSTOP at a chosen batch, so the moment is the same on any machine), and that process killed with SIGKILL
-while it held the folder."""
+while it held the folder. The first and the resume are processes forked after the imports (tests/forkserver.py); the
+two refused ones are new interpreters."""
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from interrupt import paused, script, state
+from interrupt import state, stopped
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,13 +22,13 @@ def cli(args, **kw):
                           timeout=600, env=ENV, **kw)
 
 
-def test_a_second_process_on_a_live_run_folder_is_refused_and_a_killed_ones_lock_is_not_stale(tiny_folder, tmp_path):
+def test_a_second_process_on_a_live_run_folder_is_refused_and_a_killed_ones_lock_is_not_stale(tiny_folder, tmp_path,
+                                                                                              fork_server):
     out = tmp_path / "run"
     args = ["train", "--data", tiny_folder, "--out", out, "--bs", "10", "--epochs", "3", "--lr-max", "0.001",
             "--no-tta", "--width", "0.25"]
     # 4 training batches an epoch: after the 6th the first epoch's checkpoint is on disk and the second epoch runs
-    first = paused(script("train_batch", 6, "SIGSTOP", *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   text=True, env=ENV)
+    first, ended = stopped(fork_server.start(args, point=("train_batch", 6, "SIGSTOP"))), None   # a real process
     try:
         assert (out / "checkpoint.pth").is_file()
         for again in (["--out", str(out), "--overwrite", "--data", str(tiny_folder), "--bs", "10", "--epochs", "2"],
@@ -36,10 +37,13 @@ def test_a_second_process_on_a_live_run_folder_is_refused_and_a_killed_ones_lock
             assert p.returncode == 2 and f"process {first.pid}" in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert state(first.pid) == "T"                                    # the first run was not disturbed
         first.send_signal(signal.SIGKILL)                                 # dies holding the folder
-        assert first.wait(timeout=60) == -signal.SIGKILL
+        ended = first.wait(timeout=60)
+        assert ended.returncode == -signal.SIGKILL
     finally:
-        if first.poll() is None: first.kill()
-    p = cli(["train", "--resume", str(out)])                              # the lock died with it
+        if ended is None:
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+    p = fork_server.run(["train", "--resume", str(out)])                  # the lock died with it
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Resuming" in p.stdout and (out / "final.json").is_file()
     assert not [f for f in out.parent.iterdir() if f.name.startswith(".run.")]   # no lock or temporary left beside it

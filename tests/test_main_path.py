@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta", "--width", "0.25"]
 
 
-def cli(args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "fastresnet.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.fixture
+def cli(fork_server):
+    "`fastresnet ARGS` in `cwd` as a real process (forked after the imports: tests/forkserver.py)."
+    def run(args, cwd, timeout=600): return fork_server.run(args, cwd=cwd, timeout=timeout)
+    return run
 
 
 def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, monkeypatch):
@@ -75,7 +77,7 @@ def test_lr_bounds_is_the_documented_rule_over_the_recipes_range(arrays, tmp_pat
     assert lr_max == pytest.approx(10 ** -2.5) and lr_min == pytest.approx(10 ** -4.5)
 
 
-def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder, tmp_path):
+def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder, tmp_path, cli):
     "The notebook's one call and the command line run the same range test on the same pipeline: the same bounds."
     args = ["--width", "0.25", "--bs", "10", "--lr-find-iters", "30"]
     p = cli(["lr-find", "--data", str(tiny_folder), "--out", str(tmp_path / "cli"), *args], cwd=tmp_path)
@@ -94,7 +96,7 @@ def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("out", ["relative", "absolute", "default"])
-def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out):
+def test_run_folders_relative_absolute_default(tiny_folder, tmp_path, out, cli):
     "fastai joins the Learner's path to the export name: a relative folder must not be joined twice."
     work = tmp_path / "work"
     work.mkdir()
@@ -148,7 +150,7 @@ def test_load_learner_predict_in_a_fastai_only_process(exported, tiny_folder):
 
 
 @pytest.mark.slow
-def test_a_pkl_whose_module_is_missing_says_so(tmp_path, exported, tiny_folder):
+def test_a_pkl_whose_module_is_missing_says_so(tmp_path, exported, tiny_folder, cli):
     "fastai's load_learner turns a missing module into UnboundLocalError; our commands name the cause."
     (tmp_path / "gone_module.py").write_text("def hook(x): return x\n")
     code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import gone_module\n"

@@ -7,21 +7,17 @@ validation pass and a checkpoint write of the project's own writer: SIGTERM befo
 the kernel stopping the write after 1 MiB), resumed after each. All at width 0.25 (the same code path as width 1:
 only the channel counts differ), so a checkpoint is 5 MB, not 79."""
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import load_learner
 from conftest import pictures
-from interrupt import CUT, next_point, script, signal_at
+from interrupt import CUT, next_point, signal_at
 from safetensors.torch import load_file
 
 from fastresnet.cli import main
@@ -30,7 +26,6 @@ from fastresnet.resume import load_checkpoint
 from fastresnet.train import run as train_run
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
 EMA_ARGS = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-max", "0.003", "--no-tta"]
 FT_ARGS = ["--bs", "10", "--lr-find-iters", "6", "--lr-find-end", "1", "--no-tta"]
@@ -107,16 +102,15 @@ def test_ten_interruptions_then_the_same_weights(tiny_folder, tmp_path, capsys):
     assert accuracy(run) == accuracy(base)
 
 
-def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_path):
+def test_ten_sigkills_then_the_same_weights_and_no_leftovers(tiny_folder, tmp_path, fork_server):
     """`kill -9` for real, at the same kinds of points: no handler runs, temporary files stay where the process
     died. At a checkpoint the kernel itself stops the project's writer after 1 MiB (RLIMIT_FSIZE) and kills the
     process (SIGXFSZ): half a checkpoint in its temporary file. Each `--resume` clears what was left, and the final
-    weights equal an uninterrupted run's."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    weights equal an uninterrupted run's. Each session is a real process (tests/forkserver.py: forked after the
+    imports, so eleven sessions do not pay eleven imports)."""
     def fastresnet(*args, point=None):
         sig = "SIGXFSZ" if point and point[0] == "checkpoint_cut" else "SIGKILL"
-        cmd = script(*point, sig, *args) if point else [sys.executable, "-m", "fastresnet.cli", *map(str, args)]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        return fork_server.run(args, point=(*point, sig) if point else None)
     base, run = tmp_path / "uninterrupted", tmp_path / "killed"
     assert fastresnet("train", "--data", tiny_folder, "--out", base, *ARGS).returncode == 0
     assert (base / "checkpoint.pth").stat().st_size > 2 * CUT                 # the cut lands inside the file
