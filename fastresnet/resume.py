@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner
-from fastcore.basics import noop
+from fastcore.basics import first, noop
 from fastcore.foundation import L
 
 from . import distributed as dist
@@ -22,7 +23,7 @@ from .config import Recipe, UserError, load_settings
 from .device import unwrap
 from .folder import (CHECKPOINT, LR_BOUNDS, RUN_JSON, SETTINGS, SPLIT, atomic_torch_save, check_zip, read_json,
                      read_json_or_none, set_status, write_metrics)
-from .schedule import LRBounds
+from .schedule import LRBounds, OneCyclePeak
 
 __all__ = ["RunCheckpoint", "MuteSkippedEpochs", "open_run", "restore", "load_checkpoint", "rng_state", "set_rng_state",
            "to_plain"]
@@ -31,14 +32,14 @@ __all__ = ["RunCheckpoint", "MuteSkippedEpochs", "open_run", "restore", "load_ch
 class RunCheckpoint(Callback):
     """After every epoch: append the epoch's row to the metrics history, write `metrics.csv` / `metrics.json` /
     `schedule.json`, and save model + optimizer + RNG + history + schedule (+ the `ema` callback's average) to
-    `checkpoint.pth`. The run's one schedule record is kept here: the LR and beta1 of every training step as the
-    optimizer applied them, whichever scheduler set them (the recipe's one cycle, or fastai's in `fine_tune`)."""
+    `checkpoint.pth`. The run's schedule is its earlier fits' and sessions' steps followed by the record the fit's
+    scheduler keeps (the recipe's one cycle, or fastai's `ParamScheduler` in `fine_tune`): the one record there is."""
     order = 60  # after the Recorder (50) has the epoch's losses and metrics
 
     def __init__(self, run_dir: Path, history: list[dict] | None = None, smooth_loss: dict | None = None,
                  hps: dict | None = None, clock: float | None = None, ema: Callback | None = None):
         self.run_dir, self.history, self.smooth, self.ema = Path(run_dir), list(history or []), smooth_loss, ema
-        self.hps = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}  # the steps trained so far
+        self.earlier = {k: list(v) for k, v in (hps or {"lr": [], "mom": []}).items()}  # steps of earlier fits
         self.clock = clock  # time.time() of the run's start, moved on by the time its earlier sessions ran
         self.skipped = False
 
@@ -47,12 +48,14 @@ class RunCheckpoint(Callback):
         if self.smooth:
             self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = self.smooth["count"], self.smooth["val"]
 
-    def after_batch(self):
-        if not self.training:
-            return
-        hp = self.opt.hypers[-1]
-        for k in self.hps:
-            self.hps[k].append(hp[k])
+    @property
+    def hps(self) -> dict:
+        "The LR and beta1 of every step the run has trained so far."
+        sched = first(cb for cb in self.learn.cbs if isinstance(cb, (OneCyclePeak, ParamScheduler)))
+        return {k: v + list(sched.hps.get(k, []) if sched else []) for k, v in self.earlier.items()}
+
+    def after_fit(self):
+        self.earlier = self.hps  # fine_tune's second fit follows its first
 
     def after_cancel_epoch(self):
         self.skipped = True  # an epoch a resumed fit skips (fastai's SkipToEpoch)

@@ -33,7 +33,7 @@ def piecewise(step: float, knots: list[float], values: list[float]) -> float:
 
 class OneCyclePeak(Callback):
     """Set Adam's LR (and beta1, against it) every training step from the step number alone, so a
-    resumed fit lands on the same values; `hps` records this fit's, as fastai's `ParamScheduler` does."""
+    resumed fit lands on the same values; `hps` records this fit's as applied, as fastai's `ParamScheduler` does."""
     order = 60  # where fastai's ParamScheduler sits: after a distributed wrapper has sized the loaders
     def __init__(self, lr_min: float, lr_max: float, peak_epoch: int,
                  moms: tuple[float, float, float] | None = None, lr_end: float | None = None):
@@ -41,7 +41,7 @@ class OneCyclePeak(Callback):
         self.lr_end = lr_min if lr_end is None else lr_end    # the spec ends where it began
 
     def before_fit(self):
-        self.hps = {"lr": [], "mom": []} if self.moms is not None else {"lr": []}
+        self.hps = {"lr": [], "mom": []}
 
     def before_batch(self):
         if not self.training:
@@ -52,8 +52,8 @@ class OneCyclePeak(Callback):
         if self.moms is not None:
             hp["mom"] = piecewise(step, knots, self.moms)
         self.opt.set_hypers(**hp)
-        for k, v in hp.items():
-            self.hps[k].append(v)
+        for k in self.hps:
+            self.hps[k].append(self.opt.hypers[-1][k])  # as applied: beta1 too where the cycle leaves it alone
 
     def after_fit(self):
         self.recorder.hps = self.hps      # where fastai's `plot_sched` looks
@@ -144,7 +144,7 @@ def lr_bounds(self: Learner, show_plot: bool = True) -> LRBounds:
 
         b = learn.lr_bounds()
         learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)"""
-    r = getattr(self, "recipe", None) or Recipe()  # a Learner of cifar_learner's carries its settings
+    r = getattr(self, "recipe", None) or Recipe()  # a Learner of recipe_learner's carries its settings
     return find_bounds(self, r, show_plot)[0]
 
 
