@@ -3,8 +3,8 @@ between the markers of docs/experiments.md; no figure in it is typed by hand.
 
     python experiments/campaign_table.py docs/runs --into docs/experiments.md [--figure docs/figures/campaign.png]
 
-Runs are named CONFIG-bf16-sSEED (experiments/cpu_runs.txt); a configuration's mean is over its seeds and its
-spread is max - min. The reference is the fp32 GPU pair of the default (docs/gpu/gpu-h200-full-data.json, JPEG copy).
+Runs are named CONFIG-bf16-sSEED (experiments/cpu_runs.txt); a configuration's mean is over its seeds, shown with
+the sample standard deviation and min-max; its spread is max - min. The reference is the fp32 GPU pair of the default (docs/gpu/gpu-h200-full-data.json, JPEG copy).
 A difference of means counts only beyond the larger of the two seed spreads (the brief: smaller is not a result).
 """
 from __future__ import annotations
@@ -83,12 +83,14 @@ def table(runs: dict[str, dict], reference: tuple[str, list[dict]] | None = None
     groups: dict[str, list[dict]] = {}
     for name, r in runs.items(): groups.setdefault(config(name), []).append(r)
     if reference: groups[reference[0]] = reference[1]
-    rows += ["", "| configuration | seeds | mean test % (spread) | mean flip-TTA % | mean multi-crop % |",
+    rows += ["", "| configuration | seeds | mean test % ± sd (min-max) | mean flip-TTA % | mean multi-crop % |",
              "|---|---|---|---|---|"]
     for g, rs in sorted(groups.items(), key=lambda kv: -statistics.mean(r["accuracy"] for r in kv[1])):
         acc = [r["accuracy"] for r in rs]
         tta, crops = mean([r.get("accuracy_tta") for r in rs]), mean([r.get("accuracy_tta_crops") for r in rs])
-        rows.append(f"| {g} | {len(rs)} | {pct(mean(acc))} ({pct(spread(acc))}) | {pct(tta)} | {pct(crops)} |")
+        sd = pct(statistics.stdev(acc) if len(acc) > 1 else None)  # the sample standard deviation
+        rows.append(f"| {g} | {len(rs)} | {pct(mean(acc))} ± {sd} ({pct(min(acc))}-{pct(max(acc))}) | {pct(tta)} | "
+                    f"{pct(crops)} |")
     base = groups.get("default-bf16")
     rows.append("")
     if not base or len(base) < 2:

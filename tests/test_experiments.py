@@ -106,11 +106,12 @@ def test_campaign_table_means_spreads_and_verdicts_between_the_markers(tmp_path)
     (runs / "ema999-bf16-s1" / "metrics.json").write_text(json.dumps(timed))
     mod.main([str(runs), "--into", str(doc), "--reference", f"{ref}:a,b"])
     assert "| 93.60 | 93.90 | - | 2.50 | Test CPU" in doc.read_text()
-    # per configuration: mean over seeds, spread = max - min (0.930/0.934: 93.20, 0.40; 0.940/0.942: 94.10, 0.20)
-    assert "| default-bf16 | 2 | 93.20 (0.40) | 93.60 | - |" in text
-    assert "| lrmin1000-bf16 | 2 | 94.10 (0.20) | 94.30 | - |" in text
-    assert f"| reference: the default in fp32 on the JPEG copy, GPU (a, b in {ref}) | 2 | 91.10 (0.80) | 91.55 | - |" \
-        in text
+    # per configuration: mean over seeds ± the sample sd (two values: |a - b| / sqrt 2), then min-max
+    # (0.930/0.934: 93.20 ± 0.28; 0.940/0.942: 94.10 ± 0.14; 0.915/0.907: 91.10 ± 0.57)
+    assert "| default-bf16 | 2 | 93.20 ± 0.28 (93.00-93.40) | 93.60 | - |" in text
+    assert "| lrmin1000-bf16 | 2 | 94.10 ± 0.14 (94.00-94.20) | 94.30 | - |" in text
+    assert (f"| reference: the default in fp32 on the JPEG copy, GPU (a, b in {ref}) | 2 | 91.10 ± 0.57 (90.70-91.50) "
+            "| 91.55 | - |") in text
     # a difference counts only beyond the larger spread: -0.90 vs 0.40; -0.15 vs 0.50; +2.10 vs 0.80
     assert "- default-bf16 minus lrmin1000-bf16: -0.90 points, larger seed spread 0.40: beyond the spread." in text
     assert ("- default-bf16 minus ema999-bf16: -0.15 points, larger seed spread 0.50: within the spread: "
