@@ -36,7 +36,7 @@ from fastai.optimizer import Adam
 sys.path.insert(0, str(Path(__file__).parent))
 from common import OtherLoad, add_machine_args, forward_flops, header, train_flops, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
-from fastresnet.data import CifarArrays, balanced_subset, cifar_dls, load_cifar  # noqa: E402
+from fastresnet.data import ImageArrays, balanced_subset, recipe_dls, load_arrays  # noqa: E402
 from fastresnet.learner import build_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
 
@@ -129,7 +129,7 @@ def memory(data_path: str, steps: int) -> None:
     "The real configuration (all 60,000 images in memory, batch 512): peak RSS after `steps` steps."
     t = time.time()
     r = Recipe()
-    learn = build_learner(cifar_dls(load_cifar(data_path), r), r)
+    learn = build_learner(recipe_dls(load_arrays(data_path), r), r)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=StopAfter(steps))
     gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"full data (60,000 images), batch {r.bs}, first {steps} training steps: "
@@ -162,16 +162,16 @@ def main():
     a = ap.parse_args()
     if a.memory_steps: return memory(a.data, a.memory_steps)
     n_img = a.bs * (a.steps + a.warmup)
-    full = load_cifar(a.data)  # decoded (or read from the cache) before the idle check: not part of any figure
+    full = load_arrays(a.data)  # decoded (or read from the cache) before the idle check: not part of any figure
     data = balanced_subset(full, n_img)
-    data = CifarArrays(data.images[:n_img + 10], data.labels[:n_img + 10], data.vocab, n_img)  # tiny valid split
+    data = ImageArrays(data.images[:n_img + 10], data.labels[:n_img + 10], data.vocab, n_img)  # tiny valid split
     condition = wait_for_idle(a)
     print(header("fastresnet epoch benchmark", condition))
     print(f"batch {a.bs}, {a.warmup} warm-up + {a.steps} timed batches, {a.repeats} interleaved repeats, "
           f"{n_img} training images")
     other = OtherLoad()
     r = Recipe(bs=a.bs)
-    learn_b = build_learner(cifar_dls(data, r), r)
+    learn_b = build_learner(recipe_dls(data, r), r)
     learn_c = naive_learner(a.data, n_img, a.bs)
 
     peak_conv, conv_rows = conv_peak(a.bs)

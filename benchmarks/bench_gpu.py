@@ -23,7 +23,7 @@ import torch
 from fastai.callback.core import Callback, CancelValidException
 
 from fastresnet.config import Recipe
-from fastresnet.data import balanced_subset, cifar_dls, load_cifar
+from fastresnet.data import balanced_subset, recipe_dls, load_arrays
 from fastresnet.learner import build_learner
 from fastresnet.model import CustomResNet
 
@@ -70,7 +70,7 @@ def rung(data, name: str, epochs: int, bs: int, device, profile: bool = False) -
         return {"rung": name, "skipped": "no bf16 on this CPU"}
     set_tf32(tf32)
     r = Recipe(bs=bs, epochs=epochs, peak_epoch=1, precision=precision, channels_last=cl, lr_max=0.0026)
-    learn = build_learner(cifar_dls(data, r, device=device), r, path="/tmp")
+    learn = build_learner(recipe_dls(data, r, device=device), r, path="/tmp")
     if mode:
         from fastresnet.device import CompileModel
         learn.add_cb(CompileModel(mode=None if mode == "default" else mode))
@@ -131,7 +131,7 @@ def main():
     a = ap.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available(): raise SystemExit("No CUDA GPU here (--device cpu).")
-    data = load_cifar(a.data)
+    data = load_arrays(a.data)
     if a.subset: data = balanced_subset(data, a.subset)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     head = {"device": name, "torch": torch.__version__, "batch": a.bs, "n_train": data.n_train, "epochs": a.epochs}

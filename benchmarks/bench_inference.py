@@ -31,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from common import OtherLoad, add_machine_args, forward_flops, header, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
-from fastresnet.data import CifarArrays, load_cifar  # noqa: E402
+from fastresnet.data import ImageArrays, load_arrays  # noqa: E402
 from fastresnet.inference import evaluate_learner, labelled_dl, iter_predictions  # noqa: E402
 from fastresnet.learner import load_model, save_weights, stub_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
@@ -64,9 +64,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     add_machine_args(ap)
     a = ap.parse_args()
-    full = load_cifar(a.data)
+    full = load_arrays(a.data)
     keep = slice(full.n_train - 10, full.n_train + a.n)  # the first n test images (and 10 as a token training set)
-    data = CifarArrays(full.images[keep], full.labels[keep], full.vocab, 10)
+    data = ImageArrays(full.images[keep], full.labels[keep], full.vocab, 10)
     files = sorted(Path(a.data, "test").glob("*/*"))[:a.n]
     tmp = Path(tempfile.mkdtemp())
     torch.manual_seed(0)

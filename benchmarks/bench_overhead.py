@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from common import OtherLoad, add_machine_args, header, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
-from fastresnet.data import CifarArrays, cifar_dls  # noqa: E402
+from fastresnet.data import ImageArrays, recipe_dls  # noqa: E402
 from fastai.torch_core import trainable_params  # noqa: E402
 from fastresnet.callbacks import StopOnNaN  # noqa: E402
 from fastresnet.learner import build_learner  # noqa: E402
@@ -57,9 +57,9 @@ class NoCompute(nn.Module):
         return self.head(x.mean((2, 3))) + touch
 
 
-def synthetic(n: int) -> CifarArrays:
+def synthetic(n: int) -> ImageArrays:
     g = torch.Generator().manual_seed(0)
-    return CifarArrays(torch.randint(0, 256, (n + 10, 3, 32, 32), dtype=torch.uint8, generator=g),
+    return ImageArrays(torch.randint(0, 256, (n + 10, 3, 32, 32), dtype=torch.uint8, generator=g),
                        torch.arange(n + 10) % 10, [str(i) for i in range(10)], n)
 
 
@@ -77,7 +77,7 @@ def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, pad: int = 4
     return x.masked_fill(((ys >= cy) & (ys < cy + cut) & (xs >= cx) & (xs < cx + cut)).unsqueeze(1), 0.0)
 
 
-def bare_steps(data: CifarArrays, bs: int, steps: int, width: float = 1.0) -> list[float]:
+def bare_steps(data: ImageArrays, bs: int, steps: int, width: float = 1.0) -> list[float]:
     "Wall-clock stamps of `steps` bare PyTorch training steps."
     torch.manual_seed(0)
     model = NoCompute(width).to(memory_format=torch.channels_last).train()
@@ -112,13 +112,13 @@ class Clock(Callback):
     def before_validate(self): raise CancelValidException()
 
 
-def fastresnet_steps(data: CifarArrays, bs: int, steps: int, impl: str, run_dir: Path,
+def fastresnet_steps(data: ImageArrays, bs: int, steps: int, impl: str, run_dir: Path,
                      width: float = 1.0, recipe_cbs: bool = True) -> list[float]:
     """Wall-clock stamps of `steps` steps of the recipe's Learner and callbacks, as `fastresnet train` runs them;
     `recipe_cbs=False`: a plain `learn.fit` (no scheduler, checkpoint bookkeeping or divergence check)."""
     torch.manual_seed(0)
     r = Recipe(bs=bs, adam_impl=impl)
-    learn = build_learner(cifar_dls(data, r), r, path=run_dir)
+    learn = build_learner(recipe_dls(data, r), r, path=run_dir)
     learn.model, learn.splitter = NoCompute(width), trainable_params  # one layer group: the stand-in has no head
     clock = Clock(steps)
     with learn.no_bar(), learn.no_logging():
@@ -127,9 +127,9 @@ def fastresnet_steps(data: CifarArrays, bs: int, steps: int, impl: str, run_dir:
     return clock.stamps
 
 
-def data_ms(data: CifarArrays, bs: int, steps: int) -> tuple[float, float]:
+def data_ms(data: ImageArrays, bs: int, steps: int) -> tuple[float, float]:
     "Milliseconds a batch for the data alone: fastresnet's DataLoader with its batch transforms, and the bare loop's."
-    dl, mean, std = cifar_dls(data, Recipe(bs=bs)).train, *(torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
+    dl, mean, std = recipe_dls(data, Recipe(bs=bs)).train, *(torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
     t = time.perf_counter()
     for _, (xb, yb) in zip(range(steps), dl): pass
     fastai_ms = 1e3 * (time.perf_counter() - t) / steps

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_epoch import fit_rate, rate  # noqa: E402
 from common import OtherLoad, add_machine_args, header, train_flops, wait_for_idle  # noqa: E402
 from fastresnet.config import Recipe  # noqa: E402
-from fastresnet.data import CifarArrays, cifar_dls  # noqa: E402
+from fastresnet.data import ImageArrays, recipe_dls  # noqa: E402
 from fastresnet.device import CompileModel, cpu_native_bf16  # noqa: E402
 from fastresnet.learner import build_learner  # noqa: E402
 from fastresnet.model import CustomResNet  # noqa: E402
@@ -54,20 +54,20 @@ def bare(bs: int, steps: int, warmup: int, bf16: bool) -> float:
     return rate(stamps, warmup, bs)
 
 
-def synthetic(n: int) -> CifarArrays:
+def synthetic(n: int) -> ImageArrays:
     g = torch.Generator().manual_seed(0)
-    return CifarArrays(torch.randint(0, 256, (n + 10, 3, 32, 32), dtype=torch.uint8, generator=g),
+    return ImageArrays(torch.randint(0, 256, (n + 10, 3, 32, 32), dtype=torch.uint8, generator=g),
                        torch.arange(n + 10) % 10, [str(i) for i in range(10)], n)
 
 
-def learner(data: CifarArrays, bs: int, precision: str, mode: str | None = None):
+def learner(data: ImageArrays, bs: int, precision: str, mode: str | None = None):
     r = Recipe(bs=bs, precision=precision)
-    learn = build_learner(cifar_dls(data, r), r)
+    learn = build_learner(recipe_dls(data, r), r)
     if mode: learn.add_cb(CompileModel(mode=None if mode == "default" else mode))
     return learn
 
 
-def compiled_rate(data: CifarArrays, bs: int, precision: str, mode: str, steps: int, warmup: int):
+def compiled_rate(data: ImageArrays, bs: int, precision: str, mode: str, steps: int, warmup: int):
     "Compilation time (the first `warmup` steps) and the steady rate after it."
     learn = learner(data, bs, precision, mode)
     torch._dynamo.reset()

@@ -31,7 +31,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$log
 if [ "${data##*.}" = npz ]; then  # packed image files: unpack them, then decode once into fastresnet's cache
     python3 experiments/pack_cifar.py unpack "$data" /tmp/cifar10 >>"$log" 2>&1 && data=/tmp/cifar10
 fi
-python3 -c "from fastresnet.data import load_cifar; print(load_cifar('$data'))" 2>&1 | tee -a "$log"
+python3 -c "from fastresnet.data import load_arrays; print(load_arrays('$data'))" 2>&1 | tee -a "$log"
 python3 -c "import torch, fastai; print('torch', torch.__version__, 'fastai', fastai.__version__,
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$log" 2>&1

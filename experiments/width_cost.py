@@ -16,8 +16,8 @@ warnings.filterwarnings("ignore")
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
-from fastresnet.data import load_cifar
-from fastresnet.learner import cifar_learner
+from fastresnet.data import load_arrays
+from fastresnet.learner import recipe_learner
 
 
 class StepClock(Callback):
@@ -36,9 +36,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6, help="timed steps after 2 warm-up steps")
     a = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {torch.get_num_threads()} threads")
-    data = load_cifar(a.data)
+    data = load_arrays(a.data)
     for w in map(float, a.widths.split(",")):
-        learn = cifar_learner(data, width=w, lr_max=0.002)
+        learn = recipe_learner(data, width=w, lr_max=0.002)
         clock = StepClock(a.steps + 2)
         with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=clock)
         step = (clock.stamps[-1] - clock.stamps[1]) / a.steps            # after the first two steps

@@ -29,7 +29,7 @@ class HeadFitsData(Callback):
         n_out = getattr(fc, "out_features", n_cls)
         if n_out != n_cls:
             raise UserError(f"The model's head has {n_out} outputs but the data has {n_cls} classes. To train on "
-                            "new classes, start from the model with a new head: cifar_learner(data, init=MODEL) "
+                            "new classes, start from the model with a new head: recipe_learner(data, init=MODEL) "
                             "in Python, or fastresnet train --data DATA --init MODEL.")
 
 

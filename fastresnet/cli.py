@@ -257,12 +257,12 @@ def cmd_lr_find(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .data import load_cifar
+    from .data import load_arrays
     from .inference import evaluate_learner, labelled_dl
     from .learner import load_model
     learn = load_model(a.model, a.allow_pickle)
     r = getattr(learn, "recipe", None) or Recipe()
-    data = load_cifar(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
+    data = load_arrays(a.data, r.valid_pct, r.seed, r.size)  # class folders alone: the split the model was tested on
     if list(data.vocab) != list(learn.dls.vocab):
         raise UserError(f"The data's classes {data.vocab} differ from the model's {list(learn.dls.vocab)}.")
     quiet = a.json or not sys.stdout.isatty()  # JSON, a file or a pipe: the results alone, no bar fragments

@@ -1,15 +1,18 @@
 """What fastresnet 0.1 and 0.2 wrote, read by this version: retired settings at their settled values, 0 for "derive
 it" (now auto), weights files before format 2 (the width alone in their metadata), run folders that recorded the
-download as a string, and models saved before the layers had names (refused, with what to do). The rest of the
+download as a string, models saved before the layers had names (refused, with what to do), and the names 0.3 and
+before gave the data and learner helpers (exported learners pickle `fastresnet.data.CifarDL`). The rest of the
 package imports this module for nothing else; docs/experiments.md section 4 says why each setting was retired."""
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 from . import config  # its names are read when called: config imports this module too
 
 __all__ = ["RETIRED", "drop_retired", "AUTO_ZERO", "auto_zero", "old_layout", "check_named", "weights_recipe",
-           "data_path"]
+           "data_path", "RENAMED", "renamed"]
 
 # Settings of fastresnet 0.1 that 0.2 settled and removed. Every 0.1 run folder and weights file records them at these
 # values, which read as before; another value is a recipe 0.2 cannot run.
@@ -72,3 +75,19 @@ def weights_recipe(meta: dict, saved, path) -> config.Recipe:
 def data_path(recorded: str | None) -> str | None:
     "The data path run.json records; None means fastai's download (0.1 wrote a string starting `untar_data`)."
     return None if recorded is None or recorded.startswith("untar_data") else recorded
+
+
+# Each module's names of 0.3 and before: they said CIFAR of helpers that take any class folders.
+RENAMED = {"fastresnet.data": {"CifarArrays": "ImageArrays", "CifarDL": "InMemoryDL",
+                               "CifarImageBlock": "InMemoryImageBlock", "cifar_datablock": "recipe_datablock",
+                               "cifar_dls": "recipe_dls", "load_cifar": "load_arrays"},
+           "fastresnet.learner": {"cifar_learner": "recipe_learner"}}
+
+
+def renamed(module: str, name: str):
+    "`module`'s object once called `name` (a module's `__getattr__`); AttributeError for any other name."
+    new = RENAMED.get(module, {}).get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"`{name}` is now `{new}` (fastresnet 0.4); the old name will go.", DeprecationWarning, stacklevel=3)
+    return getattr(sys.modules[module], new)

@@ -30,8 +30,8 @@ from .augment import Cutout, RandomFlip, RandomPadCrop
 from .config import BOOLS, Recipe, UserError
 from .folder import atomic_write
 
-__all__ = ["CifarArrays", "load_cifar", "read_folder", "read_python_archive", "ToTensorImage",
-           "pil_to_tensor", "PairOrFile", "CifarImageBlock", "CifarDL", "cifar_datablock", "cifar_dls",
+__all__ = ["ImageArrays", "load_arrays", "read_folder", "read_python_archive", "ToTensorImage",
+           "pil_to_tensor", "PairOrFile", "InMemoryImageBlock", "InMemoryDL", "recipe_datablock", "recipe_dls",
            "balanced_subset", "load_image", "split_by_class", "channel_stats", "resize_images", "CIFAR_CLASSES",
            "DATASETS", "dataset_name"]
 
@@ -42,7 +42,7 @@ DATASETS = {"cifar10": "CIFAR", "cifar100": "CIFAR_100"}  # `--data NAME`: fasta
 
 
 @dataclass
-class CifarArrays:
+class ImageArrays:
     """All images as one (N, 3, size, size) uint8 tensor, labels as class indices; the first `n_train` are training.
     `stats`: the per-channel (mean, std) normalisation, None for CIFAR-10's; `valid_files`: the held-out files of a
     random split (None when the data came split)."""
@@ -62,7 +62,7 @@ class CifarArrays:
         return len(self.labels) - self.n_train
 
     def __repr__(self) -> str:  # fastai formats the source into a log line: keep it short
-        return f"CifarArrays({self.n_train} train + {self.n_valid} valid, {len(self.vocab)} classes)"
+        return f"ImageArrays({self.n_train} train + {self.n_valid} valid, {len(self.vocab)} classes)"
 
     def items(self) -> list[tuple[torch.Tensor, str]]:
         "(image view, class name) pairs: what the DataBlock reads; views share the one big tensor."
@@ -289,7 +289,7 @@ def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarra
 
 
 def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
-                size: int = SIZE, labels: str | Path | None = None) -> CifarArrays:
+                size: int = SIZE, labels: str | Path | None = None) -> ImageArrays:
     """The images under `root` (train/ and test/ of class folders, class folders alone split by `valid_pct`, or the
     CSV `labels`) as `size`x`size` RGB, decoded once and cached (docs/usage.md, "How the code works")."""
     root = Path(root)
@@ -337,7 +337,7 @@ def read_folder(root: str | Path, valid_pct: float = 0.2, seed: int = 42,
         valid_files = [str(files[i][0].relative_to(root)) for i in np.flatnonzero(held)]
     n_train = len(labels) - (len(valid_files) if valid_files is not None else sum(len(v) for v in test.values()))
     stats = None if vocab == CIFAR_CLASSES else channel_stats(images[:n_train])
-    return CifarArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train, stats,
+    return ImageArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), vocab, n_train, stats,
                        valid_files)
 
 
@@ -361,7 +361,7 @@ def _unpickle(path: Path) -> dict:
                         "download and extract cifar-10-python.tar.gz again.") from None
 
 
-def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
+def read_python_archive(folder: str | Path, size: int = SIZE) -> ImageArrays:
     """Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not 32.
     Not torchvision's `datasets.CIFAR10`: it checks each file's md5 against the release and refuses a repacked but
     pixel-identical copy (other image order, another pickle protocol) as "not found or corrupted"."""
@@ -379,7 +379,7 @@ def read_python_archive(folder: str | Path, size: int = SIZE) -> CifarArrays:
     images = torch.from_numpy(np.ascontiguousarray(images))
     if size != SIZE:
         images = resize_images(images, size)
-    return CifarArrays(images, torch.from_numpy(labels), vocab, n_train)
+    return ImageArrays(images, torch.from_numpy(labels), vocab, n_train)
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
@@ -394,8 +394,8 @@ def dataset_name(path: str | Path | None) -> str | None:
     return str(path) if path is not None and str(path) in DATASETS and not Path(path).exists() else None
 
 
-def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
-               size: int = SIZE) -> CifarArrays:
+def load_arrays(path: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
+               size: int = SIZE) -> ImageArrays:
     """Images from `path` (class folders, a CSV, the python archive), resized to `size`; none, `cifar10` or
     `cifar100`: fastai's `untar_data` download (docs/usage.md, "Your own images")."""
     if path is None or dataset_name(path):
@@ -422,7 +422,7 @@ def load_cifar(path: str | Path | None = None, valid_pct: float = 0.2, seed: int
     return read_folder(path, valid_pct=valid_pct, seed=seed, size=size)
 
 
-def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
+def balanced_subset(data: ImageArrays, n: int) -> ImageArrays:
     """The first `n // n_classes` training images of every class (plus all validation images): a
     smoke-run subset that keeps the class balance, whatever order the files came in."""
     if n > data.n_train:
@@ -441,7 +441,7 @@ def balanced_subset(data: CifarArrays, n: int) -> CifarArrays:
                         f"{min(len(p) for p in per)}.")
     idx = torch.cat([p[:take] for p in per]).sort().values
     idx = torch.cat([idx, torch.arange(data.n_train, len(data.labels))])
-    return CifarArrays(data.images[idx], data.labels[idx], data.vocab, take * k, data.stats, data.valid_files)
+    return ImageArrays(data.images[idx], data.labels[idx], data.vocab, take * k, data.stats, data.valid_files)
 
 
 # ---------------------------------------------------------------- fastai pipeline
@@ -475,7 +475,7 @@ class ToTensorImage(Transform):
         return TensorImage(load_image(o, resize=True, size=self.size))
 
 
-class CifarDL(TfmdDL):
+class InMemoryDL(TfmdDL):
     """fastai's `TfmdDL`, with a batch of in-memory items gathered in one go (a stack and a lookup) where that is
     exactly what fastai's per-item path would make; anything else takes fastai's path (docs/usage.md)."""
     def _gatherable(self) -> bool:
@@ -506,9 +506,9 @@ class PairOrFile(ItemGetter):
         return x if self.i == 0 else parent_label(x)
 
 
-def CifarImageBlock(size: int = SIZE) -> TransformBlock:
+def InMemoryImageBlock(size: int = SIZE) -> TransformBlock:
     "Like fastai's `ImageBlock`, but for uint8 tensors already in memory: no PIL on the way."
-    return TransformBlock(type_tfms=ToTensorImage(size), batch_tfms=IntToFloatTensor, dl_type=CifarDL)
+    return TransformBlock(type_tfms=ToTensorImage(size), batch_tfms=IntToFloatTensor, dl_type=InMemoryDL)
 
 
 def batch_augment(r: Recipe, stats=cifar_stats) -> list:
@@ -520,15 +520,15 @@ def batch_augment(r: Recipe, stats=cifar_stats) -> list:
     return tfms
 
 
-def cifar_datablock(data: CifarArrays, r: Recipe) -> DataBlock:
+def recipe_datablock(data: ImageArrays, r: Recipe) -> DataBlock:
     "Items are (image, class) pairs; the validation split is the test images (CIFAR-10's official 10,000)."
-    return DataBlock(blocks=(CifarImageBlock(data.images.shape[-1]), CategoryBlock(vocab=data.vocab)),
-                     get_items=CifarArrays.items, get_x=PairOrFile(0), get_y=PairOrFile(1),
+    return DataBlock(blocks=(InMemoryImageBlock(data.images.shape[-1]), CategoryBlock(vocab=data.vocab)),
+                     get_items=ImageArrays.items, get_x=PairOrFile(0), get_y=PairOrFile(1),
                      splitter=IndexSplitter(range(data.n_train, len(data.labels))),
                      batch_tfms=batch_augment(r, data.norm_stats))
 
 
-def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = None,
+def recipe_dls(data: ImageArrays, r: Recipe, device: torch.device | str | None = None,
               bs: int | None = None) -> DataLoaders:
     """fastai DataLoaders over the in-memory data, in batches of `bs` (default: the recipe's; a process's share of it
     in a distributed run). No worker processes: a batch is ~20 ms of gathering against seconds of arithmetic, and
@@ -536,4 +536,9 @@ def cifar_dls(data: CifarArrays, r: Recipe, device: torch.device | str | None = 
     bs = bs or r.bs
     if data.n_train < bs:
         warnings.warn(f"Only {data.n_train} training images for batch size {bs}: each epoch is one short batch.")
-    return cifar_datablock(data, r).dataloaders(data, bs=bs, device=device, num_workers=0, drop_last=False)
+    return recipe_datablock(data, r).dataloaders(data, bs=bs, device=device, num_workers=0, drop_last=False)
+
+
+def __getattr__(name):  # the names of 0.3 and before, which exported learners hold (compat.py)
+    from .compat import renamed
+    return renamed(__name__, name)

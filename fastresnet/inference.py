@@ -13,7 +13,7 @@ from fastai.learner import Learner
 from fastai.torch_core import default_device
 
 from .config import Recipe, UserError
-from .data import SIZE, CifarArrays, balanced_subset, cifar_dls, load_cifar, load_image
+from .data import SIZE, ImageArrays, balanced_subset, recipe_dls, load_arrays, load_image
 from .learner import norm_stats
 
 __all__ = ["INFER_BS", "TTAView", "SHIFTS", "evaluate_learner", "labelled_dl", "dls_for",
@@ -42,7 +42,7 @@ class TTAView(Callback):
 SHIFTS = (-1, 0, 1)  # multi-crop TTA: these diagonal shifts, each plain and mirrored: six views
 
 
-def labelled_dl(learn: Learner, data: CifarArrays):
+def labelled_dl(learn: Learner, data: ImageArrays):
     "A non-shuffled, unaugmented DataLoader over the test split, built from the learner's own pipeline."
     test = slice(data.n_train, None)
     items = list(zip(data.images[test], [data.vocab[i] for i in data.labels[test].tolist()]))
@@ -76,7 +76,7 @@ def evaluate_learner(learn: Learner, dl=None, tta: bool = True, crops: bool = Fa
     return out, losses
 
 
-def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset: int | None = None,
+def dls_for(learn: Learner, data: str | Path | ImageArrays | None = None, subset: int | None = None,
             **changes) -> DataLoaders:
     """Data for a loaded learner: `load_learner` gives one without any (fastai exports the pipeline, not the images),
     so `validate`, `tta`, `lr_find`, `show_results`, `summary` and `fine_tune` have nothing to read until `learn.dls`
@@ -88,15 +88,15 @@ def dls_for(learn: Learner, data: str | Path | CifarArrays | None = None, subset
         learn.dls = dls_for(learn, "PATH/TO/cifar10")
         learn.validate(); learn.tta(); learn.dls.show_batch(); learn.fine_tune(2)"""
     r = (getattr(learn, "recipe", None) or Recipe()).replace(**changes)
-    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, image_size(learn))
+    arrays = data if isinstance(data, ImageArrays) else load_arrays(data, r.valid_pct, r.seed, image_size(learn))
     if subset is not None:
         arrays = balanced_subset(arrays, subset)
     if list(arrays.vocab) != list(learn.dls.vocab):
         raise UserError(f"The data's classes {arrays.vocab} differ from the model's {list(learn.dls.vocab)}. To "
-                        "train on other classes, start from this model with a new head: cifar_learner(data, "
+                        "train on other classes, start from this model with a new head: recipe_learner(data, "
                         "init=MODEL) in Python, or fastresnet train --data DATA --init MODEL.")
     arrays = dataclasses.replace(arrays, stats=tuple(norm_stats(learn)))
-    return cifar_dls(arrays, r, device=default_device())
+    return recipe_dls(arrays, r, device=default_device())
 
 
 def predict_images(learn: Learner, images: list, bs: int = INFER_BS) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The recipe's Learner, made new (`cifar_learner`: data, DataBlock, CustomResNet, Adam, loss; or a trained body
+"""The recipe's Learner, made new (`recipe_learner`: data, DataBlock, CustomResNet, Adam, loss; or a trained body
 with a new head) or loaded from a model file (`load_model`: an exported `.pkl`, a weights-only `.safetensors`, or a
 run folder), and its weights saved alone (`save_weights`)."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import distributed as dist
 from . import schedule  # noqa: F401  (patches fit_one_cycle_peak and lr_bounds onto Learner)
 from .callbacks import HeadFitsData, PlainTestLoss
 from .config import Recipe, UserError, load_settings
-from .data import CifarArrays, balanced_subset, cifar_dls, load_cifar
+from .data import ImageArrays, balanced_subset, recipe_dls, load_arrays
 # build_learner's callbacks are also found here under the names fastresnet 0.1 exported them with (fastresnet.learner.X)
 from .device import (BF16, Accuracy, CompileModel, LossesToHost, Progress, SmoothLossOnDevice, check_runtime,
                      resolve_precision, unwrap)
@@ -35,18 +35,18 @@ from .folder import MODEL_PKL, WEIGHTS, atomic_write, check_zip
 from .model import CustomResNet, resnet_split
 from .optim import TorchAdam, TorchSGD
 
-__all__ = ["cifar_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
+__all__ = ["recipe_learner", "build_learner", "load_body", "stub_learner", "load_model", "model_file", 
            "save_weights", "load_weights", "read_weights", "norm_stats", "MAX_CLASSES"]
 
 
-def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | Path | Recipe | None = None,
+def recipe_learner(data: str | Path | ImageArrays | None = None, settings: str | Path | Recipe | None = None,
                   path: str | Path = ".", subset: int | None = None, init: str | Path | None = None,
                   stats: tuple[list[float], list[float]] | None = None, allow_pickle: bool = False,
                   **changes) -> Learner:
     """The recipe's Learner: `data` through the DataBlock into CustomResNet, Adam and the loss, by `settings` and
     `changes`; `init`: a trained model's body with a new head (docs/usage.md, "How the code works").
 
-        learn = cifar_learner("PATH/TO/cifar10")
+        learn = recipe_learner("PATH/TO/cifar10")
         b = learn.lr_bounds()
         learn.fit_one_cycle_peak(24, b.lr_min, b.lr_max, peak_epoch=5)"""
     if isinstance(settings, Recipe):
@@ -61,7 +61,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
         changes["width"] = width
     r = resolve_precision(r.replace(**changes))  # the recipe as this run uses it, made once
     check_runtime(r)
-    arrays = data if isinstance(data, CifarArrays) else load_cifar(data, r.valid_pct, r.seed, r.size)
+    arrays = data if isinstance(data, ImageArrays) else load_arrays(data, r.valid_pct, r.seed, r.size)
     if subset is not None:
         arrays = balanced_subset(arrays, subset)  # class-balanced, for smoke runs and proxies
     if source is not None and stats is None:
@@ -71,7 +71,7 @@ def cifar_learner(data: str | Path | CifarArrays | None = None, settings: str | 
     set_seed(r.seed)
     torch.backends.cudnn.deterministic = r.deterministic  # GPUs: bit-exact, or cuDNN's autotuned (faster) kernels
     torch.backends.cudnn.benchmark = not r.deterministic
-    dls = cifar_dls(arrays, r, default_device(), bs=dist.local_batch_size(r))  # on the GPU if there is one
+    dls = recipe_dls(arrays, r, default_device(), bs=dist.local_batch_size(r))  # on the GPU if there is one
     dls.valid_files = arrays.valid_files  # a random split's held-out files, for the run folder (not exported)
     learn = build_learner(dls, r, path=Path(path).absolute())  # fastai joins `path` to file names: absolute, once
     if dist.world_size() > 1:
@@ -124,9 +124,9 @@ def stub_learner(vocab: list[str], r: Recipe, stats=None) -> Learner:
     """A Learner with the recipe's pipeline (normalised by `stats`, None: CIFAR-10's) but a blank image per class as
     data: for inference and summaries."""
     blank = torch.zeros(1, 3, r.size, r.size, dtype=torch.uint8).expand(2 * len(vocab), -1, -1, -1)  # one in memory
-    stub = CifarArrays(blank,
+    stub = ImageArrays(blank,
                        torch.arange(len(vocab)).repeat(2), list(vocab), len(vocab), stats)
-    return build_learner(cifar_dls(stub, r, bs=len(vocab)), r)
+    return build_learner(recipe_dls(stub, r, bs=len(vocab)), r)
 
 
 def norm_stats(learn: Learner) -> list[list[float]]:
@@ -295,3 +295,8 @@ def _sorted_header(raw: bytes) -> bytes:
     n = int.from_bytes(raw[:8], "little")
     text = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return raw[:8] + text.ljust(n) + raw[8 + n:] if len(text) <= n else raw  # the header's length kept
+
+
+def __getattr__(name):  # the names of 0.3 and before, which exported learners hold (compat.py)
+    from .compat import renamed
+    return renamed(__name__, name)

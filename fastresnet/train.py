@@ -23,7 +23,7 @@ from .folder import (CHECKPOINT, FINAL, LR_BOUNDS, LR_FIND, METRICS_JSON, MODEL_
                      atomic_export, prepare_run_dir, read_json, read_json_or_none, run_data, run_lock, set_status,
                      start_run_dir, write_json)
 from .inference import evaluate_learner
-from .learner import cifar_learner, load_weights, norm_stats, save_weights
+from .learner import recipe_learner, load_weights, norm_stats, save_weights
 from .report import chance_note, make_report
 from .resume import MuteSkippedEpochs, RunCheckpoint, open_run, restore
 from .schedule import LRBounds, find_bounds, range_test_batches
@@ -109,7 +109,7 @@ def _begin(start: Start, run_dir: Path, recipe_name: str | None, allow_pickle: b
     # a fine-tune's body, width and input scaling are its source's; a resume's input scaling is its folder's
     init = start.init if start.init_from == "finetune" else None
     stats = start.info.get("stats") if resume else None
-    learn = cifar_learner(start.data, start.r, run_dir, start.subset, init=init, stats=stats,
+    learn = recipe_learner(start.data, start.r, run_dir, start.subset, init=init, stats=stats,
                           allow_pickle=allow_pickle)
     log(f"Precision: {learn.recipe.precision}{start.precision_from}")  # `auto` resolved (a resume keeps it)
     if not resume:
@@ -236,7 +236,7 @@ def lr_find_run(r: Recipe, out: str | Path, data: str | None = None, subset: int
     "`fastresnet lr-find`: the run path's range test alone, its curve and bounds in `out`."
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    learn = cifar_learner(data, r, out, subset)
+    learn = recipe_learner(data, r, out, subset)
     with plain_output(learn):
         return _bounds(learn, r.replace(lr_max=None, lr_min=None), out, log=lambda *a: None)
 
@@ -271,7 +271,7 @@ def learner_for_run(run_dir: str | Path, data: str | None = None) -> Learner:
     "A finished run's model on its data (or `data`), rebuilt from safe files: settings + safetensors."
     run_dir = Path(run_dir).absolute()
     info = read_json(run_dir / RUN_JSON)
-    learn = cifar_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"),
+    learn = recipe_learner(data or run_data(info), load_settings(run_dir / SETTINGS), run_dir, info.get("subset"),
                           stats=info.get("stats"))
     load_weights(learn.model, run_dir / WEIGHTS)
     return learn

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastresnet.data import CIFAR_CLASSES, CifarArrays
+from fastresnet.data import CIFAR_CLASSES, ImageArrays
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -60,11 +60,11 @@ def script_module(relpath: str):
     return mod
 
 
-def make_arrays(n_train: int = 40, n_valid: int = 20) -> CifarArrays:
+def make_arrays(n_train: int = 40, n_valid: int = 20) -> ImageArrays:
     tr, ytr = synthetic_images(n_train, 0)
     va, yva = synthetic_images(n_valid, 1)
     imgs = torch.from_numpy(np.concatenate([tr, va])).permute(0, 3, 1, 2).contiguous()
-    return CifarArrays(imgs, torch.from_numpy(np.concatenate([ytr, yva])).long(), list(CIFAR_CLASSES), n_train)
+    return ImageArrays(imgs, torch.from_numpy(np.concatenate([ytr, yva])).long(), list(CIFAR_CLASSES), n_train)
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +79,7 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def arrays() -> CifarArrays:
+def arrays() -> ImageArrays:
     return make_arrays()
 
 

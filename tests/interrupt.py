@@ -107,13 +107,13 @@ def install(monkeypatch_setattr, kind: str, n: int, sig) -> None:
         _add_hook()
         monkeypatch_setattr(sys.modules[__name__], "_point", {"kind": kind, "n": n, "sig": sig, "seen": 0})
         return
-    build = T.cifar_learner
+    build = T.recipe_learner
 
     def setup_with_signal(*a, **k):
         learn = build(*a, **k)
         learn.add_cb(SignalAt(kind, n, sig))
         return learn
-    monkeypatch_setattr(T, "cifar_learner", setup_with_signal)
+    monkeypatch_setattr(T, "recipe_learner", setup_with_signal)
 
 
 @contextlib.contextmanager

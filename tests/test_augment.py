@@ -4,7 +4,7 @@ from fastai.vision.all import TensorImage, cifar_stats
 
 from fastresnet.augment import Cutout, RandomFlip, RandomPadCrop
 from fastresnet.config import Recipe
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 
 
 def batch(n=16, seed=0):
@@ -79,7 +79,7 @@ def test_augmentation_skips_validation():
 
 
 def test_training_batches_are_augmented_and_validation_batches_are_not(arrays):
-    dls = cifar_dls(arrays, Recipe(bs=20))
+    dls = recipe_dls(arrays, Recipe(bs=20))
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in cifar_stats)
     xb, yb = dls.valid.one_batch()
     raw = arrays.images[arrays.n_train:arrays.n_train + 20].float() / 255
@@ -113,8 +113,8 @@ def test_one_image_as_item_tfms_give_it_is_augmented_as_a_batch_of_one():
 def test_cutout_in_item_tfms_of_a_datablock_trains_batches(arrays):
     "A user's DataBlock with Cutout as an item transform: every image of a batch gets its hole (black, uint8)."
     from fastai.vision.all import CategoryBlock, DataBlock, IndexSplitter
-    from fastresnet.data import CifarArrays, CifarImageBlock, PairOrFile
-    block = DataBlock(blocks=(CifarImageBlock(), CategoryBlock(vocab=arrays.vocab)), get_items=CifarArrays.items,
+    from fastresnet.data import ImageArrays, InMemoryImageBlock, PairOrFile
+    block = DataBlock(blocks=(InMemoryImageBlock(), CategoryBlock(vocab=arrays.vocab)), get_items=ImageArrays.items,
                       get_x=PairOrFile(0), get_y=PairOrFile(1), item_tfms=Cutout(8),
                       splitter=IndexSplitter(range(arrays.n_train, len(arrays.labels))))
     xb, _ = block.dataloaders(arrays, bs=8).train.one_batch()

@@ -7,7 +7,7 @@ from fastai.callback.core import Callback
 
 from fastresnet.callbacks import EMA
 from fastresnet.config import Recipe
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 from fastresnet.learner import build_learner
 
 TINY = ["--width", "0.25", "--bs", "10", "--epochs", "3", "--lr-max", "0.003", "--no-tta"]
@@ -22,7 +22,7 @@ class Record(Callback):
 
 def test_the_average_follows_its_formula_from_the_warmup_and_replaces_the_weights_after_the_fit(arrays, tmp_path):
     r = Recipe(bs=10, width=0.25)
-    learn = build_learner(cifar_dls(arrays, r), r, tmp_path)
+    learn = build_learner(recipe_dls(arrays, r), r, tmp_path)
     rec = Record()
     learn.fit(3, 1e-3, cbs=[EMA(0.8, warmup=1), rec])   # 4 steps an epoch: steps 5..12 are averaged
     seen = rec.seen[4:]

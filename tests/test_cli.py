@@ -20,7 +20,7 @@ from PIL import Image
 import fastresnet.device as device_mod
 from fastresnet.cli import main
 from fastresnet.config import Recipe, UserError
-from fastresnet.data import load_cifar
+from fastresnet.data import load_arrays
 from fastresnet.resume import load_checkpoint
 from fastresnet.folder import atomic_torch_save
 from fastresnet.train import run as train_run
@@ -198,8 +198,8 @@ def test_piped_output_has_one_line_per_epoch_and_no_bars(tiny_folder, tmp_path):
 
 
 def test_small_messages(finished, tiny_folder, tmp_path, capsys):
-    load_cifar(tiny_folder)
-    data = load_cifar(tiny_folder)                                   # the second load comes from the cache
+    load_arrays(tiny_folder)
+    data = load_arrays(tiny_folder)                                   # the second load comes from the cache
     assert all(type(v) is str for v in data.vocab)
     run = tmp_path / "r"
     shutil.copytree(finished, run)

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import pictures
 from fastresnet.cli import main
 from fastresnet.config import UserError
-from fastresnet.data import load_cifar, read_folder
+from fastresnet.data import load_arrays, read_folder
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def flat(tmp_path):
 
 
 def test_a_csv_reads_as_the_class_folders_it_describes(flat):
-    by_csv, by_folders = load_cifar(flat / "labels.csv"), read_folder(flat)
+    by_csv, by_folders = load_arrays(flat / "labels.csv"), read_folder(flat)
     assert by_csv.vocab == by_folders.vocab == ["blue", "green", "red"]
     assert by_csv.valid_files == by_folders.valid_files  # the same stratified split, the same held-out files
     assert np.array_equal(by_csv.images.numpy(), by_folders.images.numpy())
@@ -32,7 +32,7 @@ def test_a_csv_reads_as_the_class_folders_it_describes(flat):
 def test_an_is_valid_column_is_the_split(flat):
     rows = [f"{c}/{i}.png,{c},{'true' if i == 4 else 'false'}" for c in ("red", "green", "blue") for i in range(5)]
     (flat / "split.csv").write_text("name,label,is_valid\n" + "\n".join(rows) + "\n")
-    d = load_cifar(flat / "split.csv")
+    d = load_arrays(flat / "split.csv")
     assert (d.n_train, d.n_valid) == (12, 3) and d.valid_files is None  # held out by the file, not drawn
     held = d.images[d.n_train:].numpy()
     want = [np.asarray(Image.open(flat / c / "4.png")).transpose(2, 0, 1) for c in ("blue", "green", "red")]
@@ -49,7 +49,7 @@ def test_an_is_valid_column_is_the_split(flat):
 ])
 def test_bad_rows_are_refused_and_listed(flat, rows, match):
     (flat / "bad.csv").write_text(rows)
-    with pytest.raises(UserError, match=match): load_cifar(flat / "bad.csv")
+    with pytest.raises(UserError, match=match): load_arrays(flat / "bad.csv")
 
 
 def test_train_takes_the_csv_and_a_resume_checks_it(flat, tmp_path, capsys):

@@ -11,7 +11,7 @@ import fastresnet.device as D
 from conftest import make_arrays
 from fastresnet.callbacks import StopOnNaN
 from fastresnet.config import Recipe, UserError
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 from fastresnet.device import SYNC_EVERY
 from fastresnet.learner import build_learner
 from fastresnet.resume import RunCheckpoint
@@ -48,7 +48,7 @@ def test_at_most_one_device_sync_per_sync_every_training_batches(tmp_path):
     outside the batches (the NaN check before the checkpoint)."""
     n_batches, epochs = 2 * SYNC_EVERY, 2
     r = Recipe(bs=2, width=0.0625, tta=False)
-    learn = build_learner(cifar_dls(make_arrays(2 * n_batches, 4), r), r, tmp_path)    # 2 images a batch
+    learn = build_learner(recipe_dls(make_arrays(2 * n_batches, 4), r), r, tmp_path)    # 2 images a batch
     counter = SyncCounter()
     with counter:
         learn.fit_one_cycle_peak(epochs, 1e-4, 1e-3, 1, cbs=[StopOnNaN(), RunCheckpoint(tmp_path),
@@ -72,7 +72,7 @@ class NaNAt(Callback):
 def test_divergence_is_caught_within_sync_every_batches_and_named(tmp_path, bad, start):
     "Named with the LR of the bad step, the one cycle's formula: 2 epochs of 100 steps peaking at step 100."
     r = Recipe(bs=2, width=0.0625)
-    learn = build_learner(cifar_dls(make_arrays(4 * SYNC_EVERY, 4), r), r, tmp_path)
+    learn = build_learner(recipe_dls(make_arrays(4 * SYNC_EVERY, 4), r), r, tmp_path)
     seen = []
     class Count(Callback):
         def after_batch(self):
@@ -91,7 +91,7 @@ def test_bf16_on_a_cpu_with_bf16_units_autocasts_and_keeps_fp32_weights(tmp_path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = Recipe(bs=10, width=0.125, precision="bf16", lr_max=1e-3)
     D.check_runtime(r)                                                      # accepted
-    learn = build_learner(cifar_dls(make_arrays(), r), r, tmp_path)
+    learn = build_learner(recipe_dls(make_arrays(), r), r, tmp_path)
     dtypes = []
     learn.model.layer1.conv.conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle_peak(2, 1e-4, 1e-3, 1)
@@ -144,7 +144,7 @@ def test_cpu_flags_decide_native_bf16(monkeypatch, tmp_path):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_determinism_is_a_setting(deterministic, tmp_path):
     "Off by default: cuDNN may autotune (benchmark) and pick non-deterministic kernels; on: today's exact kernels."
-    from fastresnet.learner import cifar_learner
-    cifar_learner(make_arrays(), path=tmp_path, bs=10, deterministic=deterministic)
+    from fastresnet.learner import recipe_learner
+    recipe_learner(make_arrays(), path=tmp_path, bs=10, deterministic=deterministic)
     assert torch.backends.cudnn.deterministic is deterministic and torch.backends.cudnn.benchmark is not deterministic
     assert Recipe().deterministic is False

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import make_folder
 from fastresnet.cli import main
-from fastresnet.learner import cifar_learner
+from fastresnet.learner import recipe_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -68,7 +68,7 @@ def test_two_processes_match_one_and_a_resumed_pair_matches_both(tmp_path, capsy
     run = lambda d, f: json.loads((tmp_path / d / f).read_text())
     assert run("two", "schedule.json")["lr"] == pytest.approx(run("one", "schedule.json")["lr"])  # same global steps
     assert len(run("two", "schedule.json")["lr"]) == 3                          # 40 images / 40 a step x 3 epochs
-    start = cifar_learner(str(data), path=tmp_path, bs=40, width=0.25).model.state_dict()   # the seeded init
+    start = recipe_learner(str(data), path=tmp_path, bs=40, width=0.25).model.state_dict()   # the seeded init
     end = load_file(tmp_path / "one" / "model.safetensors")
     trained = max(float((end[k].double() - start[k].double()).abs().max()) for k in end if k.endswith("weight"))
     gap = max_difference(tmp_path / "one", tmp_path / "two")

@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import make_arrays, make_folder, pictures
 from fastresnet.cli import main
 from fastresnet.config import Recipe
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 from fastresnet.export import ONNX_SNIPPET
 from fastresnet.inference import predict_images
 from fastresnet.learner import build_learner, load_model
@@ -43,7 +43,7 @@ def test_torch_export_takes_the_network_in_eval_and_train_mode(training):
 def test_the_learners_model_gets_plain_tensors_and_its_inputs_keep_fastais_type():
     "The cast the network no longer makes is fastai's CastToTensor's, on every path a Learner calls the model."
     seen = []
-    learn = build_learner(cifar_dls(make_arrays(), Recipe(bs=10)), Recipe(bs=10, width=0.25, precision="fp32"))
+    learn = build_learner(recipe_dls(make_arrays(), Recipe(bs=10)), Recipe(bs=10, width=0.25, precision="fp32"))
     learn.model.register_forward_pre_hook(lambda m, args: seen.append(type(args[0])))
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     inputs, _, _ = learn.get_preds(with_input=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastresnet.config import Recipe
-from fastresnet.data import CifarArrays, cifar_dls
+from fastresnet.data import ImageArrays, recipe_dls
 from fastresnet.inference import SHIFTS, TTAView, evaluate_learner
 from fastresnet.learner import build_learner
 
@@ -54,10 +54,10 @@ def test_flip_and_multi_crop_tta_give_the_known_answers_of_a_hand_made_model(tmp
     labels = torch.tensor([0] * 2 + [1] * 3 + [2] * 5)
     from conftest import make_arrays
     train = make_arrays(20, 0)
-    data = CifarArrays(torch.cat([train.images, imgs]), torch.cat([train.labels, labels]), train.vocab, 20,
+    data = ImageArrays(torch.cat([train.images, imgs]), torch.cat([train.labels, labels]), train.vocab, 20,
                        stats=([0.5] * 3, [0.25] * 3))
     r = Recipe(bs=10, width=0.25, precision="fp32")
-    learn = build_learner(cifar_dls(data, r), r, tmp_path)
+    learn = build_learner(recipe_dls(data, r), r, tmp_path)
     learn.model = HandMade()
     with learn.no_bar(): res, _ = evaluate_learner(learn, tta=True, crops=True)
     w, s = 2.0, -2.0

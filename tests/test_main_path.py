@@ -15,7 +15,7 @@ import torch
 from fastai.learner import Learner
 
 from fastresnet.config import UserError
-from fastresnet.learner import cifar_learner
+from fastresnet.learner import recipe_learner
 from fastresnet.train import _bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_default_rule_is_lowest_loss_over_10_on_a_known_curve(arrays, tmp_path, 
     def fake_fit(self, n_epoch, cbs=None, **kwargs):                # what fastai's finder leaves in the recorder
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)                    # fastai's lr_find then reads the curve
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
+    learn = recipe_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
     b = _bounds(learn, learn.recipe, None)                          # the run path, with the defaults' rule
     assert b.lr_max == pytest.approx(10 ** -2.5) and b.lr_min == pytest.approx(10 ** -4.5)
 
@@ -50,7 +50,7 @@ def test_a_range_test_still_falling_at_its_end_is_refused_not_trained(arrays, tm
     def fake_fit(self, n_epoch, cbs=None, **kwargs):
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100, lr_find_passes=100)
+    learn = recipe_learner(arrays, path=tmp_path, bs=10, lr_find_iters=100, lr_find_passes=100)
     with pytest.raises(UserError, match=r"still falling near its end \(lowest at LR 4\.4") as e:
         _bounds(learn, learn.recipe, None)
     assert e.value.hint == "(--lr-max)"
@@ -71,7 +71,7 @@ def test_lr_bounds_is_the_documented_rule_over_the_recipes_range(arrays, tmp_pat
         asked.update(start=sched(0.0), end=sched(1.0), num_it=finder.num_it)
         self.recorder.lrs, self.recorder.losses = list(lrs), [torch.tensor(float(x)) for x in losses]
     monkeypatch.setattr(Learner, "fit", fake_fit)
-    learn = cifar_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
+    learn = recipe_learner(arrays, path=tmp_path, bs=10, lr_find_iters=141, lr_find_passes=100)
     lr_min, lr_max, rule = learn.lr_bounds(show_plot=False)
     assert asked == {"start": 1e-6, "end": 10.0, "num_it": 141} and rule == "minimum"
     assert lr_max == pytest.approx(10 ** -2.5) and lr_min == pytest.approx(10 ** -4.5)
@@ -83,7 +83,7 @@ def test_lr_bounds_in_python_gives_the_bounds_of_fastresnet_lr_find(tiny_folder,
     p = cli(["lr-find", "--data", str(tiny_folder), "--out", str(tmp_path / "cli"), *args], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     want = json.loads((tmp_path / "cli" / "lr_bounds.json").read_text())
-    learn = cifar_learner(tiny_folder, path=tmp_path, width=0.25, bs=10, lr_find_iters=30)
+    learn = recipe_learner(tiny_folder, path=tmp_path, width=0.25, bs=10, lr_find_iters=30)
     with learn.no_bar(): got = learn.lr_bounds(show_plot=False)
     assert got.lr_max == pytest.approx(want["lr_max"], rel=1e-6)
     assert got.lr_min == pytest.approx(want["lr_min"], rel=1e-6)
@@ -170,7 +170,7 @@ def test_readme_python_entry_point_runs(tiny_folder, tmp_path, monkeypatch):
     "The README's notebook lines, run as written except for the data path and a shorter schedule."
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    assert "cifar_learner" in block and "lr_bounds()" in block and "fit_one_cycle_peak" in block and "export" in block
+    assert "recipe_learner" in block and "lr_bounds()" in block and "fit_one_cycle_peak" in block and "export" in block
     code = (block.replace('"PATH/TO/cifar10"', repr(str(tiny_folder)) + ", bs=10, lr_find_iters=8")
                  .replace("fit_one_cycle_peak(24,", "fit_one_cycle_peak(2,").replace("peak_epoch=5", "peak_epoch=1")
                  .replace("lr_bounds()", "lr_bounds(show_plot=False)"))
@@ -202,10 +202,10 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     from fastai.callback.core import Callback
     from fastai.learner import load_learner
     from conftest import make_arrays
-    from fastresnet.data import cifar_dls
+    from fastresnet.data import recipe_dls
     learn = load_learner(exported)
     assert learn.logger is print                                                 # fastai's, not the run's log lines
-    learn.dls = cifar_dls(make_arrays(30, 10), learn.recipe.replace(bs=10))     # new data, same classes
+    learn.dls = recipe_dls(make_arrays(30, 10), learn.recipe.replace(bs=10))     # new data, same classes
     learn.path = tmp_path
     fits = []
     class Watch(Callback):
@@ -225,8 +225,8 @@ def test_load_learner_fine_tune_freezes_the_body_then_trains_everything(exported
     assert not torch.equal(whole["w"], whole["w_after"])                         # then the body trains too
     assert whole["lrs"][1] / whole["lrs"][0] == pytest.approx(100)               # slice(base_lr / 100, base_lr)
     from fastresnet.config import UserError
-    from fastresnet.data import CifarArrays
+    from fastresnet.data import ImageArrays
     ten = make_arrays(30, 10)                                                    # the same images as 3 classes:
-    learn.dls = cifar_dls(CifarArrays(ten.images, ten.labels % 3, ["x", "y", "z"], 30), learn.recipe.replace(bs=10))
+    learn.dls = recipe_dls(ImageArrays(ten.images, ten.labels % 3, ["x", "y", "z"], 30), learn.recipe.replace(bs=10))
     with pytest.raises(UserError, match="head has 10 outputs but the data has 3 classes.*init=MODEL"):
         learn.fine_tune(1)                                                       # fastai would keep the 10-way head

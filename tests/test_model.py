@@ -48,11 +48,11 @@ def test_wrong_input_shape_is_a_clear_error():
 
 def test_bn_momentum_from_the_recipe_weights_each_new_batch_in_the_running_statistics(arrays, tmp_path):
     from fastresnet.config import Recipe
-    from fastresnet.data import cifar_dls
+    from fastresnet.data import recipe_dls
     from fastresnet.learner import build_learner
     for m in (0.1, 0.4):
         r = Recipe(bs=10, bn_momentum=m)
-        model = build_learner(cifar_dls(arrays, r), r, tmp_path).model.train()
+        model = build_learner(recipe_dls(arrays, r), r, tmp_path).model.train()
         bns = [mod for mod in model.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
         assert len(bns) == 8
         x = torch.randn(6, 3, 32, 32) * 2 + 1
@@ -144,3 +144,16 @@ def test_a_0_1_network_pickled_with_another_logit_scale_is_refused():
     m.logit_scale = 0.125
     with pytest.raises(UserError, match="`logit_scale = 0.125` is a setting of fastresnet 0.1"):
         pickle.loads(pickle.dumps(m))
+
+
+def test_the_names_of_0_3_still_import_and_warn_with_the_new_name():
+    "Scripts and exported learners of 0.3 and before name `CifarArrays`, `cifar_learner`...: the same objects now."
+    import fastresnet
+    import fastresnet.data as data
+    with pytest.warns(DeprecationWarning, match="`CifarArrays` is now `ImageArrays`"):
+        from fastresnet.data import CifarArrays
+    assert CifarArrays is data.ImageArrays
+    with pytest.warns(DeprecationWarning, match="`cifar_learner` is now `recipe_learner`"):
+        assert fastresnet.cifar_learner is fastresnet.recipe_learner
+    with pytest.raises(AttributeError, match="no attribute 'CifarNothing'"):
+        data.CifarNothing

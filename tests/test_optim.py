@@ -9,7 +9,7 @@ from fastai.optimizer import Adam
 from fastai.torch_core import norm_bias_params
 
 from fastresnet.config import Recipe
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 from fastresnet.learner import build_learner
 from fastresnet.model import CustomResNet
 from fastresnet.optim import TorchAdam
@@ -34,7 +34,7 @@ def test_one_step_is_adams_formula(impl):
 @pytest.mark.parametrize("wd_bn_bias", [False, True])
 def test_decay_reaches_batchnorm_only_with_wd_bn_bias(impl, wd_bn_bias):
     "Zero gradients and lr 0.1, wd 0.5: a decayed parameter is multiplied by exactly 1 - 0.05, the others stay."
-    learn = build_learner(cifar_dls(make_arrays(), Recipe(bs=10)),
+    learn = build_learner(recipe_dls(make_arrays(), Recipe(bs=10)),
                           Recipe(bs=10, wd=0.5, adam_impl=impl, wd_bn_bias=wd_bn_bias, width=0.125))
     learn.create_opt()
     learn.opt.set_hypers(lr=0.1, wd=0.5)
@@ -50,7 +50,7 @@ def test_decay_reaches_batchnorm_only_with_wd_bn_bias(impl, wd_bn_bias):
 
 def test_layer_groups_are_the_splitters_and_freeze_trains_the_head(arrays, tmp_path):
     "splitter = fastai's layer groups (body, head): freeze trains fc alone (and BatchNorm, fastai's train_bn)."
-    learn = build_learner(cifar_dls(arrays, Recipe(bs=10)), Recipe(bs=10, width=0.125), tmp_path)
+    learn = build_learner(recipe_dls(arrays, Recipe(bs=10)), Recipe(bs=10, width=0.125), tmp_path)
     learn.freeze()
     assert len(learn.opt.param_lists) == 2 and len(learn.opt.hypers) == 2
     trains = {n for n, p in learn.model.named_parameters() if p.requires_grad}
@@ -104,7 +104,7 @@ class TorchGroups(Callback):
 
 def test_fastais_one_cycle_drives_torchs_param_groups():
     r = Recipe(bs=10, epochs=4, peak_epoch=1, wd=0.8, width=0.125)
-    learn = build_learner(cifar_dls(make_arrays(), r), r)
+    learn = build_learner(recipe_dls(make_arrays(), r), r)
     spy = TorchGroups()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle_peak(4, 1e-4, 1e-2, peak_epoch=1, cbs=spy)
     steps = len(spy.seen)

@@ -62,9 +62,9 @@ def test_init_with_a_bad_file_and_a_width_that_differs(run, tiny_folder, tmp_pat
     code, err = cli(["train", "--data", tiny_folder, "--out", tmp_path / "ft", "--init", tmp_path / "junk.safetensors",
                      *TINY], capsys)
     assert code == 2 and "junk.safetensors is not a usable fastresnet weights file" in err
-    from fastresnet.learner import cifar_learner
+    from fastresnet.learner import recipe_learner
     with pytest.warns(UserWarning, match=r"the network's width is its 0.25, not 0.5"):
-        learn = cifar_learner(str(tiny_folder), init=run, width=0.5, bs=10)
+        learn = recipe_learner(str(tiny_folder), init=run, width=0.5, bs=10)
     assert learn.model.width == 0.25
 
 

@@ -4,7 +4,7 @@ import torch
 from fastai.callback.core import CancelFitException, Callback
 
 from fastresnet.config import Recipe, UserError
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 from fastresnet.learner import build_learner
 from fastresnet.schedule import find_bounds, piecewise
 
@@ -12,7 +12,7 @@ from fastresnet.schedule import find_bounds, piecewise
 def tiny_learner(arrays, tmp_path, bs=10, **kw):
     torch.manual_seed(0)
     r = Recipe(bs=bs, **kw)
-    return build_learner(cifar_dls(arrays, r), r, tmp_path)
+    return build_learner(recipe_dls(arrays, r), r, tmp_path)
 
 
 def test_lr_peaks_at_end_of_peak_epoch_and_returns_to_lr_min(arrays, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import make_arrays
 from fastresnet.config import Recipe
 from fastresnet.learner import build_learner, read_weights, save_weights
-from fastresnet.data import cifar_dls
+from fastresnet.data import recipe_dls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def test_python_dash_m_fastresnet_is_the_command():
 
 
 def test_the_same_weights_give_the_same_file_byte_for_byte(tmp_path):
-    learn = build_learner(cifar_dls(make_arrays(), Recipe(bs=10)), Recipe(bs=10, width=0.125))
+    learn = build_learner(recipe_dls(make_arrays(), Recipe(bs=10)), Recipe(bs=10, width=0.125))
     files = [tmp_path / f"{i}.safetensors" for i in range(8)]
     for f in files: save_weights(learn, f)
     assert len({f.read_bytes() for f in files}) == 1  # the writer's metadata order was random: 8 files, 8 orders

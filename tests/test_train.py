@@ -84,8 +84,8 @@ def check_report(out):
 
 
 def test_learn_save_writes_into_models_as_fastai_does(tiny_folder, tmp_path):
-    from fastresnet import cifar_learner
-    learn = cifar_learner(tiny_folder, path=tmp_path, width=0.25, bs=10)
+    from fastresnet import recipe_learner
+    learn = recipe_learner(tiny_folder, path=tmp_path, width=0.25, bs=10)
     assert learn.save("x") == tmp_path / "models" / "x.pth" and (tmp_path / "models" / "x.pth").is_file()
     saved = {k: v.clone() for k, v in learn.model.state_dict().items()}
     with torch.no_grad():
