@@ -3,8 +3,9 @@ between the markers of docs/experiments.md; no figure in it is typed by hand.
 
     python experiments/campaign_table.py docs/runs --into docs/experiments.md [--figure docs/figures/campaign.png]
 
-Runs are named CONFIG-bf16-sSEED (experiments/cpu_runs.txt); a configuration's mean is over its seeds, shown with
-the sample standard deviation and min-max; its spread is max - min. The reference is the fp32 GPU pair of the default (docs/gpu/gpu-h200-full-data.json, JPEG copy).
+Runs are named CONFIG-bf16-sSEED (experiments/cpu_runs.txt); a configuration's mean is over its seeds, shown
+with the sample standard deviation and min-max; its spread is max - min. The reference is the fp32 GPU pair of the
+default (docs/gpu/gpu-h200-full-data.json, JPEG copy).
 A difference of means counts only beyond the larger of the two seed spreads (the brief: smaller is not a result).
 """
 from __future__ import annotations

@@ -208,7 +208,7 @@ def test_cpu_campaign_collects_resumes_and_starts_in_list_order(tmp_path):
         "cpu.txt", "final.json", "lr_bounds.json", "metrics.json", "run.json", "settings.ini"]
     cpu = (runs / "default-bf16-s1" / "cpu.txt").read_text().split()
     assert cpu[2] == "resume" and "(amx_bf16 avx512_bf16)" in " ".join(cpu)
-    assert "| default-bf16 | 2 | 93.00 (0.00) |" in (tree / "docs" / "experiments.md").read_text()
+    assert "| default-bf16 | 2 | 93.00 ± 0.00 (93.00-93.00) |" in (tree / "docs" / "experiments.md").read_text()
     assert (tree / "docs" / "figures" / "campaign.png").is_file()
     again = subprocess.run(["bash", str(tree / "experiments" / "cpu_campaign.sh")], env=env, capture_output=True,
                            text=True)

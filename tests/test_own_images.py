@@ -3,9 +3,6 @@ folders with no test folder, trained with the recipe through the command; and 3 
 mixed sizes and modes through train → export → `load_learner().predict` → `predict --csv` → `serve`."""
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +13,15 @@ from PIL import Image
 from conftest import script_module
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fastresnet.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=1200, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.fixture
+def cli(fork_server):
+    "`fastresnet ARGS` as a real process (forked after the imports: tests/forkserver.py)."
+    return lambda *args: fork_server.run(list(args), timeout=1200)
 
 
-def test_handwritten_digits_reach_90_percent_on_the_held_out_split(tmp_path):
+def test_handwritten_digits_reach_90_percent_on_the_held_out_split(tmp_path, cli):
     from sklearn.datasets import load_digits
     digits = load_digits()
     root = tmp_path / "digits"
@@ -55,7 +52,7 @@ def picture(cls: int, w: int, h: int, mode: str, seed: int) -> Image.Image:
     return Image.fromarray(base.clip(0, 255).astype(np.uint8)).convert(mode)
 
 
-def test_three_classes_of_mixed_pictures_from_training_to_the_page(tmp_path):
+def test_three_classes_of_mixed_pictures_from_training_to_the_page(tmp_path, cli):
     names, root = ["red fox", "green frog", "blue jay"], tmp_path / "mine"
     sizes = [(20, 17), (300, 200), (64, 64), (33, 90), (128, 40)]
     modes = ["RGB", "L", "RGBA", "RGB", "P"]
