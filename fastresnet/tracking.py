@@ -49,6 +49,7 @@ class TensorBoardLog(TensorBoardCallback):
         hp = self.opt.hypers[-1]  # the head's group: the LR schedule.json records
         for tag, v in zip(STEP_TAGS, (self.smooth_loss, hp["lr"], hp["mom"])):
             self.writer.add_scalar(tag, v, step)
+        self.writer.flush()  # a stopped or killed run's curves end at its last step, not at the writer's last flush
 
     def after_epoch(self):
         if self.writer is None:

@@ -1,9 +1,13 @@
 """Tiny synthetic CIFAR-shaped data, made fresh in each test session: no network, no shared data."""
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: a core each, for the worker and every process it starts
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np
 import pytest
