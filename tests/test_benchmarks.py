@@ -51,3 +51,29 @@ def test_the_overhead_benchmark_runs_and_prints_its_table():
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "ms/step" not in line]
     assert len(rows) == 5 and "other processes used" in res.stdout and "data alone, ms a batch" in res.stdout
+
+
+def test_the_practical_peak_is_the_convolution_flops_over_each_passs_best_time():
+    peak = script_module("benchmarks/bench_cpu_peak.py").practical_peak
+    times = lambda f, i, w: {"forward": f, "input grad": i, "weight grad": w}
+    rows = [{"flop": 10.0, "first": True, "channels_last": times(1.0, 9.0, 2.0), "NCHW": times(2.0, 9.0, 1.0)},
+            {"flop": 20.0, "first": False, "channels_last": times(4.0, 1.0, 2.0), "NCHW": times(2.0, 3.0, 5.0)}]
+    # the first layer: forward 1 s + weight grad 1 s, no input grad (20 FLOP); the second: 2 + 1 + 2 s (60 FLOP)
+    assert peak(rows) == pytest.approx(80 / 7)
+
+
+@pytest.mark.slow
+def test_the_cpu_peak_benchmark_runs_where_there_are_bf16_units_and_refuses_elsewhere():
+    from fastresnet.device import cpu_native_bf16
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cpu_peak.py"), "--bs", "8", "--steps", "3",
+                          "--reps", "1", "--force", "--wait", "0"], capture_output=True, text=True, timeout=600)
+    if not cpu_native_bf16():
+        assert res.returncode == 2 and "this CPU has no bf16 units" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-2000:]
+    passes = [line for line in res.stdout.splitlines() if line.startswith("| ") and " at " in line.split("|")[1]]
+    kinds = [line.split("|")[1].strip() for line in res.stdout.split("by kind")[1].splitlines()[2:] if "|" in line]
+    assert len(passes) == 8 * 3 - 1                                   # every convolution's passes; none for the images
+    assert sorted(kinds) == sorted(["convolution", "BatchNorm", "pooling", "loss", "optimizer", "elementwise",
+                                    "data and augmentation", "Python and fastai (no op)"])
+    assert "practical peak" in res.stdout and "oneDNN's kernels" in res.stdout
