@@ -68,3 +68,25 @@ def test_flip_and_multi_crop_tta_give_the_known_answers_of_a_hand_made_model(tmp
     assert [int(p.argmax()) for p in (plain, flip, crops)] == [0, 1, 2]     # the answers differ: the test can fail
     assert (res["accuracy"], res["accuracy_tta"], res["accuracy_tta_crops"]) == pytest.approx((0.2, 0.3, 0.5))
     assert res["n_images"] == 10 and res["confusion"][2] == [5, 0, 0] + [0] * 7   # plain: every image as class 0
+
+
+def test_flip_tta_answers_the_mean_of_the_two_softmaxes_image_by_image(tmp_path):
+    """An untrained network's plain, mirrored and mean-of-both answers on 200 images, computed here from its
+    logits; the images labelled with the mean's answers, so flip-TTA must score 100% and the plain view what it
+    gets right of them (the mirror alone, or the plain view, would score less: checked before)."""
+    from conftest import make_arrays
+    r = Recipe(bs=50, width=0.25, precision="fp32")
+    data = make_arrays(20, 200)
+    learn = build_learner(recipe_dls(data, r), r, tmp_path)
+    learn.model.eval()
+    with torch.no_grad():
+        xs = torch.cat([xb.as_subclass(torch.Tensor) for xb, _ in learn.dls.valid])
+        plain, mirror = learn.model(xs).softmax(1), learn.model(xs.flip(-1)).softmax(1)
+    want = ((plain + mirror) / 2).argmax(1)
+    assert want.ne(mirror.argmax(1)).any() and want.ne(plain.argmax(1)).any()   # the rule's answer stands apart
+    labelled = ImageArrays(data.images, torch.cat([data.labels[:20], want]), data.vocab, 20)
+    again = build_learner(recipe_dls(labelled, r), r, tmp_path)
+    again.model = learn.model
+    with again.no_bar(): res, _ = evaluate_learner(again, tta=True)
+    assert res["accuracy_tta"] == 1.0
+    assert res["accuracy"] == pytest.approx(float(plain.argmax(1).eq(want).float().mean()))

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from fastai.callback.core import CancelFitException, Callback
 from fastresnet.config import Recipe, UserError
 from fastresnet.data import recipe_dls
 from fastresnet.learner import build_learner
-from fastresnet.schedule import find_bounds, piecewise
+from fastresnet.schedule import OneCyclePeak, find_bounds
 
 
 def tiny_learner(arrays, tmp_path, bs=10, **kw):
@@ -42,9 +44,19 @@ def test_an_end_lr_other_than_lrmin_is_reached_at_the_last_step_by_a_straight_li
 
 
 def test_default_24_epoch_schedule_peaks_after_five_epochs():
+    "OneCyclePeak itself, stepped through 24 epochs of 98 batches on a stand-in Learner, against the documented lines."
     n_iter = 98                                                  # 50,000 / 512, last batch kept
-    knots = [0, 5 * n_iter, 24 * n_iter - 1]
-    lrs = np.array([piecewise(i, knots, [0.001, 0.1, 0.001]) for i in range(24 * n_iter)])
+    opt = SimpleNamespace(hypers=[{"lr": None, "mom": 0.9}])
+    opt.set_hypers = lambda **hp: opt.hypers[-1].update(hp)
+    sched = OneCyclePeak(0.001, 0.1, peak_epoch=5)
+    sched.learn = SimpleNamespace(training=True, n_iter=n_iter, n_epoch=24, epoch=0, iter=0, opt=opt)
+    sched.before_fit()
+    lrs = []
+    for sched.learn.epoch in range(24):
+        for sched.learn.iter in range(n_iter):
+            sched.before_batch()
+            lrs.append(opt.hypers[-1]["lr"])
+    lrs = np.array(lrs)
     assert lrs.argmax() == 5 * n_iter and lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.001)
     assert lrs[5 * n_iter // 2] == pytest.approx((0.001 + 0.1) / 2)                         # straight lines
     down = 5 * n_iter + (24 * n_iter - 1 - 5 * n_iter) // 4                              # a quarter of the way down
