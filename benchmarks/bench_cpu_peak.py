@@ -118,10 +118,10 @@ class Spans(Callback):
             self.span = None
 
 
-def profile_step(data, bs: int) -> tuple[dict, float, float]:
+def profile_step(data, bs: int) -> tuple[dict, float, float, dict]:
     """After a warm-up epoch of bf16 training steps, one timed epoch (its images/s) and one profiled: milliseconds a
     step by kind (the ops inside the steps by their self time, the data spans whole, the rest of the wall time apart)
-    and the profiled step's wall time."""
+    and the profiled step's wall time; and the ops other than convolutions, costliest first (ms a step)."""
     learn = learner(data, bs, "bf16")
     clock = BatchClock()
     with learn.no_bar(), learn.no_logging():
@@ -134,14 +134,17 @@ def profile_step(data, bs: int) -> tuple[dict, float, float]:
     inside = [(e.time_range.start, e.time_range.end) for e in spans["step"]]
     in_step = lambda e: any(a <= e.time_range.start < b for a, b in inside)
     ms = collections.Counter({"data and augmentation": sum(e.cpu_time_total for e in spans["data"]) / 1e3})
+    ops = collections.Counter()  # each op's own, for the list of what besides the convolutions costs most
     for e in events:
         if e.name.startswith("aten::") and in_step(e):
             ms[next(k for k, pattern in KINDS if re.search(pattern, e.name[6:]))] += e.self_cpu_time_total / 1e3
+            ops[e.name] += e.self_cpu_time_total / 1e3
     first, last = min(e.time_range.start for e in spans["data"]), max(b for _, b in inside)
     n = len(inside)
     wall_ms = (last - first) / 1e3
     ms["Python and fastai (no op)"] = wall_ms - sum(ms.values())
-    return {k: v / n for k, v in ms.items()}, wall_ms / n, rate(clock.stamps, 1, bs)
+    top = {k: v / n for k, v in ops.most_common() if not re.search(KINDS[0][1], k)}
+    return {k: v / n for k, v in ms.items()}, wall_ms / n, rate(clock.stamps, 1, bs), top
 
 
 def onednn_isa(bs: int) -> str:
@@ -180,7 +183,7 @@ def main():
     rows = conv_passes(a.bs, a.reps)
     peak = practical_peak(rows)
     data = synthetic(a.bs * a.steps)
-    ms, step_ms, step_rate = profile_step(data, a.bs)
+    ms, step_ms, step_rate, top = profile_step(data, a.bs)
     isa = onednn_isa(a.bs)
     print(other.report())
     step_gflops = step_rate * train_flops(CustomResNet()) / 1e9
@@ -199,6 +202,8 @@ def main():
     print(f"\n| the step's time by kind (profiled: {step_ms:.0f} ms a step) | ms a step | share |\n|---|---|---|")
     for k, v in sorted(ms.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:.1f} | {100 * v / step_ms:.1f}% |")
+    print("\nthe costliest ops besides the convolutions (ms a step): " +
+          ", ".join(f"{k[6:]} {v:.1f}" for k, v in list(top.items())[:10]))
     print(f"\noneDNN's kernels for a bf16 convolution (256->512 at 8x8): {isa}")
 
 
