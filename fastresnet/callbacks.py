@@ -47,9 +47,9 @@ class PlainTestLoss(Callback):
 
 class EMA(Callback):
     """An exponential moving average of the weights and BatchNorm statistics: torch's `AveragedModel` with
-    `get_ema_multi_avg_fn(decay)` and `use_buffers=True` (torch's advice for BatchNorm), updated after every step
-    from epoch `warmup` on. After the fit the model takes the average, so the test, the export and the weights file
-    use it; `state` (a checkpoint's) continues an interrupted fit."""
+    `get_ema_multi_avg_fn(decay)` and `use_buffers=True` (torch's advice for BatchNorm), updated after every
+    step from epoch `warmup` on. After the fit the model takes the average, so the test, the export and the
+    weights file use it; `state` (a checkpoint's) continues an interrupted fit."""
     order = 55  # before RunCheckpoint (60), which saves `avg` with each epoch
     def __init__(self, decay: float, warmup: int = 1, state: dict | None = None):
         self.decay, self.warmup, self.state = decay, warmup, state

@@ -1,8 +1,9 @@
-"""What fastresnet 0.1 and 0.2 wrote, read by this version: retired settings at their settled values, 0 for "derive
-it" (now auto), weights files before format 2 (the width alone in their metadata), run folders that recorded the
-download as a string, models saved before the layers had names (refused, with what to do), and the names 0.3 and
-before gave the data and learner helpers (exported learners pickle `fastresnet.data.CifarDL`). The rest of the
-package imports this module for nothing else; docs/experiments.md section 4 says why each setting was retired."""
+"""What fastresnet 0.1 and 0.2 wrote, read by this version: retired settings at their settled values, 0 for
+"derive it" (now auto), weights files before format 2 (the width alone in their metadata), run folders that
+recorded the download as a string, models saved before the layers had names (refused, with what to do), and
+the names 0.3 and before gave the data and learner helpers (exported learners pickle
+`fastresnet.data.CifarDL`). The rest of the package imports this module for nothing else; docs/experiments.md
+section 4 says why each setting was retired."""
 from __future__ import annotations
 
 import sys

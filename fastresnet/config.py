@@ -179,8 +179,8 @@ class Recipe:
             raise UserError(f"{where}: {e.message}") from None
 
     def replace(self, **changes: Any) -> "Recipe":
-        """`dataclasses.replace`, validated; a new `epochs` without a `peak_epoch` keeps the peak at the same fraction
-        of training (`peak_for`)."""
+        """`dataclasses.replace`, validated; a new `epochs` without a `peak_epoch` keeps the peak at the same
+        fraction of training (`peak_for`)."""
         if "epochs" in changes and "peak_epoch" not in changes and changes["epochs"] >= 2:
             changes["peak_epoch"] = peak_for(changes["epochs"])
         return dataclasses.replace(self, **changes).validate()
@@ -188,8 +188,9 @@ class Recipe:
 
 def check_cycle(epochs: int, peak_epoch: int, lr_min: float | None = None, lr_max: float | None = None,
                 lr_end: float | None = None) -> None:
-    """The one cycle's rules, on the values known (None: not yet, as LRMAX before the range test): the peak inside
-    the run, LRMIN and the last step's LR below LRMAX. A Recipe checks them when made; the fit, with the bounds."""
+    """The one cycle's rules, on the values known (None: not yet, as LRMAX before the range test): the peak
+    inside the run, LRMIN and the last step's LR below LRMAX. A Recipe checks them when made; the fit, with
+    the bounds."""
     if not 0 < peak_epoch < epochs:
         raise UserError(f"`peak_epoch` ({peak_epoch}) must be in 1..{epochs - 1}, below `epochs` ({epochs}): "
                         "the LR has to come back down after its peak.")
@@ -248,8 +249,8 @@ def recipe_file(name_or_file: str | Path) -> Path:
 
 
 def load_settings(path: str | Path, base: Recipe | None = None) -> Recipe:
-    """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are errors:
-    a typo silently ignored would change the recipe."""
+    """A settings file over `base` (default: the defaults). Unknown sections or keys and malformed values are
+    errors: a typo silently ignored would change the recipe."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Settings file {path} does not exist.")

@@ -1,9 +1,11 @@
-"""CIFAR-10, CIFAR-100 or any folder of class folders, as one in-memory uint8 tensor served through a fastai DataBlock.
+"""CIFAR-10, CIFAR-100 or any folder of class folders, as one in-memory uint8 tensor served through a fastai
+DataBlock.
 
-Images are decoded once (from fastai's folder layout, a folder of class folders, or the official python archive),
-resized to the recipe's `size` (32x32 by default) where they are not, and cached as a `.npz`; after that a batch
-is a gather from memory plus a few tensor operations on the training device (see `augment.py`), with no per-image
-PIL work in the training loop.
+Images are decoded once (from fastai's folder layout, a folder of class folders, or the official python
+archive), resized to the recipe's `size` (32x32 by default) where they are not, and cached as a `.npz`; after
+that a batch is a gather from memory plus a few tensor operations on the training device (see `augment.py`),
+with no per-image PIL work in the training loop.
+
 """
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ DATASETS = {"cifar10": "CIFAR", "cifar100": "CIFAR_100"}  # `--data NAME`: fasta
 
 @dataclass
 class ImageArrays:
-    """All images as one (N, 3, size, size) uint8 tensor, labels as class indices; the first `n_train` are training.
-    `stats`: the per-channel (mean, std) normalisation, None for CIFAR-10's; `valid_files`: the held-out files of a
-    random split (None when the data came split)."""
+    """All images as one (N, 3, size, size) uint8 tensor, labels as class indices; the first `n_train` are
+    training. `stats`: the per-channel (mean, std) normalisation, None for CIFAR-10's; `valid_files`: the
+    held-out files of a random split (None when the data came split)."""
     images: torch.Tensor
     labels: torch.Tensor
     vocab: list[str]
@@ -140,9 +142,9 @@ def _images(d: Path) -> tuple[list[Path], dict[str, list[str]]]:
 
 
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
-    """The image files of each class folder of `split_dir`, by class name (sorted). A folder holding no images but
-    folders of them is a group of classes (CIFAR-100's superclasses: train/<superclass>/<class>/): its folders are
-    the classes, named by their own names, as fastai's `parent_label` names them."""
+    """The image files of each class folder of `split_dir`, by class name (sorted). A folder holding no images
+    but folders of them is a group of classes (CIFAR-100's superclasses: train/<superclass>/<class>/): its
+    folders are the classes, named by their own names, as fastai's `parent_label` names them."""
     if not _subfolders(split_dir):
         raise UserError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image files>.")
     out, where = {}, {}
@@ -216,7 +218,8 @@ def _five(problems: list[str]) -> str:
 
 def _csv_layout(path: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
     """The files of each class from a CSV of file names and classes (fastai's `from_csv`; docs/usage.md), as
-    `_layout` gives them: (train, test) with an `is_valid` column, else (all, None). Bad rows are refused, listed."""
+    `_layout` gives them: (train, test) with an `is_valid` column, else (all, None). Bad rows are refused,
+    listed."""
     root, problems = path.parent, []
     try:
         rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
@@ -279,8 +282,8 @@ def _decode(root: Path, files: list[Path], size: int = SIZE) -> np.ndarray:
 
 
 def split_by_class(labels: np.ndarray, valid_pct: float, seed: int) -> np.ndarray:
-    """Which items are held out (a bool mask): round(valid_pct x n) of each class's n items, at least one, at most
-    n - 1, drawn with `seed`. Stratified, so every class is in both parts."""
+    """Which items are held out (a bool mask): round(valid_pct x n) of each class's n items, at least one, at
+    most n - 1, drawn with `seed`. Stratified, so every class is in both parts."""
     rng, valid = np.random.default_rng(seed), np.zeros(len(labels), bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
@@ -362,9 +365,10 @@ def _unpickle(path: Path) -> dict:
 
 
 def read_python_archive(folder: str | Path, size: int = SIZE) -> ImageArrays:
-    """Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not 32.
-    Not torchvision's `datasets.CIFAR10`: it checks each file's md5 against the release and refuses a repacked but
-    pixel-identical copy (other image order, another pickle protocol) as "not found or corrupted"."""
+    """Read the official `cifar-10-batches-py` folder (data_batch_1..5 + test_batch); resized if `size` is not
+    32. Not torchvision's `datasets.CIFAR10`: it checks each file's md5 against the release and refuses a
+    repacked but pixel-identical copy (other image order, another pickle protocol) as "not found or
+    corrupted"."""
     folder = Path(folder)
     meta = _unpickle(folder / "batches.meta")
     vocab = [n.decode() for n in meta[b"label_names"]]

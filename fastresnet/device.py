@@ -1,9 +1,9 @@
 """Where the work runs, in which precision, and how the host keeps from waiting on the device.
 
-`precision = auto` resolves here (bf16 on a GPU that has it or a CPU with bf16 units, else fp32), and the settings
-this machine cannot honour are refused before any data is loaded. The Learner's loss, training accuracy and
-progress bar stay on the device between reads every SYNC_EVERY batches: fastai's own read them every batch, and
-each read makes the host wait for the device to finish."""
+`precision = auto` resolves here (bf16 on a GPU that has it or a CPU with bf16 units, else fp32), and the
+settings this machine cannot honour are refused before any data is loaded. The Learner's loss, training
+accuracy and progress bar stay on the device between reads every SYNC_EVERY batches: fastai's own read them
+every batch, and each read makes the host wait for the device to finish."""
 from __future__ import annotations
 
 from pathlib import Path

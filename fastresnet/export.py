@@ -65,8 +65,9 @@ def input_doc(size: int) -> str:
 
 
 class Classifier(nn.Module):
-    """The network behind its input pipeline: uint8 RGB images (batch, H, W, 3) in, class probabilities and logits out;
-    the scaling and normalisation are fastai's `IntToFloatTensor` and `Normalize`, as the Learner applies them."""
+    """The network behind its input pipeline: uint8 RGB images (batch, H, W, 3) in, class probabilities and
+    logits out; the scaling and normalisation are fastai's `IntToFloatTensor` and `Normalize`, as the Learner
+    applies them."""
     def __init__(self, net: nn.Module, stats: list[list[float]]):
         super().__init__()
         self.net = net
@@ -101,8 +102,8 @@ def _classifier(learn) -> Classifier:
 
 
 def onnx_bytes(learn) -> bytes:
-    """The learner's model as an ONNX file (torch.export through torch's ONNX exporter; the batch dimension dynamic),
-    checked against the network on a batch of random images by onnxruntime before it is returned."""
+    """The learner's model as an ONNX file (torch.export through torch's ONNX exporter; the batch dimension
+    dynamic), checked against the network on a batch of random images by onnxruntime before it is returned."""
     require_onnx()
     import onnx
     import onnxruntime as ort
@@ -226,10 +227,10 @@ def _put_folder(out: Path, files: dict[str, bytes]) -> None:
 
 
 def write_hub(learn, weights: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False) -> list[str]:
-    """The folder a Hugging Face model repository holds, at `out`: README.md (a model card with the run's own figures),
-    the run's model.safetensors as it is, config.json, and model.onnx if `onnx`. `weights` is the run's weights file
-    (or a trusted pickle's path, whose weights are saved afresh); its run folder must hold final.json. Returns the
-    names written."""
+    """The folder a Hugging Face model repository holds, at `out`: README.md (a model card with the run's own
+    figures), the run's model.safetensors as it is, config.json, and model.onnx if `onnx`. `weights` is the
+    run's weights file (or a trusted pickle's path, whose weights are saved afresh); its run folder must hold
+    final.json. Returns the names written."""
     from .learner import read_weights, save_weights
     weights, out = Path(weights), Path(out)
     run_dir = weights.parent

@@ -228,9 +228,10 @@ def write_metrics(run_dir: Path, history: list[dict], hps: dict | None = None) -
 # ---------------------------------------------------------------- the folder itself
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """This process's hold on a run folder: a second `fastresnet train` on it (a new run or `--resume`) is refused
-    with the holder's pid. The lock is the kernel's (`flock` on `.NAME.lock` beside the folder): it dies with its
-    process, so a run killed with SIGKILL leaves no stale lock, and the file goes when the run ends."""
+    """This process's hold on a run folder: a second `fastresnet train` on it (a new run or `--resume`) is
+    refused with the holder's pid. The lock is the kernel's (`flock` on `.NAME.lock` beside the folder): it
+    dies with its process, so a run killed with SIGKILL leaves no stale lock, and the file goes when the run
+    ends."""
     if not dist.is_main():  # rank 0 holds it for the whole distributed run
         yield
         return
@@ -277,9 +278,9 @@ RUN_FILES = {CHECKPOINT, RUN_JSON, SETTINGS, LR_FIND, LR_BOUNDS, FINAL, METRICS_
 
 
 def foreign_entries(run_dir: Path) -> list[str]:
-    """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range test's
-    `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a fastresnet
-    run.json is foreign as a whole (its entries are all listed)."""
+    """What in `run_dir` a run did not write: everything but `RUN_FILES`, our temporary files and the range
+    test's `models/tmpXXXX/_tmp.pth` (fastai's `lr_find`, killed before it cleaned up). A folder without a
+    fastresnet run.json is foreign as a whole (its entries are all listed)."""
     names = sorted(_entry(p) for p in run_dir.iterdir())
     try:
         info = json.loads((run_dir / RUN_JSON).read_text())
@@ -336,9 +337,10 @@ def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> Path:
 
 @rank0
 def start_run_dir(run_dir: Path, files: dict[str, str]) -> None:
-    """Put a new run's first files in place: written into a new folder beside `run_dir`, which then takes its name.
-    An old run there (`--overwrite`, checked again: it may have changed while the data loaded) is removed only now.
-    A mount point (a container's volume) cannot be renamed: its files are replaced where they are, run.json first."""
+    """Put a new run's first files in place: written into a new folder beside `run_dir`, which then takes its
+    name. An old run there (`--overwrite`, checked again: it may have changed while the data loaded) is
+    removed only now. A mount point (a container's volume) cannot be renamed: its files are replaced where
+    they are, run.json first."""
     if run_dir.is_dir() and any(run_dir.iterdir()):
         _refuse_foreign(run_dir)
     if os.path.ismount(run_dir):

@@ -24,8 +24,9 @@ INFER_BS = 512  # images a batch when predicting or evaluating, whatever batch t
 
 
 class TTAView(Callback):
-    """One test-time view of every input batch: moved `shift` pixels right and down (left and up if negative), the
-    edge reflected in (a crop of the reflect-padded image, as Page's multi-crop TTA), and mirrored if `flip`."""
+    """One test-time view of every input batch: moved `shift` pixels right and down (left and up if negative),
+    the edge reflected in (a crop of the reflect-padded image, as Page's multi-crop TTA), and mirrored if
+    `flip`."""
     order = 1  # after fastai's batch transforms have made the input, before the model sees it
     def __init__(self, shift: int = 0, flip: bool = False):
         self.d, self.flip = shift, flip
@@ -140,8 +141,9 @@ def iter_predictions(learn: Learner, files: list[str | Path], bs: int = INFER_BS
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:
-    """The files to predict: each path that is a folder gives every image under it (recursively, by extension, via
-    fastai's `get_image_files`, sorted); any other path is taken as it is (a missing one is reported when read)."""
+    """The files to predict: each path that is a folder gives every image under it (recursively, by extension,
+    via fastai's `get_image_files`, sorted); any other path is taken as it is (a missing one is reported when
+    read)."""
     from fastai.data.transforms import get_image_files
     out = []
     for p in map(Path, paths):

@@ -137,8 +137,8 @@ def norm_stats(learn: Learner) -> list[list[float]]:
 
 # ---------------------------------------------------------------- model files
 def model_file(path: str | Path) -> Path:
-    """A model file as given, except a run's model.pkl with its model.safetensors beside it: that (the same weights,
-    no pickle); for a run folder its model.safetensors if present, else its model.pkl."""
+    """A model file as given, except a run's model.pkl with its model.safetensors beside it: that (the same
+    weights, no pickle); for a run folder its model.safetensors if present, else its model.pkl."""
     path = Path(path)
     if path.name == MODEL_PKL and (path.parent / WEIGHTS).is_file():
         return path.parent / WEIGHTS

@@ -1,12 +1,13 @@
 """Adam through torch's fused (or foreach) AdamW kernels behind fastai's `OptimWrapper`; SGD the same way.
 
-fastai's `Adam` runs a few Python-dispatched tensor operations per parameter and step (26 parameter
-tensors here: about 21 ms a step on a 2-core CPU); torch's fused AdamW updates them all in one kernel
-(about 3 ms; `benchmarks/bench_optimizer.py`). fastai's schedulers still drive it through fastai's
-hyper-parameter names (`lr`, `mom`, `sqr_mom`, `wd`), and its state_dict is torch's, so a checkpoint
-resumes exactly. The arithmetic is fastai's Adam: decay by `lr*wd` (or L2 in the gradient), bias-corrected
-moments, `eps` added to the root of the second moment. `TorchSGD` is torch's SGD with (Nesterov) momentum and L2
-decay, for the published SGD baseline (the `page-sgd` recipe).
+fastai's `Adam` runs a few Python-dispatched tensor operations per parameter and step (26 parameter tensors
+here: about 21 ms a step on a 2-core CPU); torch's fused AdamW updates them all in one kernel (about 3 ms;
+`benchmarks/bench_optimizer.py`). fastai's schedulers still drive it through fastai's hyper-parameter names
+(`lr`, `mom`, `sqr_mom`, `wd`), and its state_dict is torch's, so a checkpoint resumes exactly. The arithmetic
+is fastai's Adam: decay by `lr*wd` (or L2 in the gradient), bias-corrected moments, `eps` added to the root of
+the second moment. `TorchSGD` is torch's SGD with (Nesterov) momentum and L2 decay, for the published SGD
+baseline (the `page-sgd` recipe).
+
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Resume: what a checkpoint holds, and how a run continues from it to the weights of an uninterrupted run.
 
-After every epoch `RunCheckpoint` saves the weights, the optimizer, every random stream, the metrics so far, the
-schedule as applied and the EMA average to `checkpoint.pth` (`weights_only` loadable: tensors and plain values);
-`open_run` reads a run folder back, `restore` puts a checkpoint into a new Learner of the same recipe and data, and
-`MuteSkippedEpochs` keeps fastai from printing the epochs a resumed fit passes through."""
+After every epoch `RunCheckpoint` saves the weights, the optimizer, every random stream, the metrics so far,
+the schedule as applied and the EMA average to `checkpoint.pth` (`weights_only` loadable: tensors and plain
+values); `open_run` reads a run folder back, `restore` puts a checkpoint into a new Learner of the same recipe
+and data, and `MuteSkippedEpochs` keeps fastai from printing the epochs a resumed fit passes through."""
 from __future__ import annotations
 
 import random

@@ -32,8 +32,8 @@ def piecewise(step: float, knots: list[float], values: list[float]) -> float:
 
 
 class OneCyclePeak(Callback):
-    """Set Adam's LR (and beta1, against it) every training step from the step number alone, so a
-    resumed fit lands on the same values; `hps` records this fit's as applied, as fastai's `ParamScheduler` does."""
+    """Set Adam's LR (and beta1, against it) every training step from the step number alone, so a resumed fit
+    lands on the same values; `hps` records this fit's as applied, as fastai's `ParamScheduler` does."""
     order = 60  # where fastai's ParamScheduler sits: after a distributed wrapper has sized the loaders
     def __init__(self, lr_min: float, lr_max: float, peak_epoch: int,
                  moms: tuple[float, float, float] | None = None, lr_end: float | None = None):
@@ -73,8 +73,8 @@ def fit_one_cycle_peak(self: Learner, n_epoch: int, lr_min: float, lr_max: float
 @patch
 def fine_tune_from(self: Learner, epochs: int, base_lr: float, freeze_epochs: int = 1, start_epoch: int = 0,
                    cbs=None, **kwargs) -> None:
-    """fastai's `fine_tune`, with its defaults, begun at `start_epoch` of its two fits together (the resume fastai's
-    lacks); `epoch_offset` and `epoch_total` tell the run's callbacks where they are."""
+    """fastai's `fine_tune`, with its defaults, begun at `start_epoch` of its two fits together (the resume
+    fastai's lacks); `epoch_offset` and `epoch_total` tell the run's callbacks where they are."""
     d = {k: p.default for k, p in inspect.signature(Learner.fine_tune).parameters.items()}  # fastai's own defaults
     lr_mult, pct_start, div = d["lr_mult"], d["pct_start"], d["div"]
     try:
@@ -121,9 +121,9 @@ def range_test_batches(r: Recipe, batches_per_epoch: int) -> int:
 
 
 def find_bounds(learn: Learner, r: Recipe, show_plot: bool = False) -> tuple[LRBounds, dict]:
-    """`learn.lr_find()` on the training pipeline: LRMAX = fastai's `lr_rule` suggestion, LRMIN = LRMAX / `lr_min_div`.
-    Also returns every suggestion (NaN where the curve is too short for one). fastai's finder restores
-    the model and optimizer afterwards, so training starts from the same weights."""
+    """`learn.lr_find()` on the training pipeline: LRMAX = fastai's `lr_rule` suggestion, LRMIN = LRMAX /
+    `lr_min_div`. Also returns every suggestion (NaN where the curve is too short for one). fastai's finder
+    restores the model and optimizer afterwards, so training starts from the same weights."""
     num_it = range_test_batches(r, len(learn.dls.train))
     suggest = [_suggestion(n, refuse_still_falling=n == r.lr_rule == "minimum") for n in RULES]
     try:

@@ -157,11 +157,11 @@ def _upload_message(message: str, file: str | None) -> str:
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 7860, examples: str | Path | None = None,
           max_queue: int = MAX_QUEUE, allow_pickle: bool = False) -> None:
-    """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and uploads
-    live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go while it runs.
-    Queue policy: one prediction at a time (the model uses every core; more at once only share them), at most
-    `max_queue` waiting; a request beyond that is refused at once with "Queue is full! Please try again.", never
-    left hanging (docs/benchmarks.md: the page under load)."""
+    """Build the page and serve it until interrupted (Ctrl-C; the CLI turns SIGTERM into one). Examples and
+    uploads live in one temporary folder, removed when the server stops; uploads older than `UPLOAD_TTL` go
+    while it runs. Queue policy: one prediction at a time (the model uses every core; more at once only share
+    them), at most `max_queue` waiting; a request beyond that is refused at once with "Queue is full! Please
+    try again.", never left hanging (docs/benchmarks.md: the page under load)."""
     own_uploads = "GRADIO_TEMP_DIR" not in os.environ  # else the user chose where Gradio keeps uploads
     with tempfile.TemporaryDirectory(prefix="fastresnet-serve-") as workdir:
         if own_uploads:

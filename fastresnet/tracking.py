@@ -26,11 +26,12 @@ STEP_TAGS = ("train_loss", "lr", "mom")  # after every training step; each epoch
 
 
 class TensorBoardLog(TensorBoardCallback):
-    """fastai's `TensorBoardCallback` on the run's one step axis: `train_loss` (fastai's smoothed loss, the figure
-    metrics.json keeps at each epoch's end), `lr` and `mom` (beta1) after every training step, and the epoch's
-    `train_accuracy`, `valid_loss` and `valid_accuracy` at its last step. Steps count from the run's first (1) across
-    fastai's fine_tune's two fits and a resume; a resumed run's writer purges what the stopped one wrote past its last
-    checkpoint (TensorBoard's `purge_step`), so each curve goes on with no step twice."""
+    """fastai's `TensorBoardCallback` on the run's one step axis: `train_loss` (fastai's smoothed loss, the
+    figure metrics.json keeps at each epoch's end), `lr` and `mom` (beta1) after every training step, and the
+    epoch's `train_accuracy`, `valid_loss` and `valid_accuracy` at its last step. Steps count from the run's
+    first (1) across fastai's fine_tune's two fits and a resume; a resumed run's writer purges what the
+    stopped one wrote past its last checkpoint (TensorBoard's `purge_step`), so each curve goes on with no
+    step twice."""
     def __init__(self, run_dir: str | Path):
         super().__init__(log_dir=str(run_dir), trace_model=False, log_preds=False)
         self.writer = None
